@@ -1,0 +1,134 @@
+"""The backend interface: the one place where NumPy and MLX differ.
+
+Layer math is written once against ``backend.xp``, the array namespace (``numpy`` or
+``mlx.core``), using only functions that exist with the same meaning in both:
+``sum mean max min sqrt exp log tanh abs maximum minimum where clip pad cumsum
+reshape transpose zeros ones`` and the arithmetic operators. Everything else that
+differs lives here as a method, so a newcomer finds every backend-specific line in
+``numpy_backend.py`` and ``mlx_backend.py``.
+
+A backend may also register faster versions of named hot operations in
+``kernels`` (see :func:`dualnorm.nn.functional.overridable`); parity tests pin every
+override to the shared reference implementation.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from dualnorm.errors import InputError
+
+
+class Backend(abc.ABC):
+    """An array library that dualnorm can run on."""
+
+    name: str
+    xp: Any  # the array namespace
+    float32: Any
+    float64: Any
+    int64: Any
+    kernels: dict[str, Callable[..., Any]]
+
+    def __init__(self) -> None:
+        self.kernels = {}
+
+    # --- arrays in and out -------------------------------------------------------
+    @abc.abstractmethod
+    def is_array(self, value: Any) -> bool:
+        """True if ``value`` is this backend's native array type."""
+
+    @abc.abstractmethod
+    def _from_numpy(self, array: np.ndarray, dtype: Any) -> Any:
+        """Convert a NumPy array to a native array of ``dtype`` (a backend dtype)."""
+
+    @abc.abstractmethod
+    def to_numpy(self, array: Any) -> np.ndarray:
+        """A NumPy copy (or view) of a native or NumPy array."""
+
+    def asarray(self, value: Any, dtype: Any = None, *, what: str = "input") -> Any:
+        """Convert NumPy arrays, lists, scalars or native arrays to a native array.
+
+        Integers and floats are accepted (and cast to ``dtype`` when given); bools,
+        complex numbers, strings and objects raise :class:`InputError` (a TypeError).
+        """
+        if self.is_array(value):
+            kind = self.dtype_kind(value.dtype)
+            if kind not in "iuf":
+                raise InputError(
+                    f"{what} has dtype {value.dtype}; expected a real floating-point or integer "
+                    "array. Convert it first, e.g. x.astype(float32).",
+                    type_error=True,
+                )
+            if dtype is not None and value.dtype != dtype:
+                return value.astype(dtype)
+            return value
+        try:
+            host = np.asarray(value)
+        except Exception as exc:  # e.g. a ragged list
+            raise InputError(f"{what} could not be read as an array: {exc}", type_error=True) from None
+        if host.dtype.kind not in "iuf":
+            raise InputError(
+                f"{what} has dtype {host.dtype}; expected a real floating-point or integer array "
+                "(bool, complex, string and object arrays are not normalized). Convert it first, "
+                "e.g. np.asarray(x, dtype=np.float32).",
+                type_error=True,
+            )
+        if dtype is None:
+            dtype = self.float64 if host.dtype == np.float64 else self.float32
+        return self._from_numpy(host, dtype)
+
+    @abc.abstractmethod
+    def dtype_kind(self, dtype: Any) -> str:
+        """NumPy-style kind letter: 'f' float, 'i' signed, 'u' unsigned, 'b' bool, 'c' complex."""
+
+    def numpy_dtype(self, dtype: Any) -> np.dtype:
+        return np.dtype(str(dtype).rsplit(".", 1)[-1])
+
+    def dtype(self, name: str | None) -> Any:
+        """Backend dtype from a name ("float32"/"float64"); None means float32."""
+        if name is None:
+            return self.float32
+        table = {"float32": self.float32, "float64": self.float64}
+        key = str(name).rsplit(".", 1)[-1]
+        if key not in table:
+            raise InputError(f"dtype {name!r} is not supported; use 'float32' or 'float64'")
+        return table[key]
+
+    def eps(self, dtype: Any) -> float:
+        """Machine epsilon of a floating dtype (RMSNorm's default eps, as in PyTorch)."""
+        return float(np.finfo(self.numpy_dtype(dtype)).eps)
+
+    # --- evaluation --------------------------------------------------------------
+    def eval(self, *arrays: Any) -> None:  # noqa: B027 (NumPy is eager: nothing to do)
+        """Force lazy arrays to be computed (MLX); a no-op on eager backends."""
+
+    def item(self, array: Any) -> float:
+        return float(self.to_numpy(array))
+
+    # --- ops that differ between array libraries ---------------------------------
+    def rsqrt(self, x: Any) -> Any:
+        return 1.0 / self.xp.sqrt(x)
+
+    def sigmoid(self, x: Any) -> Any:
+        xp = self.xp
+        # exp of a negative number never overflows; both branches are exact.
+        e = xp.exp(-xp.abs(x))
+        return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+    def logsumexp(self, x: Any, axis: int) -> Any:
+        xp = self.xp
+        m = xp.max(x, axis=axis, keepdims=True)
+        return m + xp.log(xp.sum(xp.exp(x - m), axis=axis, keepdims=True))
+
+    def all_finite(self, x: Any) -> bool:
+        return bool(np.isfinite(self.to_numpy(x)).all())
+
+    def full(self, shape: tuple[int, ...], value: float, dtype: Any) -> Any:
+        return self._from_numpy(np.full(shape, value, dtype=self.numpy_dtype(dtype)), dtype)
+
+    def __repr__(self) -> str:
+        return f"<dualnorm backend {self.name!r}>"

@@ -1,0 +1,35 @@
+"""NumPy backend: runs everywhere, eager, float32 by default (float64 for checks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dualnorm.backends.base import Backend
+
+
+class NumPyBackend(Backend):
+    name = "numpy"
+    xp = np
+    float32 = np.dtype(np.float32)
+    float64 = np.dtype(np.float64)
+    int64 = np.dtype(np.int64)
+
+    def is_array(self, value: Any) -> bool:
+        return isinstance(value, np.ndarray)
+
+    def _from_numpy(self, array: np.ndarray, dtype: Any) -> np.ndarray:
+        return np.asarray(array, dtype=dtype)
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        return np.asarray(array)
+
+    def dtype_kind(self, dtype: Any) -> str:
+        return np.dtype(dtype).kind
+
+    def numpy_dtype(self, dtype: Any) -> np.dtype:
+        return np.dtype(dtype)
+
+    def all_finite(self, x: Any) -> bool:
+        return bool(np.isfinite(x).all())

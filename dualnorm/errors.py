@@ -1,0 +1,31 @@
+"""Errors dualnorm raises on bad input, each with what was expected, what came, what to do."""
+
+from __future__ import annotations
+
+
+class DualnormError(Exception):
+    """Base class of every error dualnorm raises on purpose."""
+
+
+class InputError(DualnormError, ValueError):
+    """An argument or input array is not what the layer expects (shape, size, value)."""
+
+    def __new__(cls, message: str = "", *, type_error: bool = False):
+        # A wrong *type* (e.g. a string array) is also a TypeError, as Python users expect.
+        target = InputTypeError if type_error and cls is InputError else cls
+        return super().__new__(target, message)
+
+    def __init__(self, message: str = "", *, type_error: bool = False) -> None:
+        super().__init__(message)
+
+
+class InputTypeError(InputError, TypeError):
+    """An input has the wrong dtype or kind of object."""
+
+
+class StateError(DualnormError, RuntimeError, ValueError):
+    """An operation is not valid in the module's current state (e.g. backward before forward)."""
+
+
+class BackendError(DualnormError, ValueError):
+    """An unknown backend name, or a backend that is not installed or does not work here."""

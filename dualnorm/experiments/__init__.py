@@ -1,0 +1,24 @@
+"""Named experiments from the source documents (see ``base.py`` for the contract).
+
+``EXPERIMENTS`` maps a CLI name to an :class:`Experiment` instance, in display order.
+"""
+
+from __future__ import annotations
+
+from dualnorm.experiments.base import Experiment, RunConfig
+
+EXPERIMENTS: dict[str, Experiment] = {}
+DEFAULT_EXPERIMENT = "dying-relu"
+
+
+def get_experiment(name: str) -> Experiment:
+    """The experiment called ``name``; a ValueError listing the valid names otherwise."""
+    try:
+        return EXPERIMENTS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS) or '(none registered)'}"
+        ) from None
+
+
+__all__ = ["DEFAULT_EXPERIMENT", "EXPERIMENTS", "Experiment", "RunConfig", "get_experiment"]

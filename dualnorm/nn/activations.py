@@ -1,0 +1,127 @@
+"""Element-wise activations with explicit backward: ReLU, LeakyReLU, Sigmoid, Tanh, SELU, Identity."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from dualnorm.nn.module import Module
+
+
+class _Elementwise(Module):
+    def backward(self, grad_output: Any) -> Any:
+        saved = self._saved_values()
+        grad = self._check_grad(grad_output, saved["shape"])
+        return grad * self._derivative(saved)
+
+    def _derivative(self, saved: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+
+class ReLU(_Elementwise):
+    """max(0, x). Its gradient is 0 wherever x <= 0: the "dying ReLU" of the documents."""
+
+    def forward(self, x: Any) -> Any:
+        x = self._input(x)
+        y = self.xp.maximum(x, 0.0)
+        self._save(x=x, shape=tuple(x.shape))
+        return y
+
+    def _derivative(self, saved: dict[str, Any]) -> Any:
+        return (saved["x"] > 0).astype(self.dtype)
+
+
+class LeakyReLU(_Elementwise):
+    """x if x > 0 else negative_slope * x (PyTorch default slope 0.01)."""
+
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x: Any) -> Any:
+        x = self._input(x)
+        self._save(x=x, shape=tuple(x.shape))
+        return self.xp.where(x > 0, x, x * self.negative_slope)
+
+    def _derivative(self, saved: dict[str, Any]) -> Any:
+        return self.xp.where(saved["x"] > 0, 1.0, self.negative_slope).astype(self.dtype)
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+class Sigmoid(_Elementwise):
+    """1 / (1 + exp(-x)); saturates (gradient ~ 0) for |x| large: the vanishing gradient."""
+
+    def forward(self, x: Any) -> Any:
+        x = self._input(x)
+        y = self.backend.sigmoid(x)
+        self._save(y=y, shape=tuple(x.shape))
+        return y
+
+    def _derivative(self, saved: dict[str, Any]) -> Any:
+        y = saved["y"]
+        return y * (1.0 - y)
+
+
+class Tanh(_Elementwise):
+    """tanh(x)."""
+
+    def forward(self, x: Any) -> Any:
+        x = self._input(x)
+        y = self.xp.tanh(x)
+        self._save(y=y, shape=tuple(x.shape))
+        return y
+
+    def _derivative(self, saved: dict[str, Any]) -> Any:
+        y = saved["y"]
+        return 1.0 - y * y
+
+
+class SELU(_Elementwise):
+    """Scaled ELU of self-normalizing networks (Klambauer et al. 2017).
+
+    ``scale * (x if x > 0 else alpha * (exp(x) - 1))`` with the paper's constants,
+    which keep activations near zero mean and unit variance under LeCun-normal init.
+    """
+
+    alpha = 1.6732632423543772848170429916717
+    scale = 1.0507009873554804934193349852946
+
+    def forward(self, x: Any) -> Any:
+        x = self._input(x)
+        xp = self.xp
+        negative = self.alpha * (xp.exp(xp.minimum(x, 0.0)) - 1.0)
+        self._save(x=x, shape=tuple(x.shape))
+        return self.scale * xp.where(x > 0, x, negative)
+
+    def _derivative(self, saved: dict[str, Any]) -> Any:
+        xp = self.xp
+        x = saved["x"]
+        return self.scale * xp.where(x > 0, 1.0, self.alpha * xp.exp(xp.minimum(x, 0.0))).astype(self.dtype)
+
+
+class Identity(Module):
+    """Returns its input unchanged (a placeholder where a layer is optional)."""
+
+    def forward(self, x: Any) -> Any:
+        x = self._input(x)
+        self._save(shape=tuple(x.shape))
+        return x
+
+    def backward(self, grad_output: Any) -> Any:
+        return self._check_grad(grad_output, self._saved_values()["shape"])
+
+
+class Flatten(Module):
+    """Flattens all dimensions after the batch dimension: (N, *) -> (N, prod(*))."""
+
+    def forward(self, x: Any) -> Any:
+        x = self._input(x)
+        self._save(shape=tuple(x.shape))
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad_output: Any) -> Any:
+        shape = self._saved_values()["shape"]
+        grad = self._check_grad(grad_output, (shape[0], math.prod(shape[1:])))
+        return grad.reshape(shape)

@@ -1,0 +1,260 @@
+"""Batch normalization (Ioffe & Szegedy 2015) and batch renormalization (Ioffe 2017).
+
+Training normalizes each channel with the statistics of the current mini-batch::
+
+    mu_B      = mean of x over the batch (and spatial) axes
+    sigma2_B  = mean of (x - mu_B)^2                 (biased)
+    x_hat     = (x - mu_B) / sqrt(sigma2_B + eps)
+    y         = gamma * x_hat + beta
+
+and keeps running estimates for inference::
+
+    running_mean = (1 - momentum) * running_mean + momentum * mu_B
+    running_var  = (1 - momentum) * running_var  + momentum * sigma2_B * m / (m - 1)   (unbiased)
+
+``momentum=None`` uses a cumulative average (momentum = 1 / num_batches_tracked).
+In eval mode the running estimates replace the batch statistics, so any batch size,
+even one sample, works. Layouts are channels-first, as in PyTorch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dualnorm.errors import InputError
+from dualnorm.nn import functional as F
+from dualnorm.nn._checks import check_momentum, check_ndim, check_non_negative, check_positive_int, check_size
+from dualnorm.nn.module import Module
+
+
+class _BatchNorm(Module):
+    _ndims: tuple[int, ...] = ()
+    _layout = ""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        *,
+        dtype: str | None = None,
+    ) -> None:
+        super().__init__(dtype=dtype)
+        name = type(self).__name__
+        self.num_features = check_positive_int("num_features", num_features, name)
+        self.eps = check_non_negative("eps", eps, name)
+        self.momentum = check_momentum(momentum, name)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        if self.affine:
+            self.weight = self._new_parameter(np.ones(num_features))
+            self.bias = self._new_parameter(np.zeros(num_features))
+        else:
+            object.__setattr__(self, "weight", None)
+            object.__setattr__(self, "bias", None)
+        if self.track_running_stats:
+            self.register_buffer("running_mean", self._const(np.zeros(num_features)))
+            self.register_buffer("running_var", self._const(np.ones(num_features)))
+            self.register_buffer("num_batches_tracked", self._const(np.array(0), self.backend.int64))
+        else:
+            for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+                self.register_buffer(buffer, None)
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean = self._const(np.zeros(self.num_features))
+            self.running_var = self._const(np.ones(self.num_features))
+            self.num_batches_tracked = self._const(np.array(0), self.backend.int64)
+
+    def _check(self, x: Any) -> None:
+        check_ndim(self, x, self._ndims, self._layout)
+        check_size(self, x, 1, self.num_features, "channels (num_features)")
+        if self.training and x.size // self.num_features == 1:
+            raise InputError(
+                f"{type(self).__name__}: expected more than 1 value per channel when training, got input "
+                f"of shape {tuple(x.shape)}. Use a batch of at least 2 samples, or call .eval() to "
+                "normalize with the running statistics."
+            )
+
+    def _uses_batch_stats(self) -> bool:
+        return self.training or self.running_mean is None
+
+    def _update_running_stats(self, mean: Any, var: Any, n: int) -> None:
+        """The exponential moving average PyTorch keeps (unbiased variance)."""
+        self.num_batches_tracked = self.num_batches_tracked + 1
+        if self.momentum is None:
+            factor = 1.0 / self.num_batches_tracked.astype(self.dtype)
+        else:
+            factor = self.momentum
+        unbiased = var.reshape(-1) * (n / max(n - 1, 1))
+        self.running_mean = (1 - factor) * self.running_mean + factor * mean.reshape(-1)
+        self.running_var = (1 - factor) * self.running_var + factor * unbiased
+
+    def forward(self, x: Any) -> Any:
+        x = self._input(x)
+        self._check(x)
+        axes = F.batch_axes(x.ndim)
+        shape = F.channel_shape(x.ndim, self.num_features)
+        if self._uses_batch_stats():
+            x_hat, inv_std, mean, var = F.normalize(self.backend, x, axes, self.eps)
+            if self.training and self.track_running_stats:
+                self._update_running_stats(mean, var, F.count(x.shape, axes))
+            x_hat = self._renormalize(x_hat, mean, var, shape)
+        else:
+            inv_std = self.backend.rsqrt(self.running_var.reshape(shape) + self.eps)
+            x_hat = (x - self.running_mean.reshape(shape)) * inv_std
+        self._save(x_hat=x_hat, inv_std=inv_std, batch_stats=self._uses_batch_stats(), axes=axes, shape=shape)
+        if not self.affine:
+            return x_hat
+        return x_hat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
+
+    def _renormalize(self, x_hat: Any, mean: Any, var: Any, shape: tuple[int, ...]) -> Any:
+        return x_hat
+
+    def backward(self, grad_output: Any) -> Any:
+        s = self._saved_values()
+        grad = self._check_grad(grad_output, s["x_hat"].shape)
+        weight = self.weight.data.reshape(s["shape"]) if self.affine else None
+        grad_xhat, grad_w, grad_b = F.affine_backward(
+            self.backend, grad, s["x_hat"], weight, s["axes"], (self.num_features,)
+        )
+        if self.affine:
+            self._accumulate(self.weight, grad_w)
+            self._accumulate(self.bias, grad_b)
+        if not s["batch_stats"]:
+            return grad_xhat * s["inv_std"]
+        return self._batch_stats_backward(grad_xhat, s)
+
+    def _batch_stats_backward(self, grad_xhat: Any, saved: dict[str, Any]) -> Any:
+        return F.normalize_backward(self.backend, grad_xhat, saved["x_hat"], saved["inv_std"], saved["axes"])
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalization over (N, C) or (N, C, L) input.
+
+    Args:
+        num_features: C, the number of features or channels.
+        eps: added to the variance for numerical stability (default 1e-5).
+        momentum: weight of the *new* batch in the running averages (default 0.1);
+            None for a cumulative average.
+        affine: learn gamma (``weight``, ones) and beta (``bias``, zeros) per feature.
+        track_running_stats: keep ``running_mean``/``running_var`` for eval mode.
+
+    The documents' worked example:
+
+    >>> import numpy as np, dualnorm
+    >>> bn = dualnorm.nn.BatchNorm1d(1)
+    >>> y = bn(np.arange(1.0, 7.0).reshape(6, 1))
+    >>> np.round(dualnorm.to_numpy(y).ravel(), 4).tolist()
+    [-1.4638, -0.8783, -0.2928, 0.2928, 0.8783, 1.4638]
+    """
+
+    _ndims = (2, 3)
+    _layout = "(N, C) or (N, C, L)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalization over (N, C, H, W) input, per channel (arguments as BatchNorm1d)."""
+
+    _ndims = (4,)
+    _layout = "(N, C, H, W)"
+
+
+class BatchNorm3d(_BatchNorm):
+    """Batch normalization over (N, C, D, H, W) input, per channel (arguments as BatchNorm1d)."""
+
+    _ndims = (5,)
+    _layout = "(N, C, D, H, W)"
+
+
+class _BatchRenorm(_BatchNorm):
+    """Batch renormalization (Ioffe 2017): train and inference see the same transform.
+
+    In training, the batch-normalized value is corrected towards the running
+    statistics with two factors treated as constants in the backward pass::
+
+        sigma   = sqrt(running_var + eps),  sigma_B = sqrt(var_B + eps)
+        r       = clip(sigma_B / sigma, 1/rmax, rmax)
+        d       = clip((mu_B - running_mean) / sigma, -dmax, dmax)
+        x_hat   = (x - mu_B) / sigma_B * r + d
+
+    With ``rmax=1, dmax=0`` it is exactly batch norm. The paper relaxes them from
+    (1, 0) to (3, 5) during training; the defaults here are those final values
+    (set ``layer.rmax`` / ``layer.dmax`` to schedule them). The running statistics
+    use PyTorch's BatchNorm convention (momentum weights the new batch, unbiased
+    variance), and the corrections use the running statistics from *before* this
+    batch's update, as in the paper.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        rmax: float = 3.0,
+        dmax: float = 5.0,
+        *,
+        dtype: str | None = None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats=True, dtype=dtype)
+        self.rmax = check_non_negative("rmax", rmax, type(self).__name__)
+        self.dmax = check_non_negative("dmax", dmax, type(self).__name__)
+        if self.rmax < 1:
+            raise InputError(
+                f"{type(self).__name__}: rmax must be >= 1 (1 means plain batch norm), got {rmax!r}"
+            )
+
+    def forward(self, x: Any) -> Any:
+        # Capture the running statistics before the batch updates them.
+        object.__setattr__(self, "_previous_running", (self.running_mean, self.running_var))
+        object.__setattr__(self, "_r", None)
+        return super().forward(x)
+
+    def _renormalize(self, x_hat: Any, mean: Any, var: Any, shape: tuple[int, ...]) -> Any:
+        if not self.training:
+            return x_hat
+        xp = self.xp
+        running_mean, running_var = self._previous_running
+        sigma = xp.sqrt(running_var.reshape(shape) + self.eps)
+        sigma_batch = xp.sqrt(var + self.eps)
+        r = xp.clip(sigma_batch / sigma, 1.0 / self.rmax, self.rmax)
+        d = xp.clip((mean - running_mean.reshape(shape)) / sigma, -self.dmax, self.dmax)
+        object.__setattr__(self, "_r", r)
+        object.__setattr__(self, "_x_hat_batch", x_hat)
+        return x_hat * r + d
+
+    def _batch_stats_backward(self, grad_xhat: Any, saved: dict[str, Any]) -> Any:
+        if self._r is None:  # the forward was in eval mode
+            return super()._batch_stats_backward(grad_xhat, saved)
+        # r and d are constants: back through x_hat = x_hat_batch * r + d, then batch norm.
+        return F.normalize_backward(
+            self.backend, grad_xhat * self._r, self._x_hat_batch, saved["inv_std"], saved["axes"]
+        )
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rmax={self.rmax}, dmax={self.dmax}"
+
+
+class BatchRenorm1d(_BatchRenorm):
+    """Batch renormalization over (N, C) or (N, C, L) input."""
+
+    _ndims = (2, 3)
+    _layout = "(N, C) or (N, C, L)"
+
+
+class BatchRenorm2d(_BatchRenorm):
+    """Batch renormalization over (N, C, H, W) input."""
+
+    _ndims = (4,)
+    _layout = "(N, C, H, W)"

@@ -1,0 +1,99 @@
+"""Group normalization (Wu & He 2018): channels split into groups, normalized per sample and group.
+
+``num_groups=1`` is layer norm over (C, *); ``num_groups=C`` is instance norm.
+Groups are *contiguous* channel blocks, as in PyTorch (channels 0..C/G-1 form group 0).
+MLX's ``nn.GroupNorm`` groups interleaved channels unless ``pytorch_compatible=True``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dualnorm.errors import InputError
+from dualnorm.nn import functional as F
+from dualnorm.nn._checks import check_non_negative, check_positive_int, check_size
+from dualnorm.nn.module import Module
+
+
+class GroupNorm(Module):
+    """Group normalization over (N, C, *) input.
+
+    Args:
+        num_groups: G; must divide ``num_channels``.
+        num_channels: C.
+        eps: added to the variance (default 1e-5).
+        affine: learn per-channel ``weight`` (ones) and ``bias`` (zeros) (default True).
+
+    >>> import numpy as np, dualnorm
+    >>> gn = dualnorm.nn.GroupNorm(2, 4)
+    >>> dualnorm.to_numpy(gn(np.random.rand(3, 4, 5))).shape
+    (3, 4, 5)
+    """
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        *,
+        dtype: str | None = None,
+    ) -> None:
+        super().__init__(dtype=dtype)
+        self.num_groups = check_positive_int("num_groups", num_groups, "GroupNorm")
+        self.num_channels = check_positive_int("num_channels", num_channels, "GroupNorm")
+        if num_channels % num_groups:
+            raise InputError(
+                f"GroupNorm: num_channels ({num_channels}) must be divisible by num_groups ({num_groups}); "
+                f"valid group counts for {num_channels} channels: "
+                f"{[g for g in range(1, num_channels + 1) if num_channels % g == 0]}"
+            )
+        self.eps = check_non_negative("eps", eps, "GroupNorm")
+        self.affine = bool(affine)
+        object.__setattr__(self, "weight", None)
+        object.__setattr__(self, "bias", None)
+        if self.affine:
+            self.weight = self._new_parameter(np.ones(num_channels))
+            self.bias = self._new_parameter(np.zeros(num_channels))
+
+    def forward(self, x: Any) -> Any:
+        x = self._input(x)
+        if x.ndim < 2:
+            raise InputError(
+                f"GroupNorm expects (N, C, *) input with at least 2 dimensions; got shape {tuple(x.shape)}"
+            )
+        check_size(self, x, 1, self.num_channels, "channels (num_channels)")
+        grouped = x.reshape(x.shape[0], self.num_groups, -1)
+        x_hat_g, inv_std, _, _ = F.normalize(self.backend, grouped, (2,), self.eps)
+        x_hat = x_hat_g.reshape(x.shape)
+        shape = F.channel_shape(x.ndim, self.num_channels)
+        self._save(x_hat=x_hat, inv_std=inv_std, shape=shape)
+        if not self.affine:
+            return x_hat
+        return x_hat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
+
+    def backward(self, grad_output: Any) -> Any:
+        s = self._saved_values()
+        x_hat = s["x_hat"]
+        grad = self._check_grad(grad_output, x_hat.shape)
+        weight = self.weight.data.reshape(s["shape"]) if self.affine else None
+        grad_xhat, grad_w, grad_b = F.affine_backward(
+            self.backend, grad, x_hat, weight, F.batch_axes(x_hat.ndim), (self.num_channels,)
+        )
+        if self.affine:
+            self._accumulate(self.weight, grad_w)
+            self._accumulate(self.bias, grad_b)
+        n = x_hat.shape[0]
+        grad_in = F.normalize_backward(
+            self.backend,
+            grad_xhat.reshape(n, self.num_groups, -1),
+            x_hat.reshape(n, self.num_groups, -1),
+            s["inv_std"],
+            (2,),
+        )
+        return grad_in.reshape(x_hat.shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"

@@ -1,0 +1,139 @@
+"""Instance normalization (Ulyanov et al. 2016): per sample and per channel, over the spatial axes.
+
+Used in style transfer, where each image's own contrast should be removed. Defaults
+follow PyTorch: ``affine=False, track_running_stats=False``. With running stats
+tracked, the running estimates are the batch average of the per-instance statistics
+(PyTorch does not count ``num_batches_tracked`` here, and ``momentum=None`` leaves
+them unchanged).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dualnorm.errors import InputError
+from dualnorm.nn import functional as F
+from dualnorm.nn._checks import check_momentum, check_ndim, check_non_negative, check_positive_int, check_size
+from dualnorm.nn.module import Module
+
+
+class _InstanceNorm(Module):
+    _spatial_dims = 1
+    _layout = ""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = False,
+        track_running_stats: bool = False,
+        *,
+        dtype: str | None = None,
+    ) -> None:
+        super().__init__(dtype=dtype)
+        name = type(self).__name__
+        self.num_features = check_positive_int("num_features", num_features, name)
+        self.eps = check_non_negative("eps", eps, name)
+        self.momentum = check_momentum(momentum, name)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        object.__setattr__(self, "weight", None)
+        object.__setattr__(self, "bias", None)
+        if self.affine:
+            self.weight = self._new_parameter(np.ones(num_features))
+            self.bias = self._new_parameter(np.zeros(num_features))
+        for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+            self.register_buffer(buffer, None)
+        if self.track_running_stats:
+            self.running_mean = self._const(np.zeros(num_features))
+            self.running_var = self._const(np.ones(num_features))
+            self.num_batches_tracked = self._const(np.array(0), self.backend.int64)
+
+    def forward(self, x: Any) -> Any:
+        x = self._input(x)
+        batched = self._spatial_dims + 2
+        check_ndim(self, x, (batched - 1, batched), self._layout)
+        unbatched = x.ndim == batched - 1
+        if unbatched:
+            x = x.reshape((1, *x.shape))
+        check_size(self, x, 1, self.num_features, "channels (num_features)")
+        use_input_stats = self.training or not self.track_running_stats
+        axes = tuple(range(2, x.ndim))
+        spatial = F.count(x.shape, axes)
+        if use_input_stats and spatial == 1:
+            raise InputError(
+                f"{type(self).__name__}: expected more than 1 spatial element when normalizing per instance, "
+                f"got input of shape {tuple(x.shape)}"
+            )
+        shape = F.channel_shape(x.ndim, self.num_features)
+        if use_input_stats:
+            x_hat, inv_std, mean, var = F.normalize(self.backend, x, axes, self.eps)
+            if self.training and self.track_running_stats and self.momentum is not None:
+                m = self.momentum
+                unbiased = var * (spatial / (spatial - 1))
+                self.running_mean = (1 - m) * self.running_mean + m * self.xp.mean(mean, axis=0).reshape(-1)
+                self.running_var = (1 - m) * self.running_var + m * self.xp.mean(unbiased, axis=0).reshape(-1)
+        else:
+            inv_std = self.backend.rsqrt(self.running_var.reshape(shape) + self.eps)
+            x_hat = (x - self.running_mean.reshape(shape)) * inv_std
+        self._save(
+            x_hat=x_hat,
+            inv_std=inv_std,
+            axes=axes,
+            shape=shape,
+            input_stats=use_input_stats,
+            unbatched=unbatched,
+        )
+        y = x_hat
+        if self.affine:
+            y = x_hat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
+        return y[0] if unbatched else y
+
+    def backward(self, grad_output: Any) -> Any:
+        s = self._saved_values()
+        x_hat = s["x_hat"]
+        out_shape = x_hat.shape[1:] if s["unbatched"] else x_hat.shape
+        grad = self._check_grad(grad_output, out_shape).reshape(x_hat.shape)
+        weight = self.weight.data.reshape(s["shape"]) if self.affine else None
+        grad_xhat, grad_w, grad_b = F.affine_backward(
+            self.backend, grad, x_hat, weight, F.batch_axes(x_hat.ndim), (self.num_features,)
+        )
+        if self.affine:
+            self._accumulate(self.weight, grad_w)
+            self._accumulate(self.bias, grad_b)
+        if s["input_stats"]:
+            grad_in = F.normalize_backward(self.backend, grad_xhat, x_hat, s["inv_std"], s["axes"])
+        else:
+            grad_in = grad_xhat * s["inv_std"]
+        return grad_in.reshape(out_shape)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
+
+
+class InstanceNorm1d(_InstanceNorm):
+    """Instance normalization over (N, C, L) or unbatched (C, L) input.
+
+    Args:
+        num_features: C.
+        eps: added to the variance (default 1e-5).
+        momentum: for the running statistics when tracked (default 0.1).
+        affine: learn per-channel weight and bias (default False).
+        track_running_stats: keep running statistics for eval mode (default False).
+    """
+
+    _spatial_dims = 1
+    _layout = "(N, C, L) or (C, L)"
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """Instance normalization over (N, C, H, W) or unbatched (C, H, W) input (arguments as InstanceNorm1d)."""
+
+    _spatial_dims = 2
+    _layout = "(N, C, H, W) or (C, H, W)"

@@ -1,0 +1,150 @@
+"""Layer normalization (Ba et al. 2016) and RMS normalization (Zhang & Sennrich 2019).
+
+Both normalize each sample over its trailing ``normalized_shape`` axes, so they do
+not depend on the batch: the choice for sequences and small or variable batches.
+
+LayerNorm::   y = (x - mean) / sqrt(var + eps) * weight + bias
+RMSNorm::     y = x / sqrt(mean(x^2) + eps) * weight
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dualnorm.errors import InputError
+from dualnorm.nn import functional as F
+from dualnorm.nn._checks import as_shape, check_non_negative
+from dualnorm.nn.module import Module
+
+
+class _TrailingNorm(Module):
+    def _check(self, x: Any) -> tuple[int, ...]:
+        k = len(self.normalized_shape)
+        if x.ndim < k or tuple(x.shape[x.ndim - k :]) != self.normalized_shape:
+            raise InputError(
+                f"{type(self).__name__}(normalized_shape={self.normalized_shape}) expects input whose last "
+                f"{k} dimension(s) are {self.normalized_shape}; got shape {tuple(x.shape)}"
+            )
+        return tuple(range(x.ndim - k, x.ndim))
+
+    def _param_backward(self, grad: Any, x_hat: Any, axes: tuple[int, ...]) -> Any:
+        lead = tuple(range(grad.ndim - len(axes)))
+        weight = self.weight.data if self.weight is not None else None
+        grad_xhat, grad_w, grad_b = F.affine_backward(
+            self.backend, grad, x_hat, weight, lead, self.normalized_shape
+        )
+        if self.weight is not None:
+            self._accumulate(self.weight, grad_w)
+        if getattr(self, "bias", None) is not None:
+            self._accumulate(self.bias, grad_b)
+        return grad_xhat
+
+
+class LayerNorm(_TrailingNorm):
+    """Layer normalization over the trailing ``normalized_shape`` dimensions.
+
+    Args:
+        normalized_shape: int or tuple, the trailing shape to normalize over.
+        eps: added to the variance (default 1e-5).
+        elementwise_affine: learn ``weight`` (ones) and ``bias`` (zeros) of shape
+            ``normalized_shape`` (default True).
+        bias: learn the bias when ``elementwise_affine`` (default True).
+
+    >>> import numpy as np, dualnorm
+    >>> ln = dualnorm.nn.LayerNorm(4)
+    >>> y = dualnorm.to_numpy(ln(np.array([[1.0, 2.0, 3.0, 4.0]])))
+    >>> bool(abs(y.mean()) < 1e-6)
+    True
+    """
+
+    def __init__(
+        self,
+        normalized_shape: int | tuple[int, ...],
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        *,
+        dtype: str | None = None,
+    ) -> None:
+        super().__init__(dtype=dtype)
+        self.normalized_shape = as_shape(normalized_shape, "LayerNorm")
+        self.eps = check_non_negative("eps", eps, "LayerNorm")
+        self.elementwise_affine = bool(elementwise_affine)
+        object.__setattr__(self, "weight", None)
+        object.__setattr__(self, "bias", None)
+        if self.elementwise_affine:
+            self.weight = self._new_parameter(np.ones(self.normalized_shape))
+            if bias:
+                self.bias = self._new_parameter(np.zeros(self.normalized_shape))
+
+    def forward(self, x: Any) -> Any:
+        x = self._input(x)
+        axes = self._check(x)
+        x_hat, inv_std, _, _ = F.normalize(self.backend, x, axes, self.eps)
+        self._save(x_hat=x_hat, inv_std=inv_std, axes=axes)
+        y = x_hat
+        if self.weight is not None:
+            y = y * self.weight.data
+        if self.bias is not None:
+            y = y + self.bias.data
+        return y
+
+    def backward(self, grad_output: Any) -> Any:
+        s = self._saved_values()
+        grad = self._check_grad(grad_output, s["x_hat"].shape)
+        grad_xhat = self._param_backward(grad, s["x_hat"], s["axes"])
+        return F.normalize_backward(self.backend, grad_xhat, s["x_hat"], s["inv_std"], s["axes"])
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+class RMSNorm(_TrailingNorm):
+    """Root-mean-square normalization over the trailing ``normalized_shape`` dimensions.
+
+    No centring and no bias: ``y = x / sqrt(mean(x^2) + eps) * weight``.
+
+    Args:
+        normalized_shape: int or tuple, the trailing shape to normalize over.
+        eps: added to the mean square; ``None`` (default, as in PyTorch) means the
+            machine epsilon of the dtype (1.19e-7 for float32).
+        elementwise_affine: learn ``weight`` (ones) of shape ``normalized_shape``.
+    """
+
+    def __init__(
+        self,
+        normalized_shape: int | tuple[int, ...],
+        eps: float | None = None,
+        elementwise_affine: bool = True,
+        *,
+        dtype: str | None = None,
+    ) -> None:
+        super().__init__(dtype=dtype)
+        self.normalized_shape = as_shape(normalized_shape, "RMSNorm")
+        self.eps = None if eps is None else check_non_negative("eps", eps, "RMSNorm")
+        self.elementwise_affine = bool(elementwise_affine)
+        object.__setattr__(self, "weight", None)
+        if self.elementwise_affine:
+            self.weight = self._new_parameter(np.ones(self.normalized_shape))
+
+    def forward(self, x: Any) -> Any:
+        x = self._input(x)
+        axes = self._check(x)
+        eps = self.backend.eps(x.dtype) if self.eps is None else self.eps
+        inv_rms = self.backend.rsqrt(self.xp.mean(x * x, axis=axes, keepdims=True) + eps)
+        x_hat = x * inv_rms
+        self._save(x_hat=x_hat, inv_rms=inv_rms, axes=axes)
+        return x_hat if self.weight is None else x_hat * self.weight.data
+
+    def backward(self, grad_output: Any) -> Any:
+        s = self._saved_values()
+        grad = self._check_grad(grad_output, s["x_hat"].shape)
+        grad_xhat = self._param_backward(grad, s["x_hat"], s["axes"])
+        # Like normalize_backward without the mean term (nothing was subtracted).
+        mean_gx = self.xp.mean(grad_xhat * s["x_hat"], axis=s["axes"], keepdims=True)
+        return s["inv_rms"] * (grad_xhat - s["x_hat"] * mean_gx)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

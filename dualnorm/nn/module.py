@@ -1,0 +1,334 @@
+"""Module, Parameter and Sequential: PyTorch's shape, with an explicit backward.
+
+Every module implements ``forward(x)`` and ``backward(grad_output)``. ``backward``
+returns dLoss/dInput and *accumulates* parameter gradients into ``param.grad`` (as
+PyTorch does; call ``zero_grad()`` between steps). Because every layer computes its
+own gradients, per-layer gradient statistics exist on every backend.
+
+Arrays (parameters, buffers, activations) live on the backend that was active when
+the module was built; ``module.to("mlx")`` moves them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from dualnorm.backends import Backend, get_backend
+from dualnorm.errors import InputError, StateError
+
+
+class Parameter:
+    """A learnable array (``data``) and its accumulated gradient (``grad``, or None)."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        self.grad: Any = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    def numpy(self) -> np.ndarray:
+        from dualnorm.backends import to_numpy
+
+        return to_numpy(self.data)
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.shape}, dtype={self.data.dtype})"
+
+
+def _join(prefix: str, name: str) -> str:
+    if not name:
+        return prefix
+    return f"{prefix}.{name}" if prefix else name
+
+
+class Module:
+    """Base class of every layer. Subclasses define ``forward`` and ``backward``."""
+
+    training: bool
+
+    def __init__(self, *, dtype: str | None = None) -> None:
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "backend", get_backend())
+        object.__setattr__(self, "dtype", self.backend.dtype(dtype))
+        object.__setattr__(self, "_saved", None)
+
+    # --- attribute registration (as in torch.nn.Module) ----------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        elif name in self._buffers:
+            self._buffers[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails.
+        for store in ("_parameters", "_buffers", "_modules"):
+            table = self.__dict__.get(store)
+            if table is not None and name in table:
+                return table[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def register_buffer(self, name: str, value: Any) -> None:
+        """A non-learnable array that belongs to the state (e.g. ``running_mean``)."""
+        self._buffers[name] = value
+
+    # --- helpers for subclasses ---------------------------------------------------
+    @property
+    def xp(self) -> Any:
+        return self.backend.xp
+
+    def _new_parameter(self, array: np.ndarray) -> Parameter:
+        return Parameter(self.backend.asarray(array, self.dtype))
+
+    def _const(self, array: np.ndarray | float, dtype: Any = None) -> Any:
+        return self.backend.asarray(np.asarray(array), self.dtype if dtype is None else dtype)
+
+    def _input(self, x: Any) -> Any:
+        """Convert the input to this module's backend and dtype, or raise a clear error."""
+        return self.backend.asarray(x, self.dtype, what=f"{type(self).__name__} input")
+
+    def _save(self, **values: Any) -> None:
+        object.__setattr__(self, "_saved", values)
+
+    def _saved_values(self) -> dict[str, Any]:
+        if self._saved is None:
+            raise StateError(
+                f"{type(self).__name__}.backward() was called before a forward pass; "
+                "call the module on an input first, then backward(grad_output)."
+            )
+        return self._saved
+
+    def _check_grad(self, grad_output: Any, expected_shape: tuple[int, ...]) -> Any:
+        grad = self.backend.asarray(grad_output, self.dtype, what=f"{type(self).__name__} grad_output")
+        if tuple(grad.shape) != tuple(expected_shape):
+            raise InputError(
+                f"{type(self).__name__}.backward: grad_output has shape {tuple(grad.shape)}, "
+                f"expected {tuple(expected_shape)} (the shape of the last forward's output)"
+            )
+        return grad
+
+    @staticmethod
+    def _accumulate(param: Parameter, grad: Any) -> None:
+        param.grad = grad if param.grad is None else param.grad + grad
+
+    # --- the interface -------------------------------------------------------------
+    def forward(self, x: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def backward(self, grad_output: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def __call__(self, x: Any) -> Any:
+        return self.forward(x)
+
+    def train(self, mode: bool = True) -> Module:
+        object.__setattr__(self, "training", bool(mode))
+        for child in self._modules.values():
+            child.train(mode)
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    # --- traversal -------------------------------------------------------------------
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        yield from self._modules.items()
+
+    def children(self) -> Iterator[Module]:
+        for _, child in self.named_children():
+            yield child
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(_join(prefix, name))
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        for name, param in self._parameters.items():
+            yield _join(prefix, name), param
+        for name, child in self._modules.items():
+            yield from child.named_parameters(_join(prefix, name))
+
+    def parameters(self) -> Iterator[Parameter]:
+        for _, param in self.named_parameters():
+            yield param
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
+        for name, module, leaf in self._buffer_slots(prefix):
+            yield name, module._buffers[leaf]
+
+    def _buffer_slots(self, prefix: str = "") -> Iterator[tuple[str, Module, str]]:
+        """(full name, owning module, name in the owner) of every buffer that is set."""
+        for name, buf in self._buffers.items():
+            if buf is not None:
+                yield _join(prefix, name), self, name
+        for name, child in self._modules.items():
+            yield from child._buffer_slots(_join(prefix, name))
+
+    def zero_grad(self) -> None:
+        for param in self.parameters():
+            param.grad = None
+
+    # --- state -------------------------------------------------------------------------
+    def state_dict(self) -> OrderedDict[str, Any]:
+        """Parameters and buffers by PyTorch's key names, as this backend's arrays."""
+        state: OrderedDict[str, Any] = OrderedDict()
+        state.update((name, p.data) for name, p in self._state_parameters())
+        state.update(self._state_buffers())
+        return state
+
+    def _state_parameters(self) -> Iterator[tuple[str, Parameter]]:
+        return self.named_parameters()
+
+    def _state_buffers(self) -> Iterator[tuple[str, Any]]:
+        return self.named_buffers()
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> None:
+        """Copy arrays (NumPy, MLX, or anything array-like) into this module.
+
+        Every key and shape is checked before anything is written, so a failed load
+        leaves the module exactly as it was.
+        """
+        own = self.state_dict()
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        if strict and (missing or unexpected):
+            raise InputError(
+                f"load_state_dict for {type(self).__name__}: missing keys {missing}, "
+                f"unexpected keys {unexpected}; expected exactly {list(own)}"
+            )
+        converted: dict[str, Any] = {}
+        bad_shapes = []
+        for key, target in own.items():
+            if key not in state_dict:
+                continue
+            value = np.asarray(_host(state_dict[key]))
+            if tuple(value.shape) != tuple(target.shape):
+                bad_shapes.append(f"{key}: checkpoint {tuple(value.shape)} vs module {tuple(target.shape)}")
+                continue
+            converted[key] = self.backend.asarray(value, target.dtype, what=f"state_dict[{key!r}]")
+        if bad_shapes:
+            raise InputError(
+                f"load_state_dict for {type(self).__name__}: shape mismatch for " + "; ".join(bad_shapes)
+            )
+        self._assign_state(converted)
+
+    def _assign_state(self, values: dict[str, Any]) -> None:
+        params = dict(self._state_parameters())
+        buffers = {name: (module, leaf) for name, module, leaf in self._buffer_slots()}
+        for key, value in values.items():
+            if key in params:
+                params[key].data = value
+            else:
+                module, leaf = buffers[key]
+                module._buffers[leaf] = value
+
+    def to(self, backend: str | Backend) -> Module:
+        """Move every parameter and buffer to another backend (returns ``self``)."""
+        target = backend if isinstance(backend, Backend) else get_backend(backend)
+        for _, module in self.named_modules():
+            source = module.backend
+            object.__setattr__(module, "backend", target)
+            object.__setattr__(module, "dtype", target.dtype(str(module.dtype)))
+            object.__setattr__(module, "_saved", None)
+            for param in module._parameters.values():
+                param.data = target.asarray(
+                    source.to_numpy(param.data), _same_dtype(target, source, param.data)
+                )
+                param.grad = None
+            for name, buf in module._buffers.items():
+                if buf is not None:
+                    module._buffers[name] = target.asarray(
+                        source.to_numpy(buf), _same_dtype(target, source, buf)
+                    )
+            module._moved(source, target)
+        return self
+
+    def _moved(self, source: Backend, target: Backend) -> None:
+        """Hook for modules holding extra arrays outside parameters/buffers."""
+
+    # --- printing ---------------------------------------------------------------------
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"  ({name}): " + repr(child).replace("\n", "\n  ") for name, child in self._modules.items()]
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not lines:
+            return head + ")"
+        return head + "\n" + "\n".join(lines) + "\n)"
+
+
+def _host(value: Any) -> Any:
+    from dualnorm.backends import to_numpy
+
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+        return value.detach().cpu().numpy()
+    return to_numpy(value)
+
+
+def _same_dtype(target: Backend, source: Backend, array: Any) -> Any:
+    name = str(source.numpy_dtype(array.dtype))
+    return {"float32": target.float32, "float64": target.float64, "int64": target.int64}.get(
+        name, target.float32
+    )
+
+
+class Sequential(Module):
+    """Modules applied in order; children are named "0", "1", ... as in PyTorch.
+
+    >>> from dualnorm import nn
+    >>> model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3), nn.ReLU())
+    >>> [name for name, _ in model.named_parameters()]
+    ['0.weight', '0.bias', '1.weight', '1.bias']
+    """
+
+    def __init__(self, *modules: Module | OrderedDict[str, Module]) -> None:
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], OrderedDict):
+            items: Iterable[tuple[str, Module]] = modules[0].items()
+        else:
+            items = ((str(i), m) for i, m in enumerate(modules))
+        for name, module in items:
+            if not isinstance(module, Module):
+                raise InputError(
+                    f"Sequential takes dualnorm modules; item {name!r} is a {type(module).__name__}"
+                )
+            self._modules[name] = module
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+    def __getitem__(self, index: int) -> Module:
+        return list(self._modules.values())[index]
+
+    def append(self, module: Module) -> Sequential:
+        self._modules[str(len(self._modules))] = module
+        return self
+
+    def forward(self, x: Any) -> Any:
+        for module in self._modules.values():
+            x = module(x)
+        return x
+
+    def backward(self, grad_output: Any) -> Any:
+        for module in reversed(self._modules.values()):
+            grad_output = module.backward(grad_output)
+        return grad_output
