@@ -86,10 +86,7 @@ class _BatchNorm(Module):
     def _update_running_stats(self, mean: Any, var: Any, n: int) -> None:
         """The exponential moving average PyTorch keeps (unbiased variance)."""
         self.num_batches_tracked = self.num_batches_tracked + 1
-        if self.momentum is None:
-            factor = 1.0 / self.num_batches_tracked.astype(self.dtype)
-        else:
-            factor = self.momentum
+        factor = 1.0 / self.num_batches_tracked.astype(self.dtype) if self.momentum is None else self.momentum
         unbiased = var.reshape(-1) * (n / max(n - 1, 1))
         self.running_mean = (1 - factor) * self.running_mean + factor * mean.reshape(-1)
         self.running_var = (1 - factor) * self.running_var + factor * unbiased

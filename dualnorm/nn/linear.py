@@ -52,7 +52,7 @@ class Linear(Module):
 
     def backward(self, grad_output: Any) -> Any:
         x = self._saved_values()["x"]
-        grad = self._check_grad(grad_output, x.shape[:-1] + (self.out_features,))
+        grad = self._check_grad(grad_output, (*x.shape[:-1], self.out_features))
         flat_g = grad.reshape(-1, self.out_features)
         flat_x = x.reshape(-1, self.in_features)
         self._accumulate(self.weight, flat_g.T @ flat_x)
