@@ -1,0 +1,196 @@
+"""The dualnorm terminal app: ``python -m tui`` or ``dualnorm tui``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from collections.abc import Sequence
+from typing import Any
+
+from textual.app import App
+from textual.binding import Binding
+
+from tui.runner import TrainingRunner
+from tui.screens import RunScreen, StartScreen
+
+
+def load_experiments() -> dict[str, Any]:
+    """The library's registered experiments (empty while the library cannot be imported)."""
+    try:
+        from dualnorm.experiments import EXPERIMENTS
+    except Exception:
+        return {}
+    return dict(EXPERIMENTS)
+
+
+def default_experiment_name() -> str:
+    try:
+        from dualnorm.experiments import DEFAULT_EXPERIMENT
+    except Exception:
+        return "dying-relu"
+    return DEFAULT_EXPERIMENT
+
+
+def available_backends() -> list[str]:
+    try:
+        from dualnorm import available_backends as _available
+
+        found = list(_available())
+        if found:
+            return found
+    except Exception:
+        pass
+    found = ["numpy"]
+    if importlib.util.find_spec("mlx") is not None:
+        found.append("mlx")
+    return found
+
+
+def active_backend(backends: Sequence[str]) -> str:
+    try:
+        from dualnorm import get_backend
+
+        return str(get_backend().name)
+    except Exception:
+        return backends[0] if backends else "numpy"
+
+
+def make_config(**kwargs: Any) -> Any:
+    try:
+        from dualnorm.experiments.base import RunConfig
+    except Exception:  # pragma: no cover - the contract module is part of the repo
+        raise
+    return RunConfig(**kwargs)
+
+
+class DualnormApp(App[None]):
+    TITLE = "dualnorm"
+    CSS_PATH = "app.tcss"
+    BINDINGS = [Binding("ctrl+c", "quit", "Quit", show=False, priority=True)]
+
+    def __init__(
+        self,
+        experiments: dict[str, Any] | None = None,
+        *,
+        experiment: str | None = None,
+        backend: str | None = None,
+        backends: Sequence[str] | None = None,
+        steps: int | None = None,
+        lr: float | None = None,
+        seed: int = 0,
+        start_paused: bool = False,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.experiments = dict(experiments) if experiments is not None else load_experiments()
+        self.backends = list(backends) if backends is not None else available_backends()
+        if backend is not None and backend not in self.backends:
+            raise ValueError(
+                f"backend {backend!r} is not installed; choose one of: {', '.join(self.backends)}"
+            )
+        self.backend = backend or active_backend(self.backends)
+        if self.backend not in self.backends:
+            self.backends.insert(0, self.backend)
+        if experiment is not None and experiment not in self.experiments:
+            raise ValueError(
+                f"unknown experiment {experiment!r}; choose one of: {', '.join(self.experiments) or '(none)'}"
+            )
+        self.initial_experiment = experiment
+        self.default_experiment = experiment or default_experiment_name()
+        self.steps = steps
+        self.lr = lr
+        self.seed = seed
+        self.start_paused = start_paused
+        self.export_dir = export_dir
+        self._runners: list[TrainingRunner] = []
+
+    def on_mount(self) -> None:
+        self.push_screen(StartScreen())
+        if self.initial_experiment:
+            self.open_run(self.initial_experiment)
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def config_for(self, name: str) -> Any:
+        return make_config(backend=self.backend, steps=self.steps, seed=self.seed, lr=self.lr)
+
+    def open_run(self, name: str) -> None:
+        exp = self.experiments[name]
+        self.push_screen(RunScreen(exp, self.config_for(name), paused=self.start_paused))
+
+    def restart_run(self, screen: RunScreen, config: Any) -> None:
+        screen.runner.stop()
+        self.backend = config.backend or self.backend
+        self.seed = config.seed
+        self.lr = config.lr
+        self.switch_screen(RunScreen(screen.experiment, config, paused=screen.runner.paused))
+
+    def pop_to_start(self) -> None:
+        if isinstance(self.screen, RunScreen):
+            self.pop_screen()
+        if not isinstance(self.screen, StartScreen):
+            self.push_screen(StartScreen())
+
+    def cycle_backend(self) -> str:
+        if len(self.backends) > 1:
+            i = self.backends.index(self.backend) if self.backend in self.backends else -1
+            self.backend = self.backends[(i + 1) % len(self.backends)]
+        return self.backend
+
+    def register_runner(self, runner: TrainingRunner) -> None:
+        self._runners = [r for r in self._runners if r.alive]
+        self._runners.append(runner)
+
+    def stop_all(self) -> None:
+        for runner in self._runners:
+            runner.stop()
+        self._runners = [r for r in self._runners if r.alive]
+
+    @property
+    def run_screen(self) -> RunScreen | None:
+        return self.screen if isinstance(self.screen, RunScreen) else None
+
+    async def action_quit(self) -> None:
+        self.stop_all()
+        self.exit()
+
+    def on_unmount(self) -> None:
+        self.stop_all()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dualnorm tui", description="Watch normalization layers train, live."
+    )
+    parser.add_argument("--experiment", "-x", default=None, help="open this experiment directly")
+    parser.add_argument("--backend", "-b", default=None, help="array backend: numpy or mlx")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per variant")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--paused", action="store_true", help="start paused (step with n)")
+    parser.add_argument(
+        "--export-dir", default=None, help="where `e` writes exports (default ./dualnorm-runs)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        app = DualnormApp(
+            experiment=args.experiment,
+            backend=args.backend,
+            steps=args.steps,
+            lr=args.lr,
+            seed=args.seed,
+            start_paused=args.paused,
+            export_dir=args.export_dir,
+        )
+    except ValueError as exc:
+        print(f"dualnorm tui: {exc}")
+        return 2
+    try:
+        app.run()
+    finally:
+        app.stop_all()
+    return 0

@@ -1,0 +1,294 @@
+"""Widgets of the run screen. They take data from :class:`tui.state.RunState` (attributes down)
+and never touch the training thread."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.containers import Grid
+from textual.widgets import DataTable, Static
+from textual_plot import HiResMode, NumericAxisFormatter, PlotWidget
+
+from tui.state import RunState, VariantState, fmt, pct, text_histogram
+
+COLORS = ("red", "green", "dodger_blue1", "yellow", "magenta", "cyan", "orange1", "white")
+MAX_CURVES = 8
+
+
+def variant_color(name: str, index: int) -> str:
+    if name == "plain" or name.endswith("plain") or name.endswith("none"):
+        return "red"
+    if "batchnorm" in name:
+        return "green"
+    return COLORS[(index + 2) % len(COLORS)]
+
+
+class LogAxisFormatter(NumericAxisFormatter):
+    """Ticks for data already in log10: whole decades, labelled 1e-3, 1e0, 1e5 ..."""
+
+    def get_ticks(self, min_: float, max_: float, max_ticks: int = 8) -> list[float]:
+        lo, hi = math.ceil(min_), math.floor(max_)
+        if hi - lo < 1:
+            return super().get_ticks(min_, max_, max_ticks)
+        stride = max(1, math.ceil((hi - lo + 1) / max(1, max_ticks)))
+        return [float(k) for k in range(lo, hi + 1, stride)]
+
+    def get_labels_for_ticks(self, ticks: Sequence[float]) -> list[str]:
+        labels = []
+        for t in ticks:
+            if float(t).is_integer():
+                labels.append(f"1e{int(t)}")
+            else:
+                labels.append(f"{10**t:.2g}")
+        return labels
+
+
+class Plot(PlotWidget, can_focus=False):
+    """A PlotWidget that never takes focus (its r/arrow bindings would shadow the app's keys)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_pan_and_zoom=False, **kwargs)
+
+
+class LossPlot(Plot):
+    """Loss curves of the variants overlaid, with a legend."""
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.set_xlabel("step")
+        self.show_legend()
+        self.log_y = False
+
+    def plot_width(self) -> int:
+        return max(8, self.size.width - self.margin_left - 2)
+
+    def redraw(self, state: RunState, *, log_y: bool, smoothing: float | None) -> None:
+        names = [v.name for v in state.variants.values() if v.steps]
+        if len(names) > MAX_CURVES:  # init-sweep: the current pair only (the grid shows the rest)
+            names = [v.name for v in sorted(state.variants.values(), key=lambda v: v.seen)[-2:]]
+        width = self.plot_width() * 2  # braille: two dots per cell
+        self.clear()
+        self.set_y_formatter(LogAxisFormatter() if log_y else NumericAxisFormatter())
+        self.set_ylabel("loss (log10)" if log_y else "loss")
+        order = list(state.variants)
+        for name in names:
+            xs, ys = state.curve(name, width=width, smoothing=smoothing, log_y=log_y)
+            if xs:
+                color = variant_color(name, order.index(name))
+                self.plot(xs, ys, line_style=color, hires_mode=HiResMode.BRAILLE, label=name)
+        for v in state.diverged():
+            if v.name in names:
+                self.add_v_line(float(v.diverged_at or 0), "bold red", f"{v.name} diverged @{v.diverged_at}")
+
+
+LAYER_COLUMNS = (
+    ("variant", "variant"),
+    ("layer", "layer"),
+    ("kind", "kind"),
+    ("mean", "act μ"),
+    ("std", "act σ"),
+    ("sat", "sat %"),
+    ("dead", "dead %"),
+    ("grad", "grad ‖·‖"),
+    ("trend", "grad trend"),
+    ("wnorm", "‖W‖"),
+    ("gamma", "γ"),
+    ("beta", "β"),
+)
+
+
+def layer_cells(variant: str, layer: Any, trend: str) -> tuple[str, ...]:
+    return (
+        variant,
+        layer.name,
+        layer.kind,
+        fmt(layer.act_mean),
+        fmt(layer.act_std),
+        pct(layer.saturated_frac),
+        pct(layer.dead_frac),
+        fmt(layer.grad_norm, 3),
+        trend,
+        fmt(layer.weight_norm),
+        fmt(layer.gamma_mean),
+        fmt(layer.beta_mean),
+    )
+
+
+class LayerTable(DataTable, can_focus=False):
+    """Per-layer statistics of the latest recorded step (one row per variant and layer)."""
+
+    def on_mount(self) -> None:
+        for key, label in LAYER_COLUMNS:
+            self.add_column(label, key=key)
+        self.cursor_type = "none"
+        self.zebra_stripes = True
+        self._row_keys: list[str] = []
+
+    def redraw(self, state: RunState) -> None:
+        rows = state.layer_rows()
+        keys = [f"{variant}/{layer.name}" for variant, layer, _ in rows]
+        if keys != self._row_keys:
+            self.clear()
+            for key, (variant, layer, trend) in zip(keys, rows):
+                self.add_row(*layer_cells(variant, layer, trend), key=key)
+            self._row_keys = keys
+            return
+        for key, (variant, layer, trend) in zip(keys, rows):
+            for (col, _), value in zip(LAYER_COLUMNS, layer_cells(variant, layer, trend)):
+                if self.get_cell(key, col) != value:
+                    self.update_cell(key, col, value, update_width=True)
+
+
+class HistogramPanel(Static):
+    """Per-layer activation histograms: one row per variant (plain vs batchnorm), one column per layer."""
+
+    DEFAULT_CSS = "HistogramPanel { height: 1fr; }"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._variants: list[VariantState] = []
+
+    def set_data(self, variants: list[VariantState]) -> None:
+        self._variants = variants
+        self.refresh()
+
+    def render(self) -> Any:
+        if not self._variants:
+            return Text("waiting for per-layer histograms ...", style="dim")
+        width, height = self.content_size.width, self.content_size.height
+        n_layers = max(len([layer for layer in v.layers if layer.hist_counts]) for v in self._variants)
+        col_w = max(4, (width - 12) // max(1, n_layers) - 1)
+        rows = len(self._variants)
+        bar_h = max(1, (height - 1) // max(1, rows) - 2)
+        table = Table(box=None, pad_edge=False, padding=(0, 1), show_header=False, expand=False)
+        table.add_column("variant", no_wrap=True, width=10)
+        for _ in range(n_layers):
+            table.add_column(no_wrap=True, width=col_w)
+        for v in self._variants:
+            cells: list[Any] = [Text(f"{v.name}\n@{v.layers_step}", style=variant_color(v.name, 0))]
+            for layer in [layer for layer in v.layers if layer.hist_counts]:
+                lines = text_histogram(layer.hist_counts, col_w, bar_h)
+                lo = layer.hist_edges[0] if layer.hist_edges else layer.act_min
+                hi = layer.hist_edges[-1] if layer.hist_edges else layer.act_max
+                axis = f"{fmt(lo, 2)}".ljust(col_w // 2) + f"{fmt(hi, 2)}".rjust(col_w - col_w // 2)
+                caption = f"{layer.name} μ{fmt(layer.act_mean, 2)} σ{fmt(layer.act_std, 2)}"
+                cells.append(
+                    Group(
+                        Text(caption[:col_w], style="bold"),
+                        Text("\n".join(lines), style=variant_color(v.name, 0)),
+                        Text(axis[:col_w], style="dim"),
+                    )
+                )
+            table.add_row(*cells)
+        return table
+
+
+PROBE_STAGES = (("after_linear", "after Linear"), ("after_bn", "after BN"), ("after_relu", "after ReLU"))
+
+
+class ProbeTable(DataTable, can_focus=False):
+    """dying-relu: the probe inputs 1..5 after Linear, after BN and after ReLU, per variant."""
+
+    def on_mount(self) -> None:
+        self.cursor_type = "none"
+        self._columns_for: int | None = None
+        self._row_keys: list[str] = []
+
+    def redraw(self, state: RunState) -> None:
+        variants = [v for v in state.variants.values() if v.probe]
+        if not variants:
+            return
+        inputs = variants[0].probe.get("input") or [1, 2, 3, 4, 5]
+        if self._columns_for != len(inputs):
+            self.clear(columns=True)
+            self.add_column("variant", key="variant")
+            self.add_column("step", key="step")
+            self.add_column("stage", key="stage")
+            for i, x in enumerate(inputs):
+                self.add_column(f"x={fmt(float(x), 3)}", key=f"x{i}")
+            self._columns_for = len(inputs)
+            self._row_keys = []
+        keys = [f"{v.name}/{stage}" for v in variants for stage, _ in PROBE_STAGES]
+        if keys != self._row_keys:
+            self.clear()
+            for v in variants:
+                for stage, label in PROBE_STAGES:
+                    self.add_row(*self._cells(v, stage, label, len(inputs)), key=f"{v.name}/{stage}")
+            self._row_keys = keys
+            return
+        for v in variants:
+            for stage, label in PROBE_STAGES:
+                key = f"{v.name}/{stage}"
+                cols = ["variant", "step", "stage", *(f"x{i}" for i in range(len(inputs)))]
+                for col, value in zip(cols, self._cells(v, stage, label, len(inputs))):
+                    if self.get_cell(key, col) != value:
+                        self.update_cell(key, col, value, update_width=True)
+
+    @staticmethod
+    def _cells(v: VariantState, stage: str, label: str, n: int) -> list[str]:
+        values = (v.probe or {}).get(stage)
+        shown = [fmt(float(x), 4) for x in values] if values is not None else ["—"] * n
+        return [v.name, str(v.probe_step), label, *shown[:n], *([""] * (n - len(shown)))]
+
+
+class SweepCell(Plot):
+    """One weight scale of init-sweep: training accuracy, batchnorm (green) vs plain (red)."""
+
+    DEFAULT_CSS = """
+    SweepCell { border: round $secondary; height: 1fr; width: 1fr; }
+    SweepCell #legend { display: none; }
+    """
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.margin_top = 0
+        self.margin_bottom = 1
+        self.margin_left = 4
+        self.set_ylimits(0.0, 1.0)
+        self.set_yticks([0.0, 0.5, 1.0])
+
+    def redraw(self, state: RunState, index: int) -> None:
+        cell = state.sweep.get(index)
+        if not cell:
+            return
+        scale = cell.get("scale")
+        self.border_title = f"w={scale:.1e}" if isinstance(scale, (int, float)) else f"#{index}"
+        self.clear()
+        xmax = 0.0
+        for norm, color in (("none", "red"), ("batchnorm", "green")):
+            name = cell.get(norm)
+            v = state.variants.get(name) if name else None
+            if v is None or not v.accuracies:
+                continue
+            xmax = max(xmax, v.acc_steps[-1])
+            self.plot(v.acc_steps, v.accuracies, line_style=color, hires_mode=HiResMode.BRAILLE)
+        bn, plain = state.variants.get(cell.get("batchnorm", "")), state.variants.get(cell.get("none", ""))
+        acc = [f"{v.accuracies[-1]:.2f}" if v and v.accuracies else "-" for v in (bn, plain)]
+        self.border_subtitle = f"BN {acc[0]} / plain {acc[1]}"
+        self.set_xticks([])
+
+
+class SweepGrid(Grid):
+    """init-sweep: a 4x4 grid of accuracy plots filling in as the runs progress."""
+
+    DEFAULT_CSS = "SweepGrid { grid-size: 4 4; grid-gutter: 0; height: 1fr; }"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cells: list[SweepCell] = []
+
+    def ensure_cells(self) -> None:
+        if not self.cells:
+            self.cells = [SweepCell(id=f"sweep-{i}") for i in range(16)]
+            self.mount(*self.cells)
+
+    def redraw(self, state: RunState, indices: set[int] | None = None) -> None:
+        self.ensure_cells()
+        for i in sorted(indices if indices is not None else state.sweep):
+            if 0 <= i < len(self.cells) and self.cells[i].is_mounted:
+                self.cells[i].redraw(state, i)
