@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""The two commands of this repository, each doing its own set-up.
+
+    python3 dev.py run     # the terminal UI on the default demo (installs what it needs)
+    python3 dev.py test    # the whole test suite on both backends (installs what it needs)
+
+Both create ``.venv`` next to this file on first use and reinstall only when
+``pyproject.toml`` changes. Only the Python standard library is used here, so a
+fresh machine needs nothing but Python 3.10+.
+
+PyTorch is optional: ``test`` installs it for the parity tests only when pip can find
+a wheel without the network (for example through ``PIP_FIND_LINKS``), because the
+default PyPI wheel on Linux is a multi-GB CUDA build. Set ``DUALNORM_TEST_TORCH=1``
+to install it from the index anyway, ``=0`` to never install it; the PyTorch tests
+skip cleanly without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+
+
+def say(message: str) -> None:
+    print(f"[dev] {message}", flush=True)
+
+
+def run(*cmd: str | os.PathLike[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(c) for c in cmd], check=check, text=True)
+
+
+def ensure_venv(extras: str) -> None:
+    if sys.version_info < (3, 10):
+        sys.exit(f"dualnorm needs Python 3.10 or newer; this is {sys.version.split()[0]} ({sys.executable}).")
+    if not PYTHON.exists():
+        say(f"creating {VENV.relative_to(ROOT)} with {sys.executable}")
+        run(sys.executable, "-m", "venv", VENV)
+    stamp = VENV / f".dualnorm-installed-{extras.replace(',', '-')}"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    say(f"installing dualnorm[{extras}] into {VENV.relative_to(ROOT)} (once; again only when pyproject.toml changes)")
+    pip = [PYTHON, "-m", "pip", "--disable-pip-version-check"]
+    run(*pip, "install", "--quiet", "--upgrade", "pip")
+    run(*pip, "install", "--quiet", "-e", f"{ROOT}[{extras}]")
+    stamp.write_text(digest)
+
+
+def local_torch_version() -> str | None:
+    """The version of a torch wheel pip can install without the network, if any."""
+    report = subprocess.run(
+        [PYTHON, "-m", "pip", "install", "--dry-run", "--no-index", "--no-deps", "--quiet", "--report", "-", "torch"],
+        capture_output=True,
+        text=True,
+    )
+    if report.returncode != 0:
+        return None
+    try:
+        return json.loads(report.stdout)["install"][0]["metadata"]["version"]
+    except (ValueError, KeyError, IndexError):
+        return None
+
+
+def ensure_torch() -> None:
+    choice = os.environ.get("DUALNORM_TEST_TORCH", "auto").strip().lower()
+    if choice in ("0", "no", "false"):
+        return
+    if run(PYTHON, "-c", "import torch", check=False).returncode == 0:
+        return
+    version = local_torch_version()
+    if version is None and choice not in ("1", "yes", "true"):
+        say("PyTorch: no local wheel found; the PyTorch parity tests will be skipped (DUALNORM_TEST_TORCH=1 installs it)")
+        return
+    spec = f"torch=={version}" if version else "torch"
+    say(f"installing {spec} for the PyTorch parity tests")
+    if run(PYTHON, "-m", "pip", "install", "--quiet", spec, check=False).returncode != 0:
+        say("PyTorch could not be installed; the PyTorch parity tests will be skipped")
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(__doc__)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "run":
+        ensure_venv("mlx,tui")
+        return run(BIN / "dualnorm", "tui", *rest, check=False).returncode
+    if command == "test":
+        ensure_venv("dev")
+        ensure_torch()
+        return run(PYTHON, "-m", "pytest", *rest, check=False).returncode
+    print(f"unknown command {command!r}; use 'run' or 'test' (see python3 dev.py --help)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
