@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from textual.app import App
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 
 from tui.runner import TrainingRunner
 from tui.screens import RunScreen, StartScreen
@@ -66,7 +66,7 @@ def make_config(**kwargs: Any) -> Any:
 class DualnormApp(App[None]):
     TITLE = "dualnorm"
     CSS_PATH = "app.tcss"
-    BINDINGS = [Binding("ctrl+c", "quit", "Quit", show=False, priority=True)]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+c", "quit", "Quit", show=False, priority=True)]
 
     def __init__(
         self,

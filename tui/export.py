@@ -6,6 +6,7 @@ moved into place with ``os.replace`` (a reader never sees half a file).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -62,10 +63,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
             fh.write(text)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     return path
 

@@ -8,6 +8,7 @@ simply stops pulling the generator; a single step lets exactly one record throug
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import traceback
 from typing import Any
@@ -104,8 +105,6 @@ class TrainingRunner:
             self._traceback = traceback.format_exc()
         finally:
             if gen is not None:
-                try:
+                with contextlib.suppress(Exception):
                     gen.close()
-                except Exception:
-                    pass
             self.finished.set()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Input, Label, Markdown, OptionList, Static
@@ -71,7 +71,7 @@ l log-y · s smoothing · e export (CSV, JSON Lines, SVG screenshot) · ? help �
 
 
 class HelpScreen(ModalScreen[None]):
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "dismiss_help", "Close"),
         Binding("question_mark", "dismiss_help", "Close", show=False),
         Binding("q", "dismiss_help", "Close", show=False),
@@ -89,7 +89,7 @@ class HelpScreen(ModalScreen[None]):
 class ConfigModal(ModalScreen[dict[str, Any] | None]):
     """Change the learning rate and seed, then restart."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, lr: float, seed: int) -> None:
         super().__init__()
@@ -129,7 +129,7 @@ class ConfigModal(ModalScreen[dict[str, Any] | None]):
 
 
 class StartScreen(Screen[None]):
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "start", "Start", priority=True),
         Binding("b", "backend", "Switch backend"),
         Binding("question_mark", "help", "Help"),
@@ -199,7 +199,7 @@ class StartScreen(Screen[None]):
 class RunScreen(Screen[None]):
     """The live view of one experiment run."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("space", "toggle_pause", "Pause/Resume"),
         Binding("n", "step", "Step"),
         Binding("full_stop", "step", "Step", show=False),

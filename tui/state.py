@@ -87,7 +87,7 @@ def downsample_minmax(
     cannot draw them). Curves already short enough come back unchanged (minus
     non-finite points).
     """
-    pts = [(float(x), float(y)) for x, y in zip(xs, ys) if math.isfinite(float(y))]
+    pts = [(float(x), float(y)) for x, y in zip(xs, ys, strict=False) if math.isfinite(float(y))]
     if buckets <= 0 or len(pts) <= 2 * buckets:
         return [p[0] for p in pts], [p[1] for p in pts]
     n = len(pts)

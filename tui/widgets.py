@@ -134,12 +134,12 @@ class LayerTable(DataTable, can_focus=False):
         keys = [f"{variant}/{layer.name}" for variant, layer, _ in rows]
         if keys != self._row_keys:
             self.clear()
-            for key, (variant, layer, trend) in zip(keys, rows):
+            for key, (variant, layer, trend) in zip(keys, rows, strict=False):
                 self.add_row(*layer_cells(variant, layer, trend), key=key)
             self._row_keys = keys
             return
-        for key, (variant, layer, trend) in zip(keys, rows):
-            for (col, _), value in zip(LAYER_COLUMNS, layer_cells(variant, layer, trend)):
+        for key, (variant, layer, trend) in zip(keys, rows, strict=False):
+            for (col, _), value in zip(LAYER_COLUMNS, layer_cells(variant, layer, trend), strict=False):
                 if self.get_cell(key, col) != value:
                     self.update_cell(key, col, value, update_width=True)
 
@@ -225,7 +225,7 @@ class ProbeTable(DataTable, can_focus=False):
             for stage, label in PROBE_STAGES:
                 key = f"{v.name}/{stage}"
                 cols = ["variant", "step", "stage", *(f"x{i}" for i in range(len(inputs)))]
-                for col, value in zip(cols, self._cells(v, stage, label, len(inputs))):
+                for col, value in zip(cols, self._cells(v, stage, label, len(inputs)), strict=False):
                     if self.get_cell(key, col) != value:
                         self.update_cell(key, col, value, update_width=True)
 

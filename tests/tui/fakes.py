@@ -18,7 +18,7 @@ def _hist(center: float, spread: float, n: int = 640) -> tuple[list[int], list[f
     counts = []
     for i in range(HIST_BINS):
         mid = (edges[i] + edges[i + 1]) / 2
-        counts.append(int(round(n / HIST_BINS * 3 * math.exp(-((mid - center) ** 2) / (2 * spread**2)))))
+        counts.append(round(n / HIST_BINS * 3 * math.exp(-((mid - center) ** 2) / (2 * spread**2))))
     return counts, edges
 
 

@@ -1,0 +1,252 @@
+"""The app driven headless with Pilot, against the deterministic fake experiments."""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+
+import pytest
+
+pytest.importorskip("textual")
+
+from helpers import SIZE, make_app, settle, sync, wait_for
+from textual.widgets import OptionList
+
+from tui.screens import ConfigModal, HelpScreen, RunScreen, StartScreen
+from tui.widgets import HistogramPanel, LayerTable, LossPlot, ProbeTable, SweepGrid
+
+
+def _train_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("dualnorm-train") and t.is_alive()]
+
+
+@sync
+async def test_start_screen_lists_experiments_and_enter_starts_default():
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        assert isinstance(app.screen, StartScreen)
+        options = app.screen.query_one(OptionList)
+        assert options.option_count == 4
+        assert options.get_option_at_index(options.highlighted).id == "dying-relu"
+        assert "numpy" in str(app.screen.query_one("#backend-line").render())
+        await pilot.press("b")
+        assert app.backend == "mlx"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="run screen")
+        screen = app.screen
+        assert screen.experiment.name == "dying-relu"
+        assert screen.config.backend == "mlx"
+        await wait_for(pilot, lambda: screen.runner.finished.is_set(), what="run finished")
+        screen.poll(force=True)
+        await pilot.pause()
+        assert screen.state.total_steps == 120
+        assert "finished" in screen.status_text().plain
+        await pilot.press("q")
+    assert not _train_threads()
+
+
+@pytest.mark.parametrize("name", ["dying-relu", "sigmoid-depth", "init-sweep", "diverge"])
+@sync
+async def test_open_each_experiment(name):
+    app = make_app(experiment=name, steps=30)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        assert isinstance(screen, RunScreen)
+        await settle(pilot, screen)
+        assert screen.state.records
+        table = screen.query_one(LayerTable)
+        assert table.row_count > 0
+        if name == "dying-relu":
+            probe = screen.query_one(ProbeTable)
+            assert probe.display and probe.row_count == 6
+            assert probe.get_cell("batchnorm/after_bn", "x0") != "—"
+            assert probe.get_cell("plain/after_bn", "x0") == "—"
+        if name == "sigmoid-depth":
+            hist = screen.query_one(HistogramPanel)
+            assert hist.display and [v.name for v in hist._variants] == ["plain", "batchnorm"]
+        if name == "init-sweep":
+            grid = screen.query_one(SweepGrid)
+            await wait_for(pilot, lambda: len(grid.cells) == 16 and all(c.is_mounted for c in grid.cells))
+            screen.poll(force=True)
+            await pilot.pause()
+            assert grid.display
+            assert len(grid.cells[0]._datasets) == 2  # BN and plain curves
+            assert grid.cells[15].border_title.startswith("w=1.0e-04")
+        if name == "diverge":
+            status = screen.status_text().plain
+            assert "plain diverged at step 15" in status
+            assert any("diverged" in (label or "") for label in screen.query_one(LossPlot)._v_lines_labels)
+        await pilot.press("q")
+    assert not _train_threads()
+
+
+@sync
+async def test_pause_step_and_table_changes():
+    app = make_app(experiment="sigmoid-depth", steps=400, delay=0.002)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.state.total_steps > 5, what="some steps")
+        await pilot.press("space")
+        assert screen.runner.paused
+        await settle(pilot, screen)
+        steps = screen.state.total_steps
+        table = screen.query_one(LayerTable)
+        before = table.get_row_at(0)
+        await pilot.pause(0.3)
+        screen.poll(force=True)
+        assert screen.state.total_steps == steps  # paused: nothing moves
+        assert "paused" in screen.status_text().plain
+        await pilot.press("n")
+        await settle(pilot, screen)
+        assert screen.state.total_steps == steps + 1
+        await pilot.press("full_stop", "n", "n")
+        await settle(pilot, screen)
+        assert screen.state.total_steps == steps + 4
+        assert table.get_row_at(0) != before  # the statistics moved with training
+        await pilot.press("space")
+        await wait_for(pilot, lambda: screen.state.total_steps > steps + 20, what="resumed")
+        await pilot.press("q")
+    assert not _train_threads()
+
+
+@sync
+async def test_restart_switch_backend_and_config_modal():
+    app = make_app(experiment="dying-relu", steps=50)
+    async with app.run_test(size=SIZE) as pilot:
+        first = app.screen
+        await settle(pilot, first)
+        await pilot.press("r")
+        await wait_for(pilot, lambda: app.screen is not first, what="restart")
+        second = app.screen
+        assert isinstance(second, RunScreen) and not first.runner.alive
+        await pilot.press("b")
+        await wait_for(pilot, lambda: app.screen is not second, what="backend switch")
+        third = app.screen
+        assert third.config.backend == "mlx"
+        await settle(pilot, third)
+        assert third.state.backend == "mlx"  # the records come from the mlx run
+        assert "backend mlx" in third.status_text().plain
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfigModal), what="modal")
+        modal = app.screen
+        modal.query_one("#lr").value = "0.5"
+        modal.query_one("#seed").value = "7"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen is not third)
+        fourth = app.screen
+        assert fourth.config.lr == 0.5 and fourth.config.seed == 7 and fourth.config.backend == "mlx"
+        # invalid input keeps the dialog open; escape cancels without restarting
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfigModal))
+        app.screen.query_one("#lr").value = "-1"
+        await pilot.press("enter")
+        assert isinstance(app.screen, ConfigModal)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is fourth)
+        await pilot.press("q")
+    assert not _train_threads()
+
+
+@sync
+async def test_toggles_log_and_smoothing():
+    app = make_app(experiment="dying-relu", steps=80)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await settle(pilot, screen)
+        plot = screen.query_one(LossPlot)
+        raw_max = max(max(d.y) for d in plot._datasets)
+        await pilot.press("l")
+        assert screen.log_y and "log-y" in screen.status_text().plain
+        log_max = max(max(d.y) for d in plot._datasets)
+        assert log_max == pytest.approx(raw_max and __import__("math").log10(raw_max))
+        await pilot.press("s")
+        assert screen.smoothing and "smoothed" in screen.status_text().plain
+        await pilot.press("l", "s")
+        assert not screen.log_y and not screen.smoothing
+        assert max(max(d.y) for d in plot._datasets) == pytest.approx(raw_max)
+        await pilot.press("q")
+
+
+@sync
+async def test_export_writes_parsable_files(tmp_path):
+    app = make_app(experiment="diverge", steps=20, export_dir=str(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await settle(pilot, screen)
+        await pilot.press("e")
+        await app.workers.wait_for_complete()
+        await wait_for(pilot, lambda: screen.last_export is not None, what="export")
+        out = screen.last_export
+        assert out.parent == tmp_path and out.name.startswith("diverge-")
+        rows = list(csv.DictReader((out / "records.csv").read_text().splitlines()))
+        assert len(rows) == len(screen.state.records) == 30
+        lines = (out / "records.jsonl").read_text().splitlines()
+        assert len(lines) == 30
+        for line in lines:
+            assert {"variant", "step", "loss", "layers"} <= set(json.loads(line))
+        assert (out / "screenshot.svg").read_text().lstrip().startswith("<svg")
+        assert (out / "layers.csv").exists()
+        await pilot.press("q")
+
+
+@sync
+async def test_help_resize_and_rapid_keys():
+    app = make_app(experiment="sigmoid-depth", steps=200, delay=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunScreen)
+        for w, h in [(60, 20), (200, 60), (40, 12), (120, 40)]:
+            await pilot.resize_terminal(w, h)
+            await pilot.pause(0.05)
+        await pilot.press(*"snlsnl", "space", "space", "n", ".", "r", "r", "r", "b", "b", "l", "space")
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, RunScreen)
+        await pilot.press("r", "r", "escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, StartScreen), what="back to start")
+        await pilot.press("q")
+    assert not _train_threads()
+
+
+@sync
+async def test_ui_stays_responsive_during_a_slow_step():
+    app = make_app(experiment="dying-relu", steps=3, delay=1.0)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await pilot.pause(0.1)
+        await pilot.press("l")  # handled while the training thread sleeps inside a step
+        assert screen.log_y
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape", "q")
+    assert not _train_threads()
+
+
+@sync
+async def test_experiment_error_is_shown():
+    from fakes import FakeExperiment
+
+    class Broken(FakeExperiment):
+        def run(self, config, stop=None):
+            yield from super().run(config, stop)
+            raise RuntimeError("boom")
+
+    from tui.app import DualnormApp
+
+    app = DualnormApp({"broken": Broken("broken", "relu", steps=3)}, experiment="broken", backends=["numpy"])
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.runner.finished.is_set())
+        screen.poll(force=True)
+        assert "experiment failed: RuntimeError: boom" in screen.status_text().plain
+        await pilot.press("q")
+
+
+def test_main_rejects_unknown_names(capsys):
+    from tui.app import main
+
+    assert main(["--experiment", "nope-not-real"]) == 2
+    assert "unknown experiment" in capsys.readouterr().out
+    assert main(["--backend", "fortran"]) == 2

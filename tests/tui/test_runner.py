@@ -1,0 +1,80 @@
+"""The training thread: pause, single step, stop, errors."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("textual")
+
+from fakes import FakeExperiment
+
+from dualnorm.experiments.base import RunConfig
+from tui.runner import TrainingRunner
+from tui.state import RecordBuffer
+
+
+def _wait(cond, timeout=5.0):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.005)
+
+
+def test_runs_to_completion_on_its_own_thread():
+    buf = RecordBuffer()
+    seen_threads = set()
+
+    class Spy(FakeExperiment):
+        def run(self, config, stop=None):
+            for rec in super().run(config, stop):
+                seen_threads.add(threading.get_ident())
+                yield rec
+
+    r = TrainingRunner(Spy("x", "relu", steps=5), RunConfig(), buf)
+    r.start()
+    assert r.finished.wait(5)
+    assert len(buf.drain()) == 10
+    assert seen_threads and threading.get_ident() not in seen_threads
+    assert r.stop() and not r.alive
+
+
+def test_paused_start_and_single_steps():
+    buf = RecordBuffer()
+    r = TrainingRunner(FakeExperiment("x", "relu", steps=50), RunConfig(), buf, paused=True)
+    r.start()
+    time.sleep(0.05)
+    assert len(buf) == 0
+    r.step()
+    _wait(lambda: len(buf) == 1)
+    r.step(2)
+    _wait(lambda: len(buf) == 3)
+    time.sleep(0.05)
+    assert len(buf) == 3
+    r.resume()
+    assert r.finished.wait(5)
+    assert len(buf) == 100
+    r.stop()
+
+
+def test_stop_while_paused_joins_thread():
+    r = TrainingRunner(FakeExperiment("x", "relu", steps=10**6), RunConfig(), RecordBuffer())
+    r.start()
+    time.sleep(0.02)
+    r.pause()
+    assert r.stop(timeout=5)
+    assert not r.alive
+
+
+def test_experiment_error_is_captured():
+    class Broken(FakeExperiment):
+        def run(self, config, stop=None):
+            yield from super().run(config, stop)
+            raise RuntimeError("boom")
+
+    r = TrainingRunner(Broken("x", "relu", steps=2), RunConfig(), RecordBuffer())
+    r.start()
+    assert r.finished.wait(5)
+    assert r.error == "RuntimeError: boom"
