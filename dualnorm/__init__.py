@@ -12,20 +12,28 @@
 from dualnorm import nn
 from dualnorm._rng import manual_seed
 from dualnorm.backends import available_backends, get_backend, set_backend, to_numpy, use_backend
+from dualnorm.checkpoint import CheckpointError, load, load_into, save
 from dualnorm.errors import BackendError, DualnormError, InputError, StateError
+from dualnorm.runlog import load_run, save_run
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendError",
+    "CheckpointError",
     "DualnormError",
     "InputError",
     "StateError",
     "__version__",
     "available_backends",
     "get_backend",
+    "load",
+    "load_into",
+    "load_run",
     "manual_seed",
     "nn",
+    "save",
+    "save_run",
     "set_backend",
     "to_numpy",
     "use_backend",
