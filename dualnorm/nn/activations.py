@@ -34,8 +34,8 @@ class ReLU(_Elementwise):
 class LeakyReLU(_Elementwise):
     """x if x > 0 else negative_slope * x (PyTorch default slope 0.01)."""
 
-    def __init__(self, negative_slope: float = 0.01) -> None:
-        super().__init__()
+    def __init__(self, negative_slope: float = 0.01, *, dtype: str | None = None) -> None:
+        super().__init__(dtype=dtype)
         self.negative_slope = float(negative_slope)
 
     def forward(self, x: Any) -> Any:

@@ -66,8 +66,10 @@ class Module:
     # --- attribute registration (as in torch.nn.Module) ----------------------------
     def __setattr__(self, name: str, value: Any) -> None:
         if isinstance(value, Parameter):
+            self.__dict__.pop(name, None)  # a plain attribute of that name would shadow it
             self._parameters[name] = value
         elif isinstance(value, Module):
+            self.__dict__.pop(name, None)
             self._modules[name] = value
         elif name in self._buffers:
             self._buffers[name] = value
