@@ -6,8 +6,9 @@
 from __future__ import annotations
 
 from dualnorm.experiments.base import Experiment, RunConfig
+from dualnorm.experiments.dying_relu import DyingReLU
 
-EXPERIMENTS: dict[str, Experiment] = {}
+EXPERIMENTS: dict[str, Experiment] = {exp.name: exp for exp in (DyingReLU(),)}
 DEFAULT_EXPERIMENT = "dying-relu"
 
 
