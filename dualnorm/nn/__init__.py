@@ -13,6 +13,7 @@ from dualnorm.nn.linear import Linear
 from dualnorm.nn.lrn import LocalResponseNorm
 from dualnorm.nn.module import Module, Parameter, Sequential
 from dualnorm.nn.spectral_norm import SpectralNorm
+from dualnorm.nn.syncbatchnorm import SyncBatchNorm
 from dualnorm.nn.weight_norm import WeightNorm
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "Sequential",
     "Sigmoid",
     "SpectralNorm",
+    "SyncBatchNorm",
     "Tanh",
     "WeightNorm",
     "functional",
