@@ -302,7 +302,7 @@ def _digest(tensors: Iterable[tuple[str, str, tuple[int, ...], Any]], metadata: 
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """The arrays of a safetensors checkpoint, by key, as NumPy arrays.
+    """The arrays of a safetensors checkpoint, by key (sorted), as writable NumPy arrays.
 
     Works for files written by dualnorm and by ``safetensors.torch.save_file`` (bfloat16
     tensors come back as float32, since NumPy has no bfloat16). Raises
@@ -412,6 +412,12 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str
             "The file is damaged (truncated or overwritten); restore it from a backup or save it again",
         ) from None
     digest = meta.get(DIGEST_KEY)
+    if digest is None and any(key.startswith(META_PREFIX) for key in meta):
+        raise CheckpointError(
+            path,
+            f"corrupt checkpoint: written by dualnorm but its {DIGEST_KEY!r} metadata entry is missing",
+            "The header was damaged after the file was written; restore it from a backup or save it again",
+        )
     if digest is not None:
         actual = _digest(((name, t["dtype"], tuple(t["shape"]), t["data"]) for name, t in raw), meta)
         if actual != digest:
@@ -423,7 +429,7 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str
                 "backup or save it again",
             )
     arrays: dict[str, np.ndarray] = {}
-    for name, tensor in raw:
+    for name, tensor in sorted(raw, key=lambda item: item[0]):
         code, shape, payload = tensor["dtype"], tuple(tensor["shape"]), tensor["data"]
         if code == "BF16":
             bits = np.frombuffer(payload, dtype="<u2").astype(np.uint32) << 16
@@ -452,24 +458,29 @@ def _parse_header(path: Path, data: bytes) -> tuple[dict[str, Any], dict[str, st
     hint = "Write checkpoints with dualnorm.save() or safetensors.torch.save_file()"
     if not data:
         raise CheckpointError(path, "the file is empty (0 bytes), not a safetensors checkpoint", hint)
-    for magic, what in _MAGIC:
-        if data.startswith(magic):
-            extra = (
-                " For a torch.save file: torch.load() it, then dualnorm.save(state_dict, path)"
-                if magic == b"PK\x03\x04"
-                else ""
+    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
+    if not (data[8:9] == b"{" and size >= 2):  # not safetensors framing: say what the file is instead
+        for magic, what in _MAGIC:
+            if data.startswith(magic):
+                extra = (
+                    " For a torch.save file: torch.load() it, then dualnorm.save(state_dict, path)"
+                    if magic == b"PK\x03\x04"
+                    else ""
+                )
+                raise CheckpointError(
+                    path, f"this is {what}, not a safetensors checkpoint", hint + "." + extra
+                )
+        if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") and data.endswith(b"."):
+            raise CheckpointError(
+                path, "this is a Python pickle (an old torch.save file?), not a safetensors checkpoint", hint
             )
-            raise CheckpointError(path, f"this is {what}, not a safetensors checkpoint", hint + "." + extra)
-    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        raise CheckpointError(
-            path, "this is a Python pickle (an old torch.save file?), not a safetensors checkpoint", hint
-        )
-    if len(data) < 8:
-        raise CheckpointError(
-            path, f"truncated: {len(data)} bytes, shorter than the 8-byte safetensors header length", hint
-        )
-    size = int.from_bytes(data[:8], "little")
-    if data[8:9] != b"{" or size < 2:
+        if len(data) <= 8:
+            raise CheckpointError(
+                path,
+                f"truncated: {len(data)} bytes, too short for a safetensors file (8-byte header length, "
+                "then the header)",
+                hint,
+            )
         if _looks_like_text(data):
             raise CheckpointError(path, "this is a text file, not a safetensors checkpoint", hint)
         raise CheckpointError(
