@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -28,6 +29,8 @@ class TrainingRunner:
         self.finished = threading.Event()
         self.error: str | None = None
         self.records_pulled = 0
+        self.started_at: float | None = None  # perf_counter() when the generator was created
+        self.finished_at: float | None = None
         self._thread = threading.Thread(
             target=self._loop, name=f"dualnorm-train-{experiment.name}", daemon=True
         )
@@ -88,6 +91,7 @@ class TrainingRunner:
         try:
             if not self._wait_turn():
                 return
+            self.started_at = time.perf_counter()
             gen = self.experiment.run(self.config, self.stop_event)
             first = True
             while True:
@@ -107,4 +111,5 @@ class TrainingRunner:
             if gen is not None:
                 with contextlib.suppress(Exception):
                     gen.close()
+            self.finished_at = time.perf_counter()
             self.finished.set()

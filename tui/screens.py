@@ -18,7 +18,7 @@ from textual.widgets.option_list import Option
 from tui.export import default_export_dir, export_run
 from tui.runner import TrainingRunner
 from tui.state import DEFAULT_SMOOTHING, Changes, RecordBuffer, RunState, fmt
-from tui.widgets import HistogramPanel, LayerTable, LossPlot, ProbeTable, SweepGrid
+from tui.widgets import HistogramPanel, LayerTable, LossPlot, ProbeTable, StatusLine, SweepGrid
 
 if TYPE_CHECKING:
     from tui.app import DualnormApp
@@ -240,7 +240,7 @@ class RunScreen(Screen[None]):
     # -- layout ----------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield Static(id="status")
+        yield StatusLine(id="status")
         with Horizontal(id="top"):
             yield LossPlot(id="loss")
             yield ProbeTable(id="probe")
@@ -294,16 +294,13 @@ class RunScreen(Screen[None]):
                 self.query_one("#detail").display = True
                 self.query_one(HistogramPanel).set_data(self.state.hist_variants())
                 p.hists.clear()
-            if p.sweep:
-                grid = self.query_one(SweepGrid)
+            grid = self.query_one(SweepGrid)
+            if p.sweep or grid.dirty:
                 if not grid.display:
                     grid.display = True
                     self.query_one("#detail").display = True
                     self.query_one(HistogramPanel).display = False
-                    grid.ensure_cells()
-                    self.call_after_refresh(lambda: grid.redraw(self.state))
-                else:
-                    grid.redraw(self.state, set(p.sweep))
+                grid.redraw(self.state, set(p.sweep))
                 p.sweep.clear()
             self._last_plot = now
         if p.status or records or self.runner.finished.is_set():
@@ -353,16 +350,22 @@ class RunScreen(Screen[None]):
             ("  log-y" if self.log_y else "", "magenta"),
             ("  smoothed" if self.smoothing else "", "magenta"),
         )
+        notes = []
         for v in st.diverged():
-            text.append(f"\n⚠ {v.name} diverged at step {v.diverged_at}", style="bold red")
+            note = Text(f"⚠ {v.name} diverged at step {v.diverged_at}", style="bold red")
             if v.message:
-                text.append(f": {v.message}", style="red")
+                note.append(f": {v.message}", style="red")
+            notes.append(note)
         if runner.error:
-            text.append(f"\n✖ experiment failed: {runner.error}", style="bold red")
+            notes.append(Text(f"✖ experiment failed: {runner.error}", style="bold red"))
+        if not notes:
+            notes.append(Text(self.experiment.summary, style="dim"))
+        text.append("\n")
+        text.append(Text("  ").join(notes))
         return text
 
     def update_status(self) -> None:
-        self.query_one("#status", Static).update(self.status_text())
+        self.query_one(StatusLine).set_text(self.status_text())
         if self.runner.error and not self._error_shown:
             self._error_shown = True
             self.notify(self.runner.error, title="experiment failed", severity="error", timeout=10)

@@ -11,6 +11,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.containers import Grid
+from textual.widget import Widget
 from textual.widgets import DataTable, Static
 from textual_plot import HiResMode, NumericAxisFormatter, PlotWidget
 
@@ -55,14 +56,36 @@ class Plot(PlotWidget, can_focus=False):
         super().__init__(allow_pan_and_zoom=False, **kwargs)
 
 
+class StatusLine(Widget):
+    """Two lines of run status. Renders its own text so an update repaints without a layout pass."""
+
+    DEFAULT_CSS = "StatusLine { height: 2; padding: 0 1; background: $boost; }"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._text = Text()
+
+    @property
+    def text(self) -> Text:
+        return self._text
+
+    def set_text(self, text: Text) -> None:
+        if text != self._text:
+            self._text = text
+            self.refresh()
+
+    def render(self) -> Any:
+        return self._text
+
+
 class LossPlot(Plot):
-    """Loss curves of the variants overlaid, with a legend."""
+    """Loss curves of the variants overlaid. The legend is the border subtitle (colored line keys):
+    textual-plot's own legend is a Static whose every update forces a layout pass of the screen."""
 
     def on_mount(self) -> None:
         super().on_mount()
         self.set_xlabel("step")
-        self.show_legend()
-        self.log_y = False
+        self.legend_text = Text()
 
     def plot_width(self) -> int:
         return max(8, self.size.width - self.margin_left - 2)
@@ -76,29 +99,36 @@ class LossPlot(Plot):
         self.set_y_formatter(LogAxisFormatter() if log_y else NumericAxisFormatter())
         self.set_ylabel("loss (log10)" if log_y else "loss")
         order = list(state.variants)
+        legend = Text()
         for name in names:
             xs, ys = state.curve(name, width=width, smoothing=smoothing, log_y=log_y)
             if xs:
                 color = variant_color(name, order.index(name))
                 self.plot(xs, ys, line_style=color, hires_mode=HiResMode.BRAILLE, label=name)
+                legend.append(" ━━ ", style=f"bold {color}").append(name)
         for v in state.diverged():
             if v.name in names:
                 self.add_v_line(float(v.diverged_at or 0), "bold red", f"{v.name} diverged @{v.diverged_at}")
+                legend.append(" │ ", style="bold red").append(f"{v.name} diverged @{v.diverged_at}")
+        if legend.plain and legend != self.legend_text:
+            self.legend_text = legend
+            self.border_subtitle = legend.markup + " "
 
 
+# (key, label, fixed width): fixed widths keep cell updates from forcing a layout pass
 LAYER_COLUMNS = (
-    ("variant", "variant"),
-    ("layer", "layer"),
-    ("kind", "kind"),
-    ("mean", "act μ"),
-    ("std", "act σ"),
-    ("sat", "sat %"),
-    ("dead", "dead %"),
-    ("grad", "grad ‖·‖"),
-    ("trend", "grad trend"),
-    ("wnorm", "‖W‖"),
-    ("gamma", "γ"),
-    ("beta", "β"),
+    ("variant", "variant", 13),
+    ("layer", "layer", 9),
+    ("kind", "kind", 11),
+    ("mean", "act μ", 9),
+    ("std", "act σ", 9),
+    ("sat", "sat %", 6),
+    ("dead", "dead %", 6),
+    ("grad", "grad ‖·‖", 9),
+    ("trend", "grad trend", 10),
+    ("wnorm", "‖W‖", 9),
+    ("gamma", "γ", 9),
+    ("beta", "β", 9),
 )
 
 
@@ -123,8 +153,8 @@ class LayerTable(DataTable, can_focus=False):
     """Per-layer statistics of the latest recorded step (one row per variant and layer)."""
 
     def on_mount(self) -> None:
-        for key, label in LAYER_COLUMNS:
-            self.add_column(label, key=key)
+        for key, label, width in LAYER_COLUMNS:
+            self.add_column(label, key=key, width=width)
         self.cursor_type = "none"
         self.zebra_stripes = True
         self._row_keys: list[str] = []
@@ -139,9 +169,9 @@ class LayerTable(DataTable, can_focus=False):
             self._row_keys = keys
             return
         for key, (variant, layer, trend) in zip(keys, rows, strict=False):
-            for (col, _), value in zip(LAYER_COLUMNS, layer_cells(variant, layer, trend), strict=False):
+            for (col, _, _), value in zip(LAYER_COLUMNS, layer_cells(variant, layer, trend), strict=False):
                 if self.get_cell(key, col) != value:
-                    self.update_cell(key, col, value, update_width=True)
+                    self.update_cell(key, col, value)
 
 
 class HistogramPanel(Static):
@@ -206,11 +236,11 @@ class ProbeTable(DataTable, can_focus=False):
         inputs = variants[0].probe.get("input") or [1, 2, 3, 4, 5]
         if self._columns_for != len(inputs):
             self.clear(columns=True)
-            self.add_column("variant", key="variant")
-            self.add_column("step", key="step")
-            self.add_column("stage", key="stage")
+            self.add_column("variant", key="variant", width=10)
+            self.add_column("step", key="step", width=7)
+            self.add_column("stage", key="stage", width=12)
             for i, x in enumerate(inputs):
-                self.add_column(f"x={fmt(float(x), 3)}", key=f"x{i}")
+                self.add_column(f"x={fmt(float(x), 3)}", key=f"x{i}", width=9)
             self._columns_for = len(inputs)
             self._row_keys = []
         keys = [f"{v.name}/{stage}" for v in variants for stage, _ in PROBE_STAGES]
@@ -227,7 +257,7 @@ class ProbeTable(DataTable, can_focus=False):
                 cols = ["variant", "step", "stage", *(f"x{i}" for i in range(len(inputs)))]
                 for col, value in zip(cols, self._cells(v, stage, label, len(inputs)), strict=False):
                     if self.get_cell(key, col) != value:
-                        self.update_cell(key, col, value, update_width=True)
+                        self.update_cell(key, col, value)
 
     @staticmethod
     def _cells(v: VariantState, stage: str, label: str, n: int) -> list[str]:
@@ -281,6 +311,7 @@ class SweepGrid(Grid):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.cells: list[SweepCell] = []
+        self.dirty: set[int] = set()  # cells with new data not drawn yet (e.g. not mounted yet)
 
     def ensure_cells(self) -> None:
         if not self.cells:
@@ -289,6 +320,10 @@ class SweepGrid(Grid):
 
     def redraw(self, state: RunState, indices: set[int] | None = None) -> None:
         self.ensure_cells()
-        for i in sorted(indices if indices is not None else state.sweep):
-            if 0 <= i < len(self.cells) and self.cells[i].is_mounted:
+        self.dirty |= set(indices if indices is not None else state.sweep)
+        for i in sorted(self.dirty):
+            if not 0 <= i < len(self.cells):
+                self.dirty.discard(i)
+            elif self.cells[i].is_mounted:
                 self.cells[i].redraw(state, i)
+                self.dirty.discard(i)
