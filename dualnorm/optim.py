@@ -11,8 +11,8 @@ layer saved for its backward pass are never changed under it.
 >>> from dualnorm.optim import SGD
 >>> with dualnorm.use_backend("numpy"):
 ...     layer = dualnorm.nn.Linear(1, 1, bias=False)
->>> layer.weight.data = np.array([[1.0]], dtype=np.float32)
->>> layer.weight.grad = np.array([[0.5]], dtype=np.float32)
+>>> layer.weight.data = np.array([[1.0]])
+>>> layer.weight.grad = np.array([[0.5]])
 >>> SGD(layer.parameters(), lr=0.1).step()
 >>> float(layer.weight.data[0, 0])
 0.95

@@ -7,8 +7,13 @@ from __future__ import annotations
 
 from dualnorm.experiments.base import Experiment, RunConfig
 from dualnorm.experiments.dying_relu import DyingReLU
+from dualnorm.experiments.init_sweep import InitSweep
+from dualnorm.experiments.norm_zoo import NormZoo
+from dualnorm.experiments.sigmoid_depth import SigmoidDepth
 
-EXPERIMENTS: dict[str, Experiment] = {exp.name: exp for exp in (DyingReLU(),)}
+EXPERIMENTS: dict[str, Experiment] = {
+    exp.name: exp for exp in (DyingReLU(), SigmoidDepth(), InitSweep(), NormZoo())
+}
 DEFAULT_EXPERIMENT = "dying-relu"
 
 

@@ -103,3 +103,41 @@ def to_backend(backend: Backend, array: np.ndarray, dtype: Any = None) -> Any:
 
 def host_list(backend: Backend, array: Any) -> list[float]:
     return [float(v) for v in np.asarray(backend.to_numpy(array), dtype=np.float64).ravel()]
+
+
+def accuracy_fn(backend: Backend, model: Any, x: Any, labels: np.ndarray) -> Any:
+    """A closure: the model's accuracy on (x, labels) in eval mode (running statistics)."""
+
+    def accuracy() -> float:
+        model.eval()
+        logits = np.asarray(backend.to_numpy(model(x)))
+        model.train()
+        return float(np.mean(np.argmax(logits, axis=1) == labels))
+
+    return accuracy
+
+
+def sampler(
+    backend: Backend, x_host: np.ndarray, y_host: np.ndarray, batch_size: int, rng: np.random.Generator
+):
+    """``batch(step)`` drawing ``batch_size`` rows *with replacement* (as the documents' np.random.choice).
+
+    The whole set lives on the backend once; each step gathers its rows there.
+    """
+    x_all = to_backend(backend, x_host)
+    y_all = backend.asarray(y_host, backend.int64)
+    n = len(x_host)
+    if backend.name == "numpy":
+
+        def batch(step: int) -> tuple[Any, Any]:
+            idx = rng.integers(0, n, batch_size)
+            return x_all[idx], y_all[idx]
+
+    else:
+        xp = backend.xp
+
+        def batch(step: int) -> tuple[Any, Any]:
+            idx = xp.array(rng.integers(0, n, batch_size).astype(np.int32))
+            return x_all[idx], y_all[idx]
+
+    return batch
