@@ -44,7 +44,8 @@ class LeakyReLU(_Elementwise):
         return self.xp.where(x > 0, x, x * self.negative_slope)
 
     def _derivative(self, saved: dict[str, Any]) -> Any:
-        return self.xp.where(saved["x"] > 0, 1.0, self.negative_slope).astype(self.dtype)
+        # Built in the layer's dtype (a float32 0.01 would leak into float64 gradients on MLX).
+        return (saved["x"] > 0).astype(self.dtype) * (1.0 - self.negative_slope) + self.negative_slope
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}"

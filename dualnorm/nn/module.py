@@ -188,9 +188,11 @@ class Module:
     # --- state -------------------------------------------------------------------------
     def state_dict(self) -> OrderedDict[str, Any]:
         """Parameters and buffers by PyTorch's key names, as this backend's arrays."""
+        # Module by module, parameters then buffers: the order of torch's state_dict.
         state: OrderedDict[str, Any] = OrderedDict()
-        state.update((name, p.data) for name, p in self._state_parameters())
-        state.update(self._state_buffers())
+        for prefix, module in self.named_modules():
+            state.update((_join(prefix, n), p.data) for n, p in module._parameters.items() if p is not None)
+            state.update((_join(prefix, n), b) for n, b in module._buffers.items() if b is not None)
         return state
 
     def _state_parameters(self) -> Iterator[tuple[str, Parameter]]:

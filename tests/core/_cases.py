@@ -155,10 +155,8 @@ def ref_linear(xp, x, P, S, training, frozen, *, weight=None):
 
 def ref_weight_norm(xp, x, P, S, training, frozen, *, dim):
     v = P["weight_v"]
-    if dim is None:
-        norm = xp.sqrt(xp.sum(v * v))
-    else:
-        norm = xp.sqrt(xp.sum(v * v, axis=1, keepdims=True))  # Linear weight, dim 0
+    # dim None: one norm over the whole weight; dim 0 of a Linear weight: one per output row.
+    norm = xp.sqrt(xp.sum(v * v)) if dim is None else xp.sqrt(xp.sum(v * v, axis=1, keepdims=True))
     w = P["weight_g"] * v / norm
     return ref_linear(xp, x, {k: v for k, v in P.items() if k == "bias"}, S, training, None, weight=w)
 
@@ -180,7 +178,9 @@ def ref_spectral_norm(xp, x, P, S, training, frozen, *, eps=1e-12, n_iter=1):
     if training:
         new_S["weight_u"], new_S["weight_v"] = u, v
     sigma = xp.sum(u * (W @ v))
-    y, _, _ = ref_linear(xp, x, {k: v for k, v in P.items() if k == "bias"}, S, training, None, weight=W / sigma)
+    y, _, _ = ref_linear(
+        xp, x, {k: v for k, v in P.items() if k == "bias"}, S, training, None, weight=W / sigma
+    )
     return y, new_S, frozen
 
 
@@ -232,7 +232,7 @@ def _t(expr: str) -> Callable[[], Any]:
     """A torch module factory from source text, so this file imports without torch."""
 
     def build():
-        import torch  # noqa: F401
+        import torch
 
         return eval(expr, {"torch": torch})
 
@@ -240,8 +240,20 @@ def _t(expr: str) -> Callable[[], Any]:
 
 
 CASES = [
-    Case("bn1d_2d", lambda d=None: nn.BatchNorm1d(3, dtype=d), (5, 3), _p(ref_batchnorm), _t("torch.nn.BatchNorm1d(3)")),
-    Case("bn1d_3d", lambda d=None: nn.BatchNorm1d(3, dtype=d), (4, 3, 2), _p(ref_batchnorm), _t("torch.nn.BatchNorm1d(3)")),
+    Case(
+        "bn1d_2d",
+        lambda d=None: nn.BatchNorm1d(3, dtype=d),
+        (5, 3),
+        _p(ref_batchnorm),
+        _t("torch.nn.BatchNorm1d(3)"),
+    ),
+    Case(
+        "bn1d_3d",
+        lambda d=None: nn.BatchNorm1d(3, dtype=d),
+        (4, 3, 2),
+        _p(ref_batchnorm),
+        _t("torch.nn.BatchNorm1d(3)"),
+    ),
     Case(
         "bn1d_noaffine_eps",
         lambda d=None: nn.BatchNorm1d(3, eps=1e-3, affine=False, dtype=d),
@@ -270,8 +282,20 @@ CASES = [
         _p(ref_batchnorm),
         _t("torch.nn.BatchNorm1d(3, track_running_stats=False)"),
     ),
-    Case("bn2d", lambda d=None: nn.BatchNorm2d(2, dtype=d), (3, 2, 2, 3), _p(ref_batchnorm), _t("torch.nn.BatchNorm2d(2)")),
-    Case("bn3d", lambda d=None: nn.BatchNorm3d(2, dtype=d), (2, 2, 2, 2, 2), _p(ref_batchnorm), _t("torch.nn.BatchNorm3d(2)")),
+    Case(
+        "bn2d",
+        lambda d=None: nn.BatchNorm2d(2, dtype=d),
+        (3, 2, 2, 3),
+        _p(ref_batchnorm),
+        _t("torch.nn.BatchNorm2d(2)"),
+    ),
+    Case(
+        "bn3d",
+        lambda d=None: nn.BatchNorm3d(2, dtype=d),
+        (2, 2, 2, 2, 2),
+        _p(ref_batchnorm),
+        _t("torch.nn.BatchNorm3d(2)"),
+    ),
     Case(
         "brn1d",
         lambda d=None: nn.BatchRenorm1d(3, rmax=1.5, dmax=0.5, dtype=d),
@@ -293,7 +317,13 @@ CASES = [
         _p(ref_batchnorm, momentum=None, renorm=(1.2, 0.2)),
         stop_grad=True,
     ),
-    Case("ln1", lambda d=None: nn.LayerNorm(4, dtype=d), (3, 4), _p(ref_layernorm, k=1), _t("torch.nn.LayerNorm(4)")),
+    Case(
+        "ln1",
+        lambda d=None: nn.LayerNorm(4, dtype=d),
+        (3, 4),
+        _p(ref_layernorm, k=1),
+        _t("torch.nn.LayerNorm(4)"),
+    ),
     Case(
         "ln2",
         lambda d=None: nn.LayerNorm((2, 3), eps=1e-3, dtype=d),
@@ -315,9 +345,27 @@ CASES = [
         _p(ref_layernorm, k=1),
         _t("torch.nn.LayerNorm(4, bias=False)"),
     ),
-    Case("gn", lambda d=None: nn.GroupNorm(2, 4, dtype=d), (2, 4, 3), _p(ref_groupnorm, groups=2), _t("torch.nn.GroupNorm(2, 4)")),
-    Case("gn_g1", lambda d=None: nn.GroupNorm(1, 4, dtype=d), (2, 4, 3), _p(ref_groupnorm, groups=1), _t("torch.nn.GroupNorm(1, 4)")),
-    Case("gn_gC", lambda d=None: nn.GroupNorm(4, 4, dtype=d), (2, 4, 3), _p(ref_groupnorm, groups=4), _t("torch.nn.GroupNorm(4, 4)")),
+    Case(
+        "gn",
+        lambda d=None: nn.GroupNorm(2, 4, dtype=d),
+        (2, 4, 3),
+        _p(ref_groupnorm, groups=2),
+        _t("torch.nn.GroupNorm(2, 4)"),
+    ),
+    Case(
+        "gn_g1",
+        lambda d=None: nn.GroupNorm(1, 4, dtype=d),
+        (2, 4, 3),
+        _p(ref_groupnorm, groups=1),
+        _t("torch.nn.GroupNorm(1, 4)"),
+    ),
+    Case(
+        "gn_gC",
+        lambda d=None: nn.GroupNorm(4, 4, dtype=d),
+        (2, 4, 3),
+        _p(ref_groupnorm, groups=4),
+        _t("torch.nn.GroupNorm(4, 4)"),
+    ),
     Case(
         "gn_noaffine_4d",
         lambda d=None: nn.GroupNorm(3, 6, eps=1e-3, affine=False, dtype=d),
@@ -325,7 +373,13 @@ CASES = [
         _p(ref_groupnorm, groups=3, eps=1e-3),
         _t("torch.nn.GroupNorm(3, 6, eps=1e-3, affine=False)"),
     ),
-    Case("in1d", lambda d=None: nn.InstanceNorm1d(3, dtype=d), (2, 3, 4), _p(ref_instancenorm, spatial=1), _t("torch.nn.InstanceNorm1d(3)")),
+    Case(
+        "in1d",
+        lambda d=None: nn.InstanceNorm1d(3, dtype=d),
+        (2, 3, 4),
+        _p(ref_instancenorm, spatial=1),
+        _t("torch.nn.InstanceNorm1d(3)"),
+    ),
     Case(
         "in1d_affine",
         lambda d=None: nn.InstanceNorm1d(3, affine=True, dtype=d),
@@ -383,7 +437,13 @@ CASES = [
         _p(ref_rmsnorm, k=1, eps=1e-6),
         _t("torch.nn.RMSNorm(4, eps=1e-6, elementwise_affine=False)"),
     ),
-    Case("lrn", lambda d=None: nn.LocalResponseNorm(3, dtype=d), (2, 5, 3), _p(ref_lrn, size=3), _t("torch.nn.LocalResponseNorm(3)")),
+    Case(
+        "lrn",
+        lambda d=None: nn.LocalResponseNorm(3, dtype=d),
+        (2, 5, 3),
+        _p(ref_lrn, size=3),
+        _t("torch.nn.LocalResponseNorm(3)"),
+    ),
     Case(
         "lrn_even_4d",
         lambda d=None: nn.LocalResponseNorm(2, alpha=0.3, beta=0.6, k=2.0, dtype=d),
@@ -420,7 +480,9 @@ CASES = [
         _t("torch.nn.utils.spectral_norm(torch.nn.Linear(3, 4))"),
         stop_grad=True,
     ),
-    Case("linear", lambda d=None: nn.Linear(3, 2, dtype=d), (4, 3), _p(ref_linear), _t("torch.nn.Linear(3, 2)")),
+    Case(
+        "linear", lambda d=None: nn.Linear(3, 2, dtype=d), (4, 3), _p(ref_linear), _t("torch.nn.Linear(3, 2)")
+    ),
     Case(
         "linear_nobias_3d",
         lambda d=None: nn.Linear(3, 2, bias=False, dtype=d),
@@ -436,7 +498,13 @@ CASES = [
         ref_activation("leaky", 0.2),
         _t("torch.nn.LeakyReLU(0.2)"),
     ),
-    Case("sigmoid", lambda d=None: nn.Sigmoid(dtype=d), (3, 4), ref_activation("sigmoid"), _t("torch.nn.Sigmoid()")),
+    Case(
+        "sigmoid",
+        lambda d=None: nn.Sigmoid(dtype=d),
+        (3, 4),
+        ref_activation("sigmoid"),
+        _t("torch.nn.Sigmoid()"),
+    ),
     Case("tanh", lambda d=None: nn.Tanh(dtype=d), (3, 4), ref_activation("tanh"), _t("torch.nn.Tanh()")),
     Case("selu", lambda d=None: nn.SELU(dtype=d), (3, 4), ref_activation("selu"), _t("torch.nn.SELU()")),
     Case(
@@ -535,7 +603,9 @@ def assert_close(actual: Any, expected: Any, tol: float, what: str = "") -> None
     assert err <= tol * scale, f"{what}: max abs error {err:.3g} > {tol:g} * {scale:.3g}"
 
 
-def run_reference(case: Case, x: np.ndarray, params: dict, buffers: dict, training: bool, dtype: str = "float32"):
+def run_reference(
+    case: Case, x: np.ndarray, params: dict, buffers: dict, training: bool, dtype: str = "float32"
+):
     """The float64 NumPy reference for a layer of ``dtype`` (only RMSNorm's default eps depends on it)."""
     REF_DTYPE["name"] = dtype
     return case.ref(np, x, params, buffers, training, None)

@@ -120,8 +120,13 @@ def test_momentum_none_is_cumulative_average(backend, rng):
 def test_eval_batch_of_one_uses_running_stats(backend):
     bn = nn.BatchNorm1d(2)
     bn.load_state_dict(
-        {"weight": [2.0, 1.0], "bias": [0.5, 0.0], "running_mean": [1.0, -1.0], "running_var": [4.0, 0.25],
-         "num_batches_tracked": np.array(7)}
+        {
+            "weight": [2.0, 1.0],
+            "bias": [0.5, 0.0],
+            "running_mean": [1.0, -1.0],
+            "running_var": [4.0, 0.25],
+            "num_batches_tracked": np.array(7),
+        }
     )
     bn.eval()
     y = host(bn(np.array([[3.0, 0.0]])))
@@ -135,7 +140,13 @@ def test_instance_norm_defaults(backend):
     assert (layer.affine, layer.track_running_stats, layer.eps, layer.momentum) == (False, False, 1e-5, 0.1)
     assert list(layer.state_dict()) == []
     tracked = nn.InstanceNorm1d(3, affine=True, track_running_stats=True)
-    assert list(tracked.state_dict()) == ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    assert list(tracked.state_dict()) == [
+        "weight",
+        "bias",
+        "running_mean",
+        "running_var",
+        "num_batches_tracked",
+    ]
 
 
 def test_instance_norm_momentum_none_leaves_running_stats(backend, rng):
@@ -192,8 +203,13 @@ def test_batch_renorm_with_rmax_1_dmax_0_is_batch_norm(backend, rng):
 def test_batch_renorm_corrects_towards_running_stats(backend):
     """With running stats far from the batch's, r and d are active and clipped at rmax / dmax."""
     layer = nn.BatchRenorm1d(1, rmax=2.0, dmax=1.0)
-    layer.load_state_dict({**{k: host(v) for k, v in layer.state_dict().items()},
-                           "running_mean": [-10.0], "running_var": [100.0]})
+    layer.load_state_dict(
+        {
+            **{k: host(v) for k, v in layer.state_dict().items()},
+            "running_mean": [-10.0],
+            "running_var": [100.0],
+        }
+    )
     x = np.arange(1.0, 7.0).reshape(6, 1)
     y = host(layer(x)).ravel()
     plain = (x.ravel() - 3.5) / np.sqrt(x.var() + 1e-5)
