@@ -297,6 +297,7 @@ class RunScreen(Screen[None]):
             grid = self.query_one(SweepGrid)
             if p.sweep or grid.dirty:
                 if not grid.display:
+                    self.add_class("sweep")
                     grid.display = True
                     self.query_one("#detail").display = True
                     self.query_one(HistogramPanel).display = False

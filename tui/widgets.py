@@ -117,7 +117,7 @@ class LossPlot(Plot):
 
 # (key, label, fixed width): fixed widths keep cell updates from forcing a layout pass
 LAYER_COLUMNS = (
-    ("variant", "variant", 13),
+    ("variant", "variant", 18),
     ("layer", "layer", 9),
     ("kind", "kind", 11),
     ("mean", "act μ", 9),
@@ -174,6 +174,16 @@ class LayerTable(DataTable, can_focus=False):
                     self.update_cell(key, col, value)
 
 
+ACTIVATION_KINDS = ("Sigmoid", "ReLU", "Tanh", "GELU", "SELU", "ELU", "LeakyReLU", "SiLU")
+
+
+def hist_layers(layers: Sequence[Any]) -> list[Any]:
+    """Layers with histograms; only the activation layers when there are any (the documents' figure)."""
+    with_hist = [layer for layer in layers if layer.hist_counts]
+    acts = [layer for layer in with_hist if layer.kind in ACTIVATION_KINDS]
+    return acts or with_hist
+
+
 class HistogramPanel(Static):
     """Per-layer activation histograms: one row per variant (plain vs batchnorm), one column per layer."""
 
@@ -191,7 +201,8 @@ class HistogramPanel(Static):
         if not self._variants:
             return Text("waiting for per-layer histograms ...", style="dim")
         width, height = self.content_size.width, self.content_size.height
-        n_layers = max(len([layer for layer in v.layers if layer.hist_counts]) for v in self._variants)
+        shown = {v.name: hist_layers(v.layers) for v in self._variants}
+        n_layers = max(len(layers) for layers in shown.values())
         col_w = max(4, (width - 12) // max(1, n_layers) - 1)
         rows = len(self._variants)
         bar_h = max(1, (height - 1) // max(1, rows) - 2)
@@ -201,7 +212,7 @@ class HistogramPanel(Static):
             table.add_column(no_wrap=True, width=col_w)
         for v in self._variants:
             cells: list[Any] = [Text(f"{v.name}\n@{v.layers_step}", style=variant_color(v.name, 0))]
-            for layer in [layer for layer in v.layers if layer.hist_counts]:
+            for layer in shown[v.name]:
                 lines = text_histogram(layer.hist_counts, col_w, bar_h)
                 lo = layer.hist_edges[0] if layer.hist_edges else layer.act_min
                 hi = layer.hist_edges[-1] if layer.hist_edges else layer.act_max
@@ -236,11 +247,11 @@ class ProbeTable(DataTable, can_focus=False):
         inputs = variants[0].probe.get("input") or [1, 2, 3, 4, 5]
         if self._columns_for != len(inputs):
             self.clear(columns=True)
-            self.add_column("variant", key="variant", width=10)
-            self.add_column("step", key="step", width=7)
+            self.add_column("variant", key="variant", width=9)
+            self.add_column("step", key="step", width=6)
             self.add_column("stage", key="stage", width=12)
             for i, x in enumerate(inputs):
-                self.add_column(f"x={fmt(float(x), 3)}", key=f"x{i}", width=9)
+                self.add_column(f"x={fmt(float(x), 3)}", key=f"x{i}", width=7)
             self._columns_for = len(inputs)
             self._row_keys = []
         keys = [f"{v.name}/{stage}" for v in variants for stage, _ in PROBE_STAGES]
@@ -281,6 +292,8 @@ class SweepCell(Plot):
         self.margin_left = 4
         self.set_ylimits(0.0, 1.0)
         self.set_yticks([0.0, 0.5, 1.0])
+        self.set_xticks([])
+        self.border_title = "waiting"
 
     def redraw(self, state: RunState, index: int) -> None:
         cell = state.sweep.get(index)

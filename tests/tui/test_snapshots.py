@@ -10,9 +10,9 @@ import pytest
 pytest.importorskip("textual")
 pytest.importorskip("pytest_textual_snapshot")
 
-from helpers import make_app, settle, wait_for  # noqa: E402
+from helpers import make_app, settle, wait_for
 
-from tui.widgets import SweepGrid  # noqa: E402
+from tui.widgets import SweepGrid
 
 SNAP_SIZE = (140, 44)
 
