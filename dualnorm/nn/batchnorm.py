@@ -94,6 +94,8 @@ class _BatchNorm(Module):
     def forward(self, x: Any) -> Any:
         x = self._input(x)
         self._check(x)
+        if self._fused and self._uses_batch_stats():
+            return self._fused_forward(x)
         axes = F.batch_axes(x.ndim)
         shape = F.channel_shape(x.ndim, self.num_features)
         if self._uses_batch_stats():
@@ -112,8 +114,31 @@ class _BatchNorm(Module):
     def _renormalize(self, x_hat: Any, mean: Any, var: Any, shape: tuple[int, ...]) -> Any:
         return x_hat
 
+    # Batch statistics without renormalization: one whole-layer call a backend may fuse.
+    _fused = True
+
+    def _fused_forward(self, x: Any) -> Any:
+        weight = self.weight.data if self.affine else None
+        bias = self.bias.data if self.affine else None
+        y, mean, var, ctx = F.batch_norm_train(self.backend, x, weight, bias, self.eps)
+        if self.training and self.track_running_stats:
+            self._update_running_stats(mean, var, x.size // self.num_features)
+        self._save(ctx=ctx, out_shape=tuple(x.shape))
+        return y
+
+    def _fused_backward(self, grad_output: Any, s: dict[str, Any]) -> Any:
+        grad = self._check_grad(grad_output, s["out_shape"])
+        weight = self.weight.data if self.affine else None
+        grad_in, grad_w, grad_b = F.batch_norm_train_backward(self.backend, grad, s["ctx"], weight)
+        if self.affine:
+            self._accumulate(self.weight, grad_w)
+            self._accumulate(self.bias, grad_b)
+        return grad_in
+
     def backward(self, grad_output: Any) -> Any:
         s = self._saved_values()
+        if "ctx" in s:
+            return self._fused_backward(grad_output, s)
         grad = self._check_grad(grad_output, s["x_hat"].shape)
         weight = self.weight.data.reshape(s["shape"]) if self.affine else None
         grad_xhat, grad_w, grad_b = F.affine_backward(
@@ -192,6 +217,8 @@ class _BatchRenorm(_BatchNorm):
     variance), and the corrections use the running statistics from *before* this
     batch's update, as in the paper.
     """
+
+    _fused = False  # the r/d correction sits between normalize and the affine step
 
     def __init__(
         self,

@@ -106,3 +106,90 @@ def channel_shape(ndim: int, channels: int) -> tuple[int, ...]:
 def batch_axes(ndim: int) -> tuple[int, ...]:
     """Axes batch norm reduces over for channels-first input: batch and spatial."""
     return (0, *range(2, ndim))
+
+
+# --- whole-layer computations (backends may fuse these; see dualnorm/backends/kernels_*.py) ---
+#
+# Each pair below is one layer's training forward and its backward. The forward returns
+# an opaque ``ctx`` that only the matching backward reads: a backend that registers a
+# fast forward registers its backward too, and may keep something cheaper than x_hat
+# (e.g. the input and the statistics) in ``ctx``.
+
+
+@overridable
+def batch_norm_train(
+    B: Backend, x: Any, weight: Any | None, bias: Any | None, eps: float
+) -> tuple[Any, Any, Any, Any]:
+    """Algorithm 1 on channels-first ``x``: returns (y, mean, var, ctx).
+
+    ``mean`` and ``var`` (biased) have shape (C,), for the running estimates.
+    """
+    axes = batch_axes(x.ndim)
+    shape = channel_shape(x.ndim, x.shape[1])
+    x_hat, inv_std, mean, var = normalize(B, x, axes, eps)
+    y = x_hat if weight is None else x_hat * weight.reshape(shape) + bias.reshape(shape)
+    return y, mean.reshape(-1), var.reshape(-1), (x_hat, inv_std)
+
+
+@overridable
+def batch_norm_train_backward(B: Backend, grad_y: Any, ctx: Any, weight: Any | None) -> tuple[Any, Any, Any]:
+    """Backward of :func:`batch_norm_train`: returns (dL/dx, dL/dweight, dL/dbias)."""
+    x_hat, inv_std = ctx
+    axes = batch_axes(x_hat.ndim)
+    channels = x_hat.shape[1]
+    w = None if weight is None else weight.reshape(channel_shape(x_hat.ndim, channels))
+    grad_xhat, grad_w, grad_b = affine_backward(B, grad_y, x_hat, w, axes, (channels,))
+    return normalize_backward(B, grad_xhat, x_hat, inv_std, axes), grad_w, grad_b
+
+
+@overridable
+def layer_norm(
+    B: Backend, x: Any, weight: Any | None, bias: Any | None, axes: tuple[int, ...], eps: float
+) -> tuple[Any, Any]:
+    """Layer norm over the trailing ``axes``; weight/bias have the trailing shape. Returns (y, ctx)."""
+    x_hat, inv_std, _, _ = normalize(B, x, axes, eps)
+    y = x_hat
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y, (x_hat, inv_std)
+
+
+@overridable
+def layer_norm_backward(
+    B: Backend, grad_y: Any, ctx: Any, weight: Any | None, axes: tuple[int, ...]
+) -> tuple[Any, Any, Any]:
+    """Backward of :func:`layer_norm`: returns (dL/dx, dL/dweight, dL/dbias) (None-free)."""
+    x_hat, inv_std = ctx
+    lead = tuple(range(grad_y.ndim - len(axes)))
+    trailing = tuple(x_hat.shape[a] for a in axes)
+    grad_xhat, grad_w, grad_b = affine_backward(B, grad_y, x_hat, weight, lead, trailing)
+    return normalize_backward(B, grad_xhat, x_hat, inv_std, axes), grad_w, grad_b
+
+
+@overridable
+def group_norm(
+    B: Backend, x: Any, num_groups: int, weight: Any | None, bias: Any | None, eps: float
+) -> tuple[Any, Any]:
+    """Group norm of (N, C, *) ``x`` over contiguous channel groups. Returns (y, ctx)."""
+    n = x.shape[0]
+    x_hat_g, inv_std, _, _ = normalize(B, x.reshape(n, num_groups, -1), (2,), eps)
+    x_hat = x_hat_g.reshape(x.shape)
+    if weight is None:
+        return x_hat, (x_hat, inv_std, num_groups)
+    shape = channel_shape(x.ndim, x.shape[1])
+    return x_hat * weight.reshape(shape) + bias.reshape(shape), (x_hat, inv_std, num_groups)
+
+
+@overridable
+def group_norm_backward(B: Backend, grad_y: Any, ctx: Any, weight: Any | None) -> tuple[Any, Any, Any]:
+    """Backward of :func:`group_norm`: returns (dL/dx, dL/dweight, dL/dbias)."""
+    x_hat, inv_std, num_groups = ctx
+    n, channels = x_hat.shape[0], x_hat.shape[1]
+    w = None if weight is None else weight.reshape(channel_shape(x_hat.ndim, channels))
+    grad_xhat, grad_w, grad_b = affine_backward(B, grad_y, x_hat, w, batch_axes(x_hat.ndim), (channels,))
+    grad_in = normalize_backward(
+        B, grad_xhat.reshape(n, num_groups, -1), x_hat.reshape(n, num_groups, -1), inv_std, (2,)
+    )
+    return grad_in.reshape(x_hat.shape), grad_w, grad_b

@@ -65,35 +65,21 @@ class GroupNorm(Module):
                 f"GroupNorm expects (N, C, *) input with at least 2 dimensions; got shape {tuple(x.shape)}"
             )
         check_size(self, x, 1, self.num_channels, "channels (num_channels)")
-        grouped = x.reshape(x.shape[0], self.num_groups, -1)
-        x_hat_g, inv_std, _, _ = F.normalize(self.backend, grouped, (2,), self.eps)
-        x_hat = x_hat_g.reshape(x.shape)
-        shape = F.channel_shape(x.ndim, self.num_channels)
-        self._save(x_hat=x_hat, inv_std=inv_std, shape=shape)
-        if not self.affine:
-            return x_hat
-        return x_hat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
+        weight = self.weight.data if self.affine else None
+        bias = self.bias.data if self.affine else None
+        y, ctx = F.group_norm(self.backend, x, self.num_groups, weight, bias, self.eps)
+        self._save(ctx=ctx, out_shape=tuple(x.shape))
+        return y
 
     def backward(self, grad_output: Any) -> Any:
         s = self._saved_values()
-        x_hat = s["x_hat"]
-        grad = self._check_grad(grad_output, x_hat.shape)
-        weight = self.weight.data.reshape(s["shape"]) if self.affine else None
-        grad_xhat, grad_w, grad_b = F.affine_backward(
-            self.backend, grad, x_hat, weight, F.batch_axes(x_hat.ndim), (self.num_channels,)
-        )
+        grad = self._check_grad(grad_output, s["out_shape"])
+        weight = self.weight.data if self.affine else None
+        grad_in, grad_w, grad_b = F.group_norm_backward(self.backend, grad, s["ctx"], weight)
         if self.affine:
             self._accumulate(self.weight, grad_w)
             self._accumulate(self.bias, grad_b)
-        n = x_hat.shape[0]
-        grad_in = F.normalize_backward(
-            self.backend,
-            grad_xhat.reshape(n, self.num_groups, -1),
-            x_hat.reshape(n, self.num_groups, -1),
-            s["inv_std"],
-            (2,),
-        )
-        return grad_in.reshape(x_hat.shape)
+        return grad_in
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"

@@ -82,20 +82,22 @@ class LayerNorm(_TrailingNorm):
     def forward(self, x: Any) -> Any:
         x = self._input(x)
         axes = self._check(x)
-        x_hat, inv_std, _, _ = F.normalize(self.backend, x, axes, self.eps)
-        self._save(x_hat=x_hat, inv_std=inv_std, axes=axes)
-        y = x_hat
-        if self.weight is not None:
-            y = y * self.weight.data
-        if self.bias is not None:
-            y = y + self.bias.data
+        weight = None if self.weight is None else self.weight.data
+        bias = None if self.bias is None else self.bias.data
+        y, ctx = F.layer_norm(self.backend, x, weight, bias, axes, self.eps)
+        self._save(ctx=ctx, axes=axes, out_shape=tuple(x.shape))
         return y
 
     def backward(self, grad_output: Any) -> Any:
         s = self._saved_values()
-        grad = self._check_grad(grad_output, s["x_hat"].shape)
-        grad_xhat = self._param_backward(grad, s["x_hat"], s["axes"])
-        return F.normalize_backward(self.backend, grad_xhat, s["x_hat"], s["inv_std"], s["axes"])
+        grad = self._check_grad(grad_output, s["out_shape"])
+        weight = None if self.weight is None else self.weight.data
+        grad_in, grad_w, grad_b = F.layer_norm_backward(self.backend, grad, s["ctx"], weight, s["axes"])
+        if self.weight is not None:
+            self._accumulate(self.weight, grad_w)
+        if self.bias is not None:
+            self._accumulate(self.bias, grad_b)
+        return grad_in
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

@@ -1,0 +1,487 @@
+"""Fast paths for the NumPy backend (registered into ``backend.kernels``).
+
+Normalization is a few passes over memory; NumPy, left alone, makes many more (one
+per operator, each allocating a full-size temporary) and reduces (N, C, H, W) over
+non-contiguous axes. These kernels compute the same numbers as
+:mod:`dualnorm.nn.functional` (``tests/kernels`` pins them) but:
+
+* walk the data in cache-sized blocks (``CHUNK`` elements): every element-wise step
+  of a block runs while the block is in L2, so memory sees about one read per input
+  and one write per output per pass;
+* reduce with BLAS (``block @ ones``, ``np.vecdot``) over contiguous rows;
+* split the blocks over a few threads (NumPy and BLAS release the GIL);
+* keep the input and the per-channel statistics for the backward instead of a
+  full-size ``x_hat``, and rebuild ``x_hat`` block by block there.
+
+Stability is that of the reference: each block is centred on its own mean (a
+corrected two-pass in cache) and blocks are merged with Chan et al.'s pairwise
+formula in float64. The mean is split into a float32 head and a float64 tail:
+``x - head`` is exact for data near the mean, and the tail is folded into the
+affine constants, so float32 inputs like 1e4 + N(0, 1e-2) normalize correctly.
+
+Threads: ``DUALNORM_NUM_THREADS`` (default: the CPU count, at most 8), or
+:func:`set_num_threads`. Arrays below ``PARALLEL_MIN`` elements use one thread.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from dualnorm.backends.base import Backend
+
+CHUNK = 1 << 17  # elements per block: 256 KiB of float32, comfortably inside L2
+PARALLEL_MIN = 1 << 18  # below this many elements, threads cost more than they save
+
+_num_threads = int(os.environ.get("DUALNORM_NUM_THREADS", "0") or 0) or min(os.cpu_count() or 1, 8)
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_local = threading.local()
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads for large arrays (1 = no threads)."""
+    global _num_threads, _pool
+    with _pool_lock:
+        _num_threads = max(1, int(n))
+        if _pool is not None:
+            _pool.shutdown(wait=False)
+            _pool = None
+
+
+def get_num_threads() -> int:
+    return _num_threads
+
+
+def _parallel(fn: Callable[[int, int], Any], units: int, elements: int) -> list[Any]:
+    """Run ``fn(lo, hi)`` over contiguous parts of ``range(units)``; results in order."""
+    global _pool
+    parts = min(_num_threads, units) if elements >= PARALLEL_MIN else 1
+    if parts <= 1:
+        return [fn(0, units)]
+    bounds = [units * i // parts for i in range(parts + 1)]
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(_num_threads, thread_name_prefix="dualnorm")
+        pool = _pool
+    futures = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    first = fn(bounds[0], bounds[1])  # the calling thread does a share too
+    return [first] + [f.result() for f in futures]
+
+
+def _scratch(size: int, dtype: np.dtype, slot: int = 0) -> np.ndarray:
+    """A per-thread reusable 1-D buffer of at least ``size`` elements."""
+    key = (slot, dtype)
+    buffers = getattr(_local, "buffers", None)
+    if buffers is None:
+        buffers = _local.buffers = {}
+    buf = buffers.get(key)
+    if buf is None or buf.size < size:
+        buf = buffers[key] = np.empty(max(size, CHUNK), dtype)
+    return buf[:size]
+
+
+def _ones(n: int, dtype: np.dtype) -> np.ndarray:
+    cache = getattr(_local, "ones", None)
+    if cache is None:
+        cache = _local.ones = {}
+    v = cache.get((n, dtype))
+    if v is None:
+        v = cache[(n, dtype)] = np.ones(n, dtype)
+    return v
+
+
+def _split_mean(mean: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """float64 mean -> (head in ``dtype``, float64 tail) with head + tail == mean."""
+    head = mean.astype(dtype)
+    return head, mean - head
+
+
+# --- batch norm: statistics per channel over (N, *) of channels-first input ---------------
+#
+# The input is viewed as (N, C, S) (S = 1 for (N, C)); blocks are runs of samples.
+
+
+def _bn_view(x: np.ndarray) -> np.ndarray:
+    n, c = x.shape[0], x.shape[1]
+    return np.ascontiguousarray(x).reshape(n, c, -1)
+
+
+def _bn_block(n: int, c: int, s: int) -> int:
+    return max(1, CHUNK // max(1, c * s))
+
+
+def _colsum(block: np.ndarray, ones_k: np.ndarray, ones_s: np.ndarray) -> np.ndarray:
+    """Per-channel sums of a (k, C, S) block, float32 BLAS, returned as float64 (C,)."""
+    k, c, s = block.shape
+    if s == 1:
+        return (ones_k @ block.reshape(k, c)).astype(np.float64)
+    return (block.reshape(k * c, s) @ ones_s).reshape(k, c).sum(axis=0, dtype=np.float64)
+
+
+def _coldot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-channel sums of a*b over a (k, C, S) block, as float64 (C,)."""
+    k, c, s = a.shape
+    if s == 1:
+        return np.einsum("ij,ij->j", a.reshape(k, c), b.reshape(k, c)).astype(np.float64)
+    return np.vecdot(a.reshape(k * c, s), b.reshape(k * c, s)).reshape(k, c).sum(axis=0, dtype=np.float64)
+
+
+FOLD_LIMIT = 64.0  # |mean| / std below which x * a + b replaces (x - mean) * a + b
+
+
+def _can_fold(head: np.ndarray, inv_std: np.ndarray) -> bool:
+    """True when every channel's mean is within FOLD_LIMIT standard deviations of zero.
+
+    Then ``x * a - mean * a`` loses at most log2(FOLD_LIMIT) bits to cancellation
+    (relative error ~ 64 * 6e-8 in float32), so the subtraction can be folded into
+    the affine constants. Data far from zero (1e4 + noise) keep the exact path.
+    """
+    return bool(np.all(np.abs(head.astype(np.float64)) * inv_std <= FOLD_LIMIT))
+
+
+def _chan_view(x3: np.ndarray) -> np.ndarray:
+    """(N, C, S) as (N, C) when S == 1 (inner loops run along C), else unchanged."""
+    return x3.reshape(x3.shape[0], x3.shape[1]) if x3.shape[2] == 1 else x3
+
+
+def _chan_const(v: np.ndarray, dt: np.dtype, s: int) -> np.ndarray:
+    """A per-channel constant shaped to broadcast against :func:`_chan_view`."""
+    v = np.asarray(v).astype(dt)
+    return v if s == 1 else v[:, None]
+
+
+def _bn_stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and biased variance (float64) of (N, C, S) ``x3``."""
+    n, c, s = x3.shape
+    dt = x3.dtype
+    step = _bn_block(n, c, s)
+
+    def part(lo: int, hi: int) -> tuple[float, np.ndarray, np.ndarray]:
+        ones_s, count = _ones(s, dt), 0.0
+        mean = np.zeros(c)
+        m2 = np.zeros(c)
+        for i in range(lo, hi, step):
+            block = x3[i : min(i + step, hi)]
+            k = block.shape[0]
+            nb = float(k * s)
+            ones_k = _ones(k, dt)
+            m0 = (_colsum(block, ones_k, ones_s) / nb).astype(dt)
+            d = _scratch(block.size, dt).reshape(block.shape)
+            np.subtract(_chan_view(block), _chan_const(m0, dt, s), out=_chan_view(d))
+            sd = _colsum(d, ones_k, ones_s)
+            bmean = m0 + sd / nb
+            bm2 = np.maximum(_coldot(d, d) - sd * sd / nb, 0.0)
+            # Chan, Golub & LeVeque: merge (count, mean, m2) with the block's.
+            total = count + nb
+            delta = bmean - mean
+            mean = mean + delta * (nb / total)
+            m2 = m2 + bm2 + delta * delta * (count * nb / total)
+            count = total
+        return count, mean, m2
+
+    results = _parallel(part, n, x3.size)
+    count, mean, m2 = results[0]
+    for cb, mb, m2b in results[1:]:
+        total = count + cb
+        delta = mb - mean
+        mean = mean + delta * (cb / total)
+        m2 = m2 + m2b + delta * delta * (count * cb / total)
+        count = total
+    return mean, m2 / count
+
+
+def batch_norm_train(
+    B: Backend, x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, eps: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+    x3 = _bn_view(x)
+    n, c, s = x3.shape
+    dt = x3.dtype
+    mean, var = _bn_stats(x3)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    head, tail = _split_mean(mean, dt)
+    # y = (x - head - tail) * inv_std * w + b = (x - head) * a + (b - tail * a)
+    a = inv_std if weight is None else inv_std * weight.astype(np.float64)
+    b = -tail * a if bias is None else bias.astype(np.float64) - tail * a
+    fold = _can_fold(head, inv_std)
+    if fold:  # y = x * a + (b - mean * a): one operation fewer, exact enough near zero
+        b = b - head.astype(np.float64) * a
+    xv, yv = _chan_view(x3), _chan_view(np.empty_like(x3))
+    a32, b32, head_b = _chan_const(a, dt, s), _chan_const(b, dt, s), _chan_const(head, dt, s)
+    y3 = yv.reshape(x3.shape)
+    step = _bn_block(n, c, s)
+
+    def part(lo: int, hi: int) -> None:
+        for i in range(lo, hi, step):
+            j = min(i + step, hi)
+            out = yv[i:j]
+            if fold:
+                np.multiply(xv[i:j], a32, out=out)
+            else:
+                np.subtract(xv[i:j], head_b, out=out)
+                np.multiply(out, a32, out=out)
+            np.add(out, b32, out=out)
+
+    _parallel(part, n, x3.size)
+    ctx = (x3, head, tail, inv_std, x.shape)
+    return y3.reshape(x.shape), mean.astype(dt), var.astype(dt), ctx
+
+
+def batch_norm_train_backward(
+    B: Backend, grad_y: np.ndarray, ctx: Any, weight: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x3, head, tail, inv_std, shape = ctx
+    n, c, s = x3.shape
+    dt = x3.dtype
+    g3 = np.ascontiguousarray(grad_y, dtype=dt).reshape(n, c, s)
+    step = _bn_block(n, c, s)
+    fold = _can_fold(head, inv_std)
+    head_b = head[:, None]
+
+    def sums(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        ones_s = _ones(s, dt)
+        sg, sgt = np.zeros(c), np.zeros(c)
+        for i in range(lo, hi, step):
+            j = min(i + step, hi)
+            gb = g3[i:j]
+            sg += _colsum(gb, _ones(j - i, dt), ones_s)
+            if fold:  # sum of g*x directly; the mean is removed below
+                sgt += _coldot(gb, x3[i:j])
+            else:
+                t = _scratch(gb.size, dt).reshape(gb.shape)
+                np.subtract(x3[i:j], head_b, out=t)
+                sgt += _coldot(gb, t)
+        return sg, sgt
+
+    parts = _parallel(sums, n, x3.size)
+    sum_g = sum(p[0] for p in parts)
+    sum_gt = sum(p[1] for p in parts)
+    m = float(n * s)
+    shift = head.astype(np.float64) + tail if fold else tail
+    sum_gc = sum_gt - shift * sum_g  # sum of g * (x - mean)
+    w = np.ones(c) if weight is None else weight.astype(np.float64)
+    a = w * inv_std
+    mean_gxhat = inv_std * sum_gc / m
+    # dx = a * (g - mean(g) - x_hat * mean(g x_hat)) = a*g + bc*(x - head) + k
+    bc = -a * inv_std * mean_gxhat
+    k = -a * (sum_g / m) - bc * tail
+    if fold:  # = a*g + bc*x + (k - bc*head)
+        k = k - bc * head.astype(np.float64)
+    gv, xv = _chan_view(g3), _chan_view(x3)
+    dxv = _chan_view(np.empty_like(x3))
+    a32, bc32, k32, head_c = (_chan_const(v, dt, s) for v in (a, bc, k, head))
+    dx3 = dxv.reshape(x3.shape)
+
+    def apply(lo: int, hi: int) -> None:
+        for i in range(lo, hi, step):
+            j = min(i + step, hi)
+            out = dxv[i:j]
+            t = _scratch(out.size, dt).reshape(out.shape)
+            if fold:
+                np.multiply(xv[i:j], bc32, out=t)
+            else:
+                np.subtract(xv[i:j], head_c, out=t)
+                np.multiply(t, bc32, out=t)
+            np.multiply(gv[i:j], a32, out=out)
+            np.add(out, t, out=out)
+            np.add(out, k32, out=out)
+
+    _parallel(apply, n, x3.size)
+    grad_w = (inv_std * sum_gc).astype(dt)
+    return dx3.reshape(shape), grad_w, sum_g.astype(dt)
+
+
+# --- row norms: statistics per row of a (rows, D) view (layer norm, group norm) -----------
+#
+# Blocks are runs of "units" (layer norm: one row; group norm: one sample = G rows), so
+# every statistic is complete inside a block and the whole forward (and backward) of a
+# block happens in cache: one read of x, one write of y.
+
+
+def _rows_forward(
+    x2: np.ndarray,
+    rows_per_unit: int,
+    affine_shape: tuple[int, ...],
+    w: np.ndarray | None,
+    b: np.ndarray | None,
+    eps: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x2: (units, U) contiguous. Returns y2, head, tail, inv_std (per row)."""
+    units, size = x2.shape
+    dt = x2.dtype
+    d_len = size // rows_per_unit
+    rows = units * rows_per_unit
+    head = np.empty(rows, dt)
+    tail = np.empty(rows)
+    inv = np.empty(rows)
+    y2 = np.empty_like(x2)
+    step = max(1, CHUNK // size)
+
+    def part(lo: int, hi: int) -> None:
+        ones_d = _ones(d_len, dt)
+        for i in range(lo, hi, step):
+            j = min(i + step, hi)
+            r0, r1 = i * rows_per_unit, j * rows_per_unit
+            xv = x2[i:j].reshape(r1 - r0, d_len)
+            d = y2[i:j].reshape(r1 - r0, d_len)  # work in the output block while it is in cache
+            m0 = ((xv @ ones_d) * (1.0 / d_len)).astype(dt)
+            np.subtract(xv, m0[:, None], out=d)
+            sd = (d @ ones_d).astype(np.float64)
+            corr = sd / d_len
+            var = np.maximum(np.vecdot(d, d).astype(np.float64) / d_len - corr * corr, 0.0)
+            istd = 1.0 / np.sqrt(var + eps)
+            mean = m0 + corr
+            h = mean.astype(dt)
+            head[r0:r1] = h
+            tail[r0:r1] = mean - h
+            inv[r0:r1] = istd
+            np.subtract(d, corr.astype(dt)[:, None], out=d)
+            np.multiply(d, istd.astype(dt)[:, None], out=d)
+            if w is not None:
+                yv = y2[i:j].reshape((j - i, *affine_shape))
+                np.multiply(yv, w, out=yv)
+                if b is not None:
+                    np.add(yv, b, out=yv)
+            elif b is not None:
+                yv = y2[i:j].reshape((j - i, *affine_shape))
+                np.add(yv, b, out=yv)
+
+    _parallel(part, units, x2.size)
+    return y2, head, tail, inv
+
+
+def _rows_backward(
+    x2: np.ndarray,
+    g2: np.ndarray,
+    rows_per_unit: int,
+    affine_shape: tuple[int, ...],
+    w: np.ndarray | None,
+    head: np.ndarray,
+    tail: np.ndarray,
+    inv: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns dx2 and float64 sums of g * x_hat and g over the units (shape ``affine_shape``)."""
+    units, size = x2.shape
+    dt = x2.dtype
+    d_len = size // rows_per_unit
+    dx2 = np.empty_like(x2)
+    step = max(1, CHUNK // size)
+    head32, tail32, inv32 = head, tail.astype(dt), inv.astype(dt)
+
+    def part(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        ones_d = _ones(d_len, dt)
+        sgx = np.zeros(affine_shape)
+        sg = np.zeros(affine_shape)
+        for i in range(lo, hi, step):
+            j = min(i + step, hi)
+            r0, r1 = i * rows_per_unit, j * rows_per_unit
+            n_rows = r1 - r0
+            xv = x2[i:j].reshape(n_rows, d_len)
+            gv = g2[i:j].reshape(n_rows, d_len)
+            xh = _scratch(n_rows * d_len, dt, 0).reshape(n_rows, d_len)
+            np.subtract(xv, head32[r0:r1, None], out=xh)
+            np.subtract(xh, tail32[r0:r1, None], out=xh)
+            np.multiply(xh, inv32[r0:r1, None], out=xh)
+            ga = (j - i, *affine_shape)
+            gw = _scratch(n_rows * d_len, dt, 1).reshape(n_rows, d_len)
+            prod = gw.reshape(ga)
+            np.multiply(gv.reshape(ga), xh.reshape(ga), out=prod)
+            sgx += prod.sum(axis=0, dtype=np.float64)
+            sg += gv.reshape(ga).sum(axis=0, dtype=np.float64)
+            if w is not None:
+                np.multiply(gv.reshape(ga), w, out=prod)
+            else:
+                np.copyto(gw, gv)
+            mg = (gw @ ones_d) * (1.0 / d_len)
+            mgx = np.vecdot(gw, xh) * (1.0 / d_len)
+            out = dx2[i:j].reshape(n_rows, d_len)
+            np.multiply(xh, mgx[:, None], out=xh)
+            np.subtract(gw, xh, out=out)
+            np.subtract(out, mg[:, None], out=out)
+            np.multiply(out, inv32[r0:r1, None], out=out)
+        return sgx, sg
+
+    parts = _parallel(part, units, x2.size)
+    return dx2, sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+
+def layer_norm(
+    B: Backend,
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    axes: tuple[int, ...],
+    eps: float,
+) -> tuple[np.ndarray, Any]:
+    trailing = tuple(x.shape[x.ndim - len(axes) :])
+    d_len = int(np.prod(trailing))
+    x2 = np.ascontiguousarray(x).reshape(-1, d_len)
+    w = None if weight is None else weight.reshape(d_len).astype(x2.dtype, copy=False)
+    b = None if bias is None else bias.reshape(d_len).astype(x2.dtype, copy=False)
+    y2, head, tail, inv = _rows_forward(x2, 1, (d_len,), w, b, eps)
+    return y2.reshape(x.shape), (x2, head, tail, inv, x.shape, trailing)
+
+
+def layer_norm_backward(
+    B: Backend, grad_y: np.ndarray, ctx: Any, weight: np.ndarray | None, axes: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x2, head, tail, inv, shape, trailing = ctx
+    d_len = x2.shape[1]
+    g2 = np.ascontiguousarray(grad_y, dtype=x2.dtype).reshape(x2.shape)
+    w = None if weight is None else weight.reshape(d_len).astype(x2.dtype, copy=False)
+    dx2, sgx, sg = _rows_backward(x2, g2, 1, (d_len,), w, head, tail, inv)
+    dt = x2.dtype
+    return dx2.reshape(shape), sgx.astype(dt).reshape(trailing), sg.astype(dt).reshape(trailing)
+
+
+def group_norm(
+    B: Backend,
+    x: np.ndarray,
+    num_groups: int,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+) -> tuple[np.ndarray, Any]:
+    n, c = x.shape[0], x.shape[1]
+    x2 = np.ascontiguousarray(x).reshape(n, -1)
+    s = x2.shape[1] // c
+    dt = x2.dtype
+    w = None if weight is None else weight.astype(dt, copy=False).reshape(c, 1)
+    b = None if bias is None else bias.astype(dt, copy=False).reshape(c, 1)
+    y2, head, tail, inv = _rows_forward(x2, num_groups, (c, s), w, b, eps)
+    return y2.reshape(x.shape), (x2, num_groups, head, tail, inv, x.shape)
+
+
+def group_norm_backward(
+    B: Backend, grad_y: np.ndarray, ctx: Any, weight: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x2, num_groups, head, tail, inv, shape = ctx
+    c = shape[1]
+    s = x2.shape[1] // c
+    dt = x2.dtype
+    g2 = np.ascontiguousarray(grad_y, dtype=dt).reshape(x2.shape)
+    w = None if weight is None else weight.astype(dt, copy=False).reshape(c, 1)
+    dx2, sgx, sg = _rows_backward(x2, g2, num_groups, (c, s), w, head, tail, inv)
+    return dx2.reshape(shape), sgx.sum(axis=1).astype(dt), sg.sum(axis=1).astype(dt)
+
+
+KERNELS = {
+    "batch_norm_train": batch_norm_train,
+    "batch_norm_train_backward": batch_norm_train_backward,
+    "layer_norm": layer_norm,
+    "layer_norm_backward": layer_norm_backward,
+    "group_norm": group_norm,
+    "group_norm_backward": group_norm_backward,
+}
+
+
+def register(backend: Backend) -> None:
+    """Install the fast paths (``DUALNORM_KERNELS=reference`` keeps the shared math)."""
+    if os.environ.get("DUALNORM_KERNELS", "").strip().lower() == "reference":
+        return
+    backend.kernels.update(KERNELS)
