@@ -46,7 +46,12 @@ class MLXBackend(Backend):
         return mx.array(array, dtype=dtype)
 
     def to_numpy(self, array: Any) -> np.ndarray:
-        return np.array(array, copy=False) if isinstance(array, mx.array) else np.asarray(array)
+        if not isinstance(array, mx.array):
+            return np.asarray(array)
+        if array.dtype == mx.bfloat16:  # NumPy has no bfloat16
+            array = array.astype(mx.float32)
+        # A copy: a view would let NumPy code write into an (immutable) MLX array.
+        return np.array(array, copy=True)
 
     def dtype_kind(self, dtype: Any) -> str:
         return _KINDS.get(dtype, "?")
