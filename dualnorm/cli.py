@@ -59,10 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", metavar="FILE", help="write every record as JSON Lines to FILE")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    tui = sub.add_parser("tui", help="the live terminal app", add_help=False)
-    tui.add_argument("args", nargs=argparse.REMAINDER)
-    bench = sub.add_parser("bench", help="benchmarks against PyTorch, MLX and NumPy", add_help=False)
-    bench.add_argument("args", nargs=argparse.REMAINDER)
+    # Listed for --help only; main() hands their arguments to tui.app.main / dualnorm.bench.main.
+    sub.add_parser("tui", help="the live terminal app: dualnorm tui [--experiment NAME] [--backend B]")
+    sub.add_parser("bench", help="benchmarks against PyTorch, MLX and NumPy")
     return parser
 
 
@@ -311,6 +310,11 @@ def _delegate(module_name: str, argv: list[str], hint: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # tui and bench own their arguments (and their --help): hand everything after the name on.
+    if argv and argv[0] == "tui":
+        return _delegate("tui.app", argv[1:], TUI_HINT)
+    if argv and argv[0] == "bench":
+        return _delegate("dualnorm.bench", argv[1:], BENCH_HINT)
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -320,9 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_list()
     if args.command == "run":
         return _cmd_run(args)
-    if args.command == "tui":
-        return _delegate("tui.app", list(args.args), TUI_HINT)
-    return _delegate("dualnorm.bench", list(args.args), BENCH_HINT)
+    return EXIT_USAGE  # pragma: no cover (tui and bench are handled above)
 
 
 if __name__ == "__main__":  # pragma: no cover

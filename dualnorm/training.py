@@ -302,18 +302,19 @@ def train(task: Task, backend: Backend, stop: threading.Event | None = None) -> 
         if not is_record:
             continue
         t0 = time.perf_counter()
-        layers = record_layers(backend, names, children, outputs, grads, task.bins)
-        extra = dict(task.static_extra)
-        if task.extra is not None:
-            extra.update(task.extra(step))
-            task.model.train()
-        t1 = time.perf_counter()
-        record_s += t1 - t0
-        accuracy = None
-        if task.accuracy is not None and (step % spe == 0 or step == steps):
-            accuracy = float(task.accuracy())
-            task.model.train()
-            eval_s += time.perf_counter() - t1
+        with quiet():
+            layers = record_layers(backend, names, children, outputs, grads, task.bins)
+            extra = dict(task.static_extra)
+            if task.extra is not None:
+                extra.update(task.extra(step))
+                task.model.train()
+            t1 = time.perf_counter()
+            record_s += t1 - t0
+            accuracy = None
+            if task.accuracy is not None and (step % spe == 0 or step == steps):
+                accuracy = float(task.accuracy())
+                task.model.train()
+                eval_s += time.perf_counter() - t1
         elapsed = time.perf_counter() - start
         extra["losses"] = losses
         extra["record_s"] = record_s
