@@ -73,7 +73,9 @@ class _BatchNorm(Module):
     def _check(self, x: Any) -> None:
         check_ndim(self, x, self._ndims, self._layout)
         check_size(self, x, 1, self.num_features, "channels (num_features)")
-        if self.training and x.size // self.num_features == 1:
+        # Batch statistics of one value are meaningless: PyTorch refuses them in training, and in
+        # eval too when there are no running statistics to use instead.
+        if self._uses_batch_stats() and x.size // self.num_features == 1:
             raise InputError(
                 f"{type(self).__name__}: expected more than 1 value per channel when training, got input "
                 f"of shape {tuple(x.shape)}. Use a batch of at least 2 samples, or call .eval() to "
