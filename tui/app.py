@@ -80,6 +80,7 @@ class DualnormApp(App[None]):
         seed: int = 0,
         start_paused: bool = False,
         export_dir: str | None = None,
+        variants: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.experiments = dict(experiments) if experiments is not None else load_experiments()
@@ -102,6 +103,7 @@ class DualnormApp(App[None]):
         self.seed = seed
         self.start_paused = start_paused
         self.export_dir = export_dir
+        self.variants = tuple(variants) if variants else None
         self._runners: list[TrainingRunner] = []
 
     def on_mount(self) -> None:
@@ -112,7 +114,11 @@ class DualnormApp(App[None]):
     # -- runs ------------------------------------------------------------------------------------
 
     def config_for(self, name: str) -> Any:
-        return make_config(backend=self.backend, steps=self.steps, seed=self.seed, lr=self.lr)
+        exp = self.experiments[name]
+        variants = self.variants if self.variants and set(self.variants) <= set(exp.variants) else None
+        return make_config(
+            backend=self.backend, steps=self.steps, seed=self.seed, lr=self.lr, variants=variants
+        )
 
     def open_run(self, name: str) -> None:
         exp = self.experiments[name]

@@ -192,7 +192,7 @@ async def test_export_writes_parsable_files(tmp_path):
 
 @sync
 async def test_help_resize_and_rapid_keys():
-    app = make_app(experiment="sigmoid-depth", steps=200, delay=0.001)
+    app = make_app(experiment="sigmoid-depth", steps=60)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
