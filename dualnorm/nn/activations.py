@@ -8,10 +8,28 @@ from typing import Any
 from dualnorm.nn.module import Module
 
 
-class _Elementwise(Module):
+class _FollowsInput(Module):
+    """Built without ``dtype``, a parameter-free layer keeps a float32/float64 input's dtype
+    (as PyTorch's activations do), so it never rounds a float64 model to float32."""
+
+    def __init__(self, *, dtype: str | None = None) -> None:
+        super().__init__(dtype=dtype)
+        object.__setattr__(self, "_follow_input", dtype is None)
+
+    def _input(self, x: Any) -> Any:
+        if not self._follow_input:
+            return super()._input(x)
+        x = self.backend.asarray(x, None, what=f"{type(self).__name__} input")
+        if str(self.backend.numpy_dtype(x.dtype)) not in ("float32", "float64"):
+            x = x.astype(self.dtype)
+        return x
+
+
+class _Elementwise(_FollowsInput):
     def backward(self, grad_output: Any) -> Any:
         saved = self._saved_values()
-        grad = self._check_grad(grad_output, saved["shape"])
+        like = saved.get("x", saved.get("y"))
+        grad = self._check_grad(grad_output, saved["shape"], like.dtype)
         return grad * self._derivative(saved)
 
     def _derivative(self, saved: dict[str, Any]) -> Any:
@@ -28,7 +46,7 @@ class ReLU(_Elementwise):
         return y
 
     def _derivative(self, saved: dict[str, Any]) -> Any:
-        return (saved["x"] > 0).astype(self.dtype)
+        return (saved["x"] > 0).astype(saved["x"].dtype)
 
 
 class LeakyReLU(_Elementwise):
@@ -45,7 +63,8 @@ class LeakyReLU(_Elementwise):
 
     def _derivative(self, saved: dict[str, Any]) -> Any:
         # Built in the layer's dtype (a float32 0.01 would leak into float64 gradients on MLX).
-        return (saved["x"] > 0).astype(self.dtype) * (1.0 - self.negative_slope) + self.negative_slope
+        x = saved["x"]
+        return (x > 0).astype(x.dtype) * (1.0 - self.negative_slope) + self.negative_slope
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}"
@@ -99,30 +118,32 @@ class SELU(_Elementwise):
     def _derivative(self, saved: dict[str, Any]) -> Any:
         xp = self.xp
         x = saved["x"]
-        return self.scale * xp.where(x > 0, 1.0, self.alpha * xp.exp(xp.minimum(x, 0.0))).astype(self.dtype)
+        return self.scale * xp.where(x > 0, 1.0, self.alpha * xp.exp(xp.minimum(x, 0.0))).astype(x.dtype)
 
 
-class Identity(Module):
+class Identity(_FollowsInput):
     """Returns its input unchanged (a placeholder where a layer is optional)."""
 
     def forward(self, x: Any) -> Any:
         x = self._input(x)
-        self._save(shape=tuple(x.shape))
+        self._save(shape=tuple(x.shape), dtype=x.dtype)
         return x
 
     def backward(self, grad_output: Any) -> Any:
-        return self._check_grad(grad_output, self._saved_values()["shape"])
+        saved = self._saved_values()
+        return self._check_grad(grad_output, saved["shape"], saved["dtype"])
 
 
-class Flatten(Module):
+class Flatten(_FollowsInput):
     """Flattens all dimensions after the batch dimension: (N, *) -> (N, prod(*))."""
 
     def forward(self, x: Any) -> Any:
         x = self._input(x)
-        self._save(shape=tuple(x.shape))
+        self._save(shape=tuple(x.shape), dtype=x.dtype)
         return x.reshape(x.shape[0], -1)
 
     def backward(self, grad_output: Any) -> Any:
-        shape = self._saved_values()["shape"]
-        grad = self._check_grad(grad_output, (shape[0], math.prod(shape[1:])))
+        saved = self._saved_values()
+        shape = saved["shape"]
+        grad = self._check_grad(grad_output, (shape[0], math.prod(shape[1:])), saved["dtype"])
         return grad.reshape(shape)

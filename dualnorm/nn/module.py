@@ -114,8 +114,9 @@ class Module:
             )
         return self._saved
 
-    def _check_grad(self, grad_output: Any, expected_shape: tuple[int, ...]) -> Any:
-        grad = self.backend.asarray(grad_output, self.dtype, what=f"{type(self).__name__} grad_output")
+    def _check_grad(self, grad_output: Any, expected_shape: tuple[int, ...], dtype: Any = None) -> Any:
+        dtype = self.dtype if dtype is None else dtype
+        grad = self.backend.asarray(grad_output, dtype, what=f"{type(self).__name__} grad_output")
         if tuple(grad.shape) != tuple(expected_shape):
             raise InputError(
                 f"{type(self).__name__}.backward: grad_output has shape {tuple(grad.shape)}, "
