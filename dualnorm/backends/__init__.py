@@ -6,7 +6,8 @@ environment variable, and automatically: MLX on Apple Silicon when it imports an
 works, NumPy everywhere else.
 
 >>> import dualnorm
->>> dualnorm.set_backend("numpy")
+>>> dualnorm.set_backend("numpy").name
+'numpy'
 >>> dualnorm.get_backend().name
 'numpy'
 """

@@ -179,7 +179,7 @@ class BatchNorm1d(_BatchNorm):
     >>> import numpy as np, dualnorm
     >>> bn = dualnorm.nn.BatchNorm1d(1)
     >>> y = bn(np.arange(1.0, 7.0).reshape(6, 1))
-    >>> np.round(dualnorm.to_numpy(y).ravel(), 4).tolist()
+    >>> [round(float(v), 4) for v in dualnorm.to_numpy(y).ravel()]
     [-1.4638, -0.8783, -0.2928, 0.2928, 0.8783, 1.4638]
     """
 
