@@ -83,7 +83,7 @@ def test_batch_norm_matches_reference(backend, rng, shape, affine):
         _close(a, e, f"{name} {shape}")
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     n=st.integers(2, 40),
     c=st.integers(1, 12),

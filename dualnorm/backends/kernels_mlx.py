@@ -1,0 +1,220 @@
+"""Fast paths for the MLX backend (registered into ``backend.kernels``).
+
+* Batch and group norm: the forward and the backward are each one ``mx.compile``d
+  function, so MLX fuses their element-wise chains into a few kernels instead of
+  materializing every intermediate. The forward keeps the input and the statistics
+  (not a full-size ``x_hat``); the backward rebuilds ``x_hat`` inside its fused kernel.
+* Layer norm: ``mx.fast.layer_norm`` (the fused kernel ``mlx.nn.LayerNorm`` uses), and
+  its built-in VJP for the backward.
+
+Nothing here leaves the device: no ``.item()``, no NumPy conversion; arrays stay lazy
+until the caller evaluates them. The variance is the reference's corrected two-pass
+(never E[x^2] - E[x]^2), so float32 data far from zero stay accurate.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import mlx.core as mx
+
+from dualnorm.backends.base import Backend
+
+
+def _moments(x: mx.array, axes: tuple[int, ...]) -> tuple[mx.array, mx.array, mx.array]:
+    """(mean0, correction, biased variance) over ``axes`` (kept), corrected two-pass.
+
+    The mean is ``mean0 + correction``; keep them apart when centring
+    (``(x - mean0) - correction``): their float32 sum would round away the correction.
+    """
+    mean0 = mx.mean(x, axis=axes, keepdims=True)
+    centred = x - mean0
+    corr = mx.mean(centred, axis=axes, keepdims=True)
+    var = mx.maximum(mx.mean(centred * centred, axis=axes, keepdims=True) - corr * corr, 0.0)
+    return mean0, corr, var
+
+
+# --- batch norm ------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def _bn_forward(ndim: int, eps: float, affine: bool) -> Any:
+    axes = (0, *range(2, ndim))
+    shape = (1, -1) + (1,) * (ndim - 2)
+
+    def fwd(x: mx.array, *params: mx.array) -> tuple[mx.array, ...]:
+        mean0, corr, var = _moments(x, axes)
+        inv_std = mx.rsqrt(var + eps)
+        if affine:
+            w, b = params
+            y = ((x - mean0) - corr) * (inv_std * w.reshape(shape)) + b.reshape(shape)
+        else:
+            y = ((x - mean0) - corr) * inv_std
+        return y, mean0, corr, var, inv_std
+
+    return mx.compile(fwd)
+
+
+@functools.lru_cache(maxsize=64)
+def _bn_backward(ndim: int, affine: bool) -> Any:
+    axes = (0, *range(2, ndim))
+    shape = (1, -1) + (1,) * (ndim - 2)
+
+    def bwd(
+        g: mx.array, x: mx.array, mean0: mx.array, corr: mx.array, inv_std: mx.array, *params: mx.array
+    ) -> Any:
+        x_hat = ((x - mean0) - corr) * inv_std
+        grad_b = mx.sum(g, axis=axes)
+        grad_w = mx.sum(g * x_hat, axis=axes)
+        m = x.size // x.shape[1]
+        scale = inv_std * params[0].reshape(shape) if affine else inv_std
+        mean_g = (grad_b / m).reshape(shape)
+        mean_gx = (grad_w / m).reshape(shape)
+        dx = scale * (g - mean_g - x_hat * mean_gx)
+        return dx, grad_w, grad_b
+
+    return mx.compile(bwd)
+
+
+def batch_norm_train(
+    B: Backend, x: mx.array, weight: mx.array | None, bias: mx.array | None, eps: float
+) -> tuple[mx.array, mx.array, mx.array, Any]:
+    affine = weight is not None
+    params = (weight, bias) if affine else ()
+    y, mean0, corr, var, inv_std = _bn_forward(x.ndim, float(eps), affine)(x, *params)
+    return y, (mean0 + corr).reshape(-1), var.reshape(-1), (x, mean0, corr, inv_std)
+
+
+def batch_norm_train_backward(
+    B: Backend, grad_y: mx.array, ctx: Any, weight: mx.array | None
+) -> tuple[mx.array, mx.array, mx.array]:
+    x, mean0, corr, inv_std = ctx
+    affine = weight is not None
+    params = (weight,) if affine else ()
+    return _bn_backward(x.ndim, affine)(grad_y, x, mean0, corr, inv_std, *params)
+
+
+# --- group norm (rows of (N, G, L)) ------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def _gn_forward(groups: int, eps: float, affine: bool) -> Any:
+    def fwd(x: mx.array, *params: mx.array) -> tuple[mx.array, ...]:
+        n, c = x.shape[0], x.shape[1]
+        xg = x.reshape(n, groups, -1)
+        mean0, corr, var = _moments(xg, (2,))
+        inv_std = mx.rsqrt(var + eps)
+        x_hat = (((xg - mean0) - corr) * inv_std).reshape(n, c, -1)
+        if affine:
+            w, b = params
+            x_hat = x_hat * w.reshape(1, c, 1) + b.reshape(1, c, 1)
+        return x_hat.reshape(x.shape), mean0, corr, inv_std
+
+    return mx.compile(fwd)
+
+
+@functools.lru_cache(maxsize=64)
+def _gn_backward(groups: int, affine: bool) -> Any:
+    def bwd(
+        g: mx.array, x: mx.array, mean0: mx.array, corr: mx.array, inv_std: mx.array, *params: mx.array
+    ) -> Any:
+        n, c = x.shape[0], x.shape[1]
+        x_hat = (((x.reshape(n, groups, -1) - mean0) - corr) * inv_std).reshape(n, c, -1)
+        g3 = g.reshape(n, c, -1)
+        grad_w = mx.sum(g3 * x_hat, axis=(0, 2))
+        grad_b = mx.sum(g3, axis=(0, 2))
+        gx = g3 * params[0].reshape(1, c, 1) if affine else g3
+        gx = gx.reshape(n, groups, -1)
+        xh = x_hat.reshape(n, groups, -1)
+        dx = inv_std * (
+            gx - mx.mean(gx, axis=2, keepdims=True) - xh * mx.mean(gx * xh, axis=2, keepdims=True)
+        )
+        return dx.reshape(x.shape), grad_w, grad_b
+
+    return mx.compile(bwd)
+
+
+def group_norm(
+    B: Backend, x: mx.array, num_groups: int, weight: mx.array | None, bias: mx.array | None, eps: float
+) -> tuple[mx.array, Any]:
+    affine = weight is not None
+    params = (weight, bias) if affine else ()
+    y, mean0, corr, inv_std = _gn_forward(num_groups, float(eps), affine)(x, *params)
+    return y, (x, mean0, corr, inv_std, num_groups)
+
+
+def group_norm_backward(
+    B: Backend, grad_y: mx.array, ctx: Any, weight: mx.array | None
+) -> tuple[mx.array, mx.array, mx.array]:
+    x, mean0, corr, inv_std, groups = ctx
+    affine = weight is not None
+    params = (weight,) if affine else ()
+    return _gn_backward(groups, affine)(grad_y, x, mean0, corr, inv_std, *params)
+
+
+# --- layer norm: mx.fast.layer_norm over the flattened trailing axes ----------------------------
+#
+# mx.fast.layer_norm computes its statistics in one float32 pass: on 1e4 + N(0, 1e-2) data
+# it is off by ~0.15 (so is mlx.nn.LayerNorm). Layer norm is invariant to a per-row shift,
+# so the kernel first subtracts each row's first element (exact for nearby values); the
+# fused kernel then sees data centred near zero. Gradients are unchanged by the shift
+# (the per-row sum of layer norm's input gradient is zero).
+
+
+@functools.lru_cache(maxsize=64)
+def _ln(eps: float) -> Any:
+    def fwd(x: mx.array, w: mx.array | None, b: mx.array | None) -> mx.array:
+        return mx.fast.layer_norm(x - x[:, :1], w, b, eps)
+
+    return fwd
+
+
+def layer_norm(
+    B: Backend,
+    x: mx.array,
+    weight: mx.array | None,
+    bias: mx.array | None,
+    axes: tuple[int, ...],
+    eps: float,
+) -> tuple[mx.array, Any]:
+    trailing = tuple(x.shape[x.ndim - len(axes) :])
+    d = 1
+    for s in trailing:
+        d *= s
+    x2 = x.reshape(-1, d)
+    w = None if weight is None else weight.reshape(d)
+    b = None if bias is None else bias.reshape(d)
+    y = _ln(float(eps))(x2, w, b)
+    return y.reshape(x.shape), (x2, w, b, float(eps), x.shape, trailing)
+
+
+def layer_norm_backward(
+    B: Backend, grad_y: mx.array, ctx: Any, weight: mx.array | None, axes: tuple[int, ...]
+) -> tuple[mx.array, mx.array, mx.array]:
+    x2, w, b, eps, shape, trailing = ctx
+    d = x2.shape[-1]
+    # Missing parameters become ones/zeros so the VJP also yields their would-be gradients.
+    w = mx.ones((d,), dtype=x2.dtype) if w is None else w
+    b = mx.zeros((d,), dtype=x2.dtype) if b is None else b
+    _, (dx, dw, db) = mx.vjp(_ln(eps), [x2, w, b], [grad_y.reshape(x2.shape)])
+    return dx.reshape(shape), dw.reshape(trailing), db.reshape(trailing)
+
+
+KERNELS = {
+    "batch_norm_train": batch_norm_train,
+    "batch_norm_train_backward": batch_norm_train_backward,
+    "layer_norm": layer_norm,
+    "layer_norm_backward": layer_norm_backward,
+    "group_norm": group_norm,
+    "group_norm_backward": group_norm_backward,
+}
+
+
+def register(backend: Backend) -> None:
+    """Install the fast paths (``DUALNORM_KERNELS=reference`` keeps the shared math)."""
+    import os
+
+    if os.environ.get("DUALNORM_KERNELS", "").strip().lower() == "reference":
+        return
+    backend.kernels.update(KERNELS)
