@@ -63,9 +63,14 @@ def _trained(layer, x):
 def test_wrong_ndim(backend, make, shape, expected):
     layer = make()
     if getattr(layer, "running_mean", None) is not None:
-        ok_shape = {nn.BatchNorm1d: (4, 3), nn.BatchRenorm1d: (4, 3), nn.BatchNorm2d: (4, 3, 2, 2),
-                    nn.BatchRenorm2d: (4, 3, 2, 2), nn.BatchNorm3d: (2, 3, 2, 2, 2),
-                    nn.InstanceNorm1d: (2, 3, 4)}[type(layer)]
+        ok_shape = {
+            nn.BatchNorm1d: (4, 3),
+            nn.BatchRenorm1d: (4, 3),
+            nn.BatchNorm2d: (4, 3, 2, 2),
+            nn.BatchRenorm2d: (4, 3, 2, 2),
+            nn.BatchNorm3d: (2, 3, 2, 2, 2),
+            nn.InstanceNorm1d: (2, 3, 4),
+        }[type(layer)]
         _trained(layer, np.random.default_rng(0).normal(size=ok_shape))
     message = raises_untouched(layer, np.ones(shape), ValueError, expected, str(shape))
     assert f"{len(shape)}-D" in message or "shape" in message
@@ -112,7 +117,9 @@ def test_wrong_feature_count(backend, make, shape, fragments):
 )
 def test_single_value_per_channel_in_training(backend, make, shape):
     layer = _trained(make(), np.random.default_rng(0).normal(size=(4, *make_shape_tail(shape))))
-    raises_untouched(layer, np.ones(shape), ValueError, "more than 1 value per channel when training", str(shape))
+    raises_untouched(
+        layer, np.ones(shape), ValueError, "more than 1 value per channel when training", str(shape)
+    )
     assert int(host(layer.num_batches_tracked)) == 1
     # The same batch of one works in eval mode, with the running statistics.
     layer.eval()
@@ -131,7 +138,9 @@ def test_batch_of_one_without_running_stats_fails_in_eval_too(backend):
 
 
 def test_instance_norm_single_spatial_element(backend):
-    raises_untouched(nn.InstanceNorm1d(2), np.ones((3, 2, 1)), ValueError, "more than 1 spatial element", "(3, 2, 1)")
+    raises_untouched(
+        nn.InstanceNorm1d(2), np.ones((3, 2, 1)), ValueError, "more than 1 spatial element", "(3, 2, 1)"
+    )
 
 
 # --- constructor arguments -----------------------------------------------------------------------------------
