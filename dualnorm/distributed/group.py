@@ -121,8 +121,57 @@ _WATCHDOG = _Watchdog()
 
 
 def watch(timeout: float | None, message: str) -> contextlib.AbstractContextManager[None]:
-    """Context manager: end the process with ``message`` if the block runs longer than ``timeout`` s."""
+    """Context manager: end the process with ``message`` if the block runs longer than ``timeout`` s.
+
+    The watchdog is a Python thread, so the watched call must release the GIL while it
+    blocks (MPI and MLX collectives do). For calls that may block holding the GIL, such
+    as connecting the ranks, use :func:`watch_from_outside`.
+    """
     return _WATCHDOG.watch(timeout, message)
+
+
+_OUTSIDE_WATCHER = r"""
+import os, select, signal, sys, time
+pid, timeout, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+ready, _, _ = select.select([sys.stdin], [], [], timeout)
+if ready:  # the watched process closed the pipe: it finished the call, or it died
+    sys.exit(0)
+sys.stderr.write("\n" + message + "\n")
+sys.stderr.flush()
+os.kill(pid, signal.SIGTERM)
+for _ in range(40):
+    time.sleep(0.05)
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit(0)
+os.kill(pid, signal.SIGKILL)
+"""
+
+
+@contextlib.contextmanager
+def watch_from_outside(timeout: float | None, message: str) -> Iterator[None]:
+    """Like :func:`watch`, but the watchdog is a separate process that terminates this one.
+
+    Works even while the watched call holds the GIL (``mx.distributed.init`` does while it
+    waits for its peers). Costs one short-lived interpreter, so it guards one-off calls only.
+    """
+    if timeout is None:
+        yield
+        return
+    import subprocess
+
+    watcher = subprocess.Popen(
+        [sys.executable, "-c", _OUTSIDE_WATCHER, str(os.getpid()), str(timeout), message],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        assert watcher.stdin is not None
+        watcher.stdin.close()
+        watcher.wait()
 
 
 class ProcessGroup(abc.ABC):

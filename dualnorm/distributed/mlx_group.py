@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dualnorm.distributed.group import DistributedError, ProcessGroup, watch
+from dualnorm.distributed.group import DistributedError, ProcessGroup, watch_from_outside
 
 __all__ = ["MLXProcessGroup", "mlx_launched"]
 
@@ -67,10 +67,10 @@ class MLXProcessGroup(ProcessGroup):
             f"dualnorm.distributed: rank {os.environ.get('MLX_RANK', '?')} could not connect to the other "
             f"ranks within {connect_timeout} s (mx.distributed.init(backend={backend!r}), hostfile "
             f"{hostfile or 'none'}): a peer never started, died, or its address/port is unreachable. "
-            "Ending this process. Start every rank with mlx.launch, check the hosts' IPs and the "
+            "Terminating this process. Start every rank with mlx.launch, check the hosts' IPs and the "
             "ports (mlx.launch --starting-port), or raise DUALNORM_DIST_CONNECT_TIMEOUT."
         )
-        with watch(connect_timeout, message):
+        with watch_from_outside(connect_timeout, message):
             try:
                 self._group = mx.distributed.init(strict=strict, backend=backend)
             except Exception as exc:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dualnorm.distributed.group import DistributedError, ProcessGroup, watch
+from dualnorm.distributed.group import DistributedError, ProcessGroup, watch_from_outside
 
 __all__ = ["MPIProcessGroup", "mpi_available"]
 
@@ -57,9 +57,9 @@ class MPIProcessGroup(ProcessGroup):
             )
         message = (
             f"dualnorm.distributed: MPI_Init did not finish within {connect_timeout} s; the MPI launcher "
-            "(mpiexec) is unreachable or the other ranks never started. Ending this process."
+            "(mpiexec) is unreachable or the other ranks never started. Terminating this process."
         )
-        with watch(connect_timeout, message):
+        with watch_from_outside(connect_timeout, message):
             try:
                 from mpi4py import MPI
             except Exception as exc:  # e.g. mpi4py built for an MPI library that is not installed
