@@ -1,0 +1,1 @@
+"""dualnorm's benchmark suite: ``python -m benchmarks`` (see ``python -m benchmarks --help``)."""

@@ -1,0 +1,67 @@
+"""``python -m benchmarks``: dualnorm's layers and experiments against PyTorch, mlx.nn,
+a textbook NumPy version and the memory floor; times and ratios from one run.
+
+    python -m benchmarks                 # the full suite (a few minutes on 2 cores)
+    python -m benchmarks --quick         # smaller shapes and runs (under a minute)
+    python -m benchmarks --json out.json --markdown out.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _set_threads(n: int) -> None:
+    # Before NumPy/PyTorch start their thread pools.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "DUALNORM_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats, shorter runs")
+    parser.add_argument(
+        "--repeats", type=int, help="timed repeats per layer measurement (default 9, quick 3)"
+    )
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every library")
+    parser.add_argument("--no-layers", action="store_true", help="skip the layer measurements")
+    parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end experiments")
+    parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    parser.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown")
+    args = parser.parse_args(argv)
+    _set_threads(args.threads)
+
+    from rich.console import Console
+
+    from benchmarks import e2e, layers, report
+    from dualnorm.bench import FULL_CASES, QUICK_CASES, machine
+
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        pass
+    console = Console(stderr=True)
+    log = lambda msg: console.log(msg)  # noqa: E731
+    info = machine()
+    info["threads"] = args.threads
+    repeats = args.repeats or (3 if args.quick else 9)
+    layer_results = (
+        [] if args.no_layers else layers.run(QUICK_CASES if args.quick else FULL_CASES, repeats, log)
+    )
+    e2e_rows = [] if args.no_e2e else e2e.run(args.quick, log)
+    info["loadavg_end"] = machine().get("loadavg")
+    out = Console()
+    report.print_tables(out, info, layer_results, e2e_rows)
+    if args.json:
+        report.write_json(args.json, info, layer_results, e2e_rows)
+    if args.markdown:
+        report.write_markdown(args.markdown, info, layer_results, e2e_rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
