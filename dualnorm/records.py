@@ -65,34 +65,43 @@ class StepRecord:
         return self.status == "diverged"
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe(dataclasses.asdict(self))
+        return json_safe(dataclasses.asdict(self))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), allow_nan=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepRecord:
-        data = dict(data)
+        data = from_json_safe(dict(data))
         layers = [LayerStats(**layer) for layer in data.pop("layers", [])]
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"step record has unknown keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(layers=layers, **{k: _from_json_float(v) for k, v in data.items()})
+        return cls(layers=layers, **data)
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN/Inf are not JSON: write them as the strings "nan", "inf", "-inf"."""
     if isinstance(value, float) and not math.isfinite(value):
         return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
-def _from_json_float(value: Any) -> Any:
-    if value in ("nan", "inf", "-inf"):
+# Fields that hold text: a variant or layer called "inf" stays a string.
+_TEXT_FIELDS = frozenset({"experiment", "variant", "backend", "status", "message", "name", "kind"})
+
+
+def from_json_safe(value: Any, key: str | None = None) -> Any:
+    """Undo :func:`json_safe` at every depth (layer statistics and ``extra`` included)."""
+    if isinstance(value, str) and value in ("nan", "inf", "-inf") and key not in _TEXT_FIELDS:
         return float(value)
+    if isinstance(value, dict):
+        return {k: from_json_safe(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_json_safe(v) for v in value]
     return value

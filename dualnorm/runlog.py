@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from dualnorm.checkpoint import CheckpointError, CheckpointNotFoundError, atomic_write
 from dualnorm.errors import InputError
-from dualnorm.records import StepRecord
+from dualnorm.records import StepRecord, from_json_safe, json_safe
 
 if TYPE_CHECKING:
     from dualnorm.experiments.base import RunConfig
@@ -168,14 +167,14 @@ def _config_to_dict(config: RunConfig) -> dict[str, Any]:
     for key, value in config.options.items():
         value = os.fspath(value) if isinstance(value, os.PathLike) else value
         try:
-            json.dumps(_json_safe(value), allow_nan=False)
+            json.dumps(json_safe(value), allow_nan=False)
         except (TypeError, ValueError):
             raise InputError(
                 f"save_run: config.options[{key!r}] is a {type(value).__name__}, which is not a JSON value"
             ) from None
         options[key] = value
     data["options"] = options
-    return _json_safe(data)
+    return json_safe(data)
 
 
 def _config_from_dict(path: Path, data: Any) -> RunConfig | None:
@@ -195,7 +194,7 @@ def _config_from_dict(path: Path, data: Any) -> RunConfig | None:
     if data.get("variants") is not None:
         data["variants"] = tuple(data["variants"])
     if "lr" in data:
-        data["lr"] = _decode(data["lr"])
+        data["lr"] = from_json_safe(data["lr"])
     try:
         return RunConfig(**data)
     except TypeError as exc:
@@ -207,33 +206,7 @@ def _record_from_dict(data: dict[str, Any]) -> StepRecord:
     layers = data.get("layers", [])
     if not isinstance(layers, list):
         raise TypeError(f"layers is a {type(layers).__name__}, expected a list")
-    # StepRecord.from_dict decodes "nan"/"inf" at the top level only; layer stats and extra need it too.
-    data["layers"] = [
-        {k: v if k in ("name", "kind") else _decode(v) for k, v in layer.items()} for layer in layers
-    ]
-    if isinstance(data.get("extra"), dict):
-        data["extra"] = _decode(data["extra"])
     return StepRecord.from_dict(data)
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, str) and value in ("nan", "inf", "-inf"):
-        return float(value)
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _decode(v) for k, v in value.items()}
-    return value
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 __all__ = ["RUN_FORMAT", "RUN_FORMAT_VERSION", "load_run", "save_run"]

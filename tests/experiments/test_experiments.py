@@ -108,14 +108,16 @@ def test_record_contents(dying_runs):
 
 
 def test_divergence_stops_only_that_variant(backend):
+    # At lr 10 weight norm blows up within a few steps on every seed and backend, while spectral
+    # norm bounds each layer's gain, so it keeps training: a stable pair, unlike chaotic ones.
     runs = _by_variant(
-        _run("norm-zoo", backend, steps=40, lr=10.0, record_every=20, variants=("none", "layer"))
+        _run("norm-zoo", backend, steps=40, lr=10.0, record_every=20, variants=("weight", "spectral"))
     )
-    last = runs["none"][-1]
+    last = runs["weight"][-1]
     assert last.status == "diverged" and last.diverged
     assert f"step {last.step}" in last.message and last.step < 40
     assert not math.isfinite(last.loss) and last.layers == []
-    assert runs["layer"][-1].status == "done" and runs["layer"][-1].step == 40
+    assert runs["spectral"][-1].status == "done" and runs["spectral"][-1].step == 40
     json.loads(last.to_json())  # NaN is written as the string "nan"
 
 
