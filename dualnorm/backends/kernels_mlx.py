@@ -20,6 +20,7 @@ from typing import Any
 import mlx.core as mx
 
 from dualnorm.backends.base import Backend
+from dualnorm.nn import functional as F
 
 
 def _moments(x: mx.array, axes: tuple[int, ...]) -> tuple[mx.array, mx.array, mx.array]:
@@ -170,6 +171,10 @@ def _ln(eps: float) -> Any:
     return fwd
 
 
+class _FastLayerNormContext(tuple):
+    """What the fused forward saves; any other context came from the reference forward."""
+
+
 def layer_norm(
     B: Backend,
     x: mx.array,
@@ -178,6 +183,9 @@ def layer_norm(
     axes: tuple[int, ...],
     eps: float,
 ) -> tuple[mx.array, Any]:
+    if x.dtype != mx.float32:
+        # mx.fast.layer_norm computes in float32 precision even for float64 input.
+        return F.layer_norm.reference(B, x, weight, bias, axes, eps)
     trailing = tuple(x.shape[x.ndim - len(axes) :])
     d = 1
     for s in trailing:
@@ -186,12 +194,14 @@ def layer_norm(
     w = None if weight is None else weight.reshape(d)
     b = None if bias is None else bias.reshape(d)
     y = _ln(float(eps))(x2, w, b)
-    return y.reshape(x.shape), (x2, w, b, float(eps), x.shape, trailing)
+    return y.reshape(x.shape), _FastLayerNormContext((x2, w, b, float(eps), x.shape, trailing))
 
 
 def layer_norm_backward(
     B: Backend, grad_y: mx.array, ctx: Any, weight: mx.array | None, axes: tuple[int, ...]
 ) -> tuple[mx.array, mx.array, mx.array]:
+    if not isinstance(ctx, _FastLayerNormContext):
+        return F.layer_norm_backward.reference(B, grad_y, ctx, weight, axes)
     x2, w, b, eps, shape, trailing = ctx
     d = x2.shape[-1]
     # Missing parameters become ones/zeros so the VJP also yields their would-be gradients.
