@@ -69,7 +69,15 @@ def _parallel(fn: Callable[[int, int], Any], units: int, elements: int) -> list[
         if _pool is None:
             _pool = ThreadPoolExecutor(_num_threads, thread_name_prefix="dualnorm")
         pool = _pool
-    futures = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    # np.errstate is per thread: give the workers the caller's, so np.errstate(all="ignore")
+    # around a diverging run silences the parts computed here too.
+    caller_errstate = np.geterr()
+
+    def in_caller_errstate(lo: int, hi: int) -> Any:
+        with np.errstate(**caller_errstate):
+            return fn(lo, hi)
+
+    futures = [pool.submit(in_caller_errstate, bounds[i], bounds[i + 1]) for i in range(1, parts)]
     first = fn(bounds[0], bounds[1])  # the calling thread does a share too
     return [first] + [f.result() for f in futures]
 
