@@ -214,9 +214,12 @@ class RunScreen(Screen[None]):
         Binding("q", "app.quit", "Quit"),
     ]
 
+    # Training shares the GIL with the UI, so every millisecond spent rendering is taken from a
+    # pure-Python training step: drain often, but redraw only as often as the eye needs.
     POLL_INTERVAL = 0.1
-    PLOT_INTERVAL = 0.3  # redraw the (expensive) plots at most this often
-    TABLE_INTERVAL = 0.2
+    PLOT_INTERVAL = 0.5  # redraw the (expensive) plots at most this often
+    TABLE_INTERVAL = 0.5
+    STATUS_INTERVAL = 0.25
 
     app: DualnormApp
 
@@ -232,6 +235,7 @@ class RunScreen(Screen[None]):
         self._pending = Changes()
         self._last_plot = 0.0
         self._last_table = 0.0
+        self._last_status = 0.0
         self._leaving = False
         self._error_shown = False
         self._started = time.perf_counter()
@@ -305,8 +309,10 @@ class RunScreen(Screen[None]):
                 p.sweep.clear()
             self._last_plot = now
         if p.status or records or self.runner.finished.is_set():
-            self.update_status()
-            p.status = False
+            if force or p.status or now - self._last_status >= self.STATUS_INTERVAL:
+                self.update_status()
+                p.status = False
+                self._last_status = now
 
     def redraw_loss(self) -> None:
         self.query_one(LossPlot).redraw(
