@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The two commands of this repository, each doing its own set-up.
 
-    python3 dev.py run     # the terminal UI on the default demo (installs what it needs)
+    python3 dev.py run     # the terminal UI, straight into the default demo (installs what it needs)
     python3 dev.py test    # the whole test suite on both backends (installs what it needs)
 
 Both create ``.venv`` next to this file on first use and reinstall only when
@@ -93,7 +93,9 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     if command == "run":
         ensure_venv("mlx,tui")
-        return run(BIN / "dualnorm", "tui", *rest, check=False).returncode
+        # With no arguments, open straight into the default demo (esc goes to the list).
+        args = rest or ["--experiment", "dying-relu"]
+        return run(BIN / "dualnorm", "tui", *args, check=False).returncode
     if command == "test":
         ensure_venv("dev")
         ensure_torch()
