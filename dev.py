@@ -99,7 +99,9 @@ def main(argv: list[str]) -> int:
     if command == "test":
         ensure_venv("dev")
         ensure_torch()
-        return run(PYTHON, "-m", "pytest", *rest, check=False).returncode
+        # One pytest worker per core (pytest-xdist is in the dev extra) unless told otherwise.
+        parallel = [] if any(a == "-n" or a.startswith("-n") for a in rest) else ["-n", "auto"]
+        return run(PYTHON, "-m", "pytest", *parallel, *rest, check=False).returncode
     print(f"unknown command {command!r}; use 'run' or 'test' (see python3 dev.py --help)", file=sys.stderr)
     return 2
 
