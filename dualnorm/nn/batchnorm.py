@@ -29,7 +29,49 @@ from dualnorm.nn._checks import check_momentum, check_ndim, check_non_negative, 
 from dualnorm.nn.module import Module
 
 
-class _BatchNorm(Module):
+class _NormBase(Module):
+    """What batch and instance norm share (PyTorch's ``_NormBase``): arguments, γ/β, running buffers."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float,
+        momentum: float | None,
+        affine: bool,
+        track_running_stats: bool,
+        *,
+        dtype: str | None = None,
+    ) -> None:
+        super().__init__(dtype=dtype)
+        name = type(self).__name__
+        self.num_features = check_positive_int("num_features", num_features, name)
+        self.eps = check_non_negative("eps", eps, name)
+        self.momentum = check_momentum(momentum, name)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        object.__setattr__(self, "weight", None)
+        object.__setattr__(self, "bias", None)
+        if self.affine:
+            self.weight = self._new_parameter(np.ones(num_features))
+            self.bias = self._new_parameter(np.zeros(num_features))
+        for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+            self.register_buffer(buffer, None)
+        self.reset_running_stats()
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean = self._const(np.zeros(self.num_features))
+            self.running_var = self._const(np.ones(self.num_features))
+            self.num_batches_tracked = self._const(np.array(0), self.backend.int64)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
+
+
+class _BatchNorm(_NormBase):
     _ndims: tuple[int, ...] = ()
     _layout = ""
 
@@ -43,32 +85,7 @@ class _BatchNorm(Module):
         *,
         dtype: str | None = None,
     ) -> None:
-        super().__init__(dtype=dtype)
-        name = type(self).__name__
-        self.num_features = check_positive_int("num_features", num_features, name)
-        self.eps = check_non_negative("eps", eps, name)
-        self.momentum = check_momentum(momentum, name)
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
-        if self.affine:
-            self.weight = self._new_parameter(np.ones(num_features))
-            self.bias = self._new_parameter(np.zeros(num_features))
-        else:
-            object.__setattr__(self, "weight", None)
-            object.__setattr__(self, "bias", None)
-        if self.track_running_stats:
-            self.register_buffer("running_mean", self._const(np.zeros(num_features)))
-            self.register_buffer("running_var", self._const(np.ones(num_features)))
-            self.register_buffer("num_batches_tracked", self._const(np.array(0), self.backend.int64))
-        else:
-            for buffer in ("running_mean", "running_var", "num_batches_tracked"):
-                self.register_buffer(buffer, None)
-
-    def reset_running_stats(self) -> None:
-        if self.track_running_stats:
-            self.running_mean = self._const(np.zeros(self.num_features))
-            self.running_var = self._const(np.ones(self.num_features))
-            self.num_batches_tracked = self._const(np.array(0), self.backend.int64)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype=dtype)
 
     def _check(self, x: Any) -> None:
         check_ndim(self, x, self._ndims, self._layout)
@@ -155,12 +172,6 @@ class _BatchNorm(Module):
 
     def _batch_stats_backward(self, grad_xhat: Any, saved: dict[str, Any]) -> Any:
         return F.normalize_backward(self.backend, grad_xhat, saved["x_hat"], saved["inv_std"], saved["axes"])
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}"
-        )
 
 
 class BatchNorm1d(_BatchNorm):

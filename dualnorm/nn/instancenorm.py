@@ -11,15 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from dualnorm.errors import InputError
 from dualnorm.nn import functional as F
-from dualnorm.nn._checks import check_momentum, check_ndim, check_non_negative, check_positive_int, check_size
-from dualnorm.nn.module import Module
+from dualnorm.nn._checks import check_ndim, check_size
+from dualnorm.nn.batchnorm import _NormBase
 
 
-class _InstanceNorm(Module):
+class _InstanceNorm(_NormBase):
     _spatial_dims = 1
     _layout = ""
 
@@ -33,24 +31,7 @@ class _InstanceNorm(Module):
         *,
         dtype: str | None = None,
     ) -> None:
-        super().__init__(dtype=dtype)
-        name = type(self).__name__
-        self.num_features = check_positive_int("num_features", num_features, name)
-        self.eps = check_non_negative("eps", eps, name)
-        self.momentum = check_momentum(momentum, name)
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
-        object.__setattr__(self, "weight", None)
-        object.__setattr__(self, "bias", None)
-        if self.affine:
-            self.weight = self._new_parameter(np.ones(num_features))
-            self.bias = self._new_parameter(np.zeros(num_features))
-        for buffer in ("running_mean", "running_var", "num_batches_tracked"):
-            self.register_buffer(buffer, None)
-        if self.track_running_stats:
-            self.running_mean = self._const(np.zeros(num_features))
-            self.running_var = self._const(np.ones(num_features))
-            self.num_batches_tracked = self._const(np.array(0), self.backend.int64)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype=dtype)
 
     def forward(self, x: Any) -> Any:
         x = self._input(x)
@@ -109,12 +90,6 @@ class _InstanceNorm(Module):
         else:
             grad_in = grad_xhat * s["inv_std"]
         return grad_in.reshape(out_shape)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}"
-        )
 
 
 class InstanceNorm1d(_InstanceNorm):
