@@ -39,7 +39,7 @@ def run(*cmd: str | os.PathLike[str], check: bool = True) -> subprocess.Complete
 
 
 def ensure_venv(extras: str) -> None:
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036 (dev.py runs under whatever python3 is)
         sys.exit(f"dualnorm needs Python 3.10 or newer; this is {sys.version.split()[0]} ({sys.executable}).")
     if not PYTHON.exists():
         say(f"creating {VENV.relative_to(ROOT)} with {sys.executable}")
@@ -48,7 +48,9 @@ def ensure_venv(extras: str) -> None:
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if stamp.exists() and stamp.read_text() == digest:
         return
-    say(f"installing dualnorm[{extras}] into {VENV.relative_to(ROOT)} (once; again only when pyproject.toml changes)")
+    say(
+        f"installing dualnorm[{extras}] into {VENV.relative_to(ROOT)} (once; again only when pyproject.toml changes)"
+    )
     pip = [PYTHON, "-m", "pip", "--disable-pip-version-check"]
     run(*pip, "install", "--quiet", "--upgrade", "pip")
     run(*pip, "install", "--quiet", "-e", f"{ROOT}[{extras}]")
@@ -58,7 +60,19 @@ def ensure_venv(extras: str) -> None:
 def local_torch_version() -> str | None:
     """The version of a torch wheel pip can install without the network, if any."""
     report = subprocess.run(
-        [PYTHON, "-m", "pip", "install", "--dry-run", "--no-index", "--no-deps", "--quiet", "--report", "-", "torch"],
+        [
+            PYTHON,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--no-index",
+            "--no-deps",
+            "--quiet",
+            "--report",
+            "-",
+            "torch",
+        ],
         capture_output=True,
         text=True,
     )
@@ -78,7 +92,9 @@ def ensure_torch() -> None:
         return
     version = local_torch_version()
     if version is None and choice not in ("1", "yes", "true"):
-        say("PyTorch: no local wheel found; the PyTorch parity tests will be skipped (DUALNORM_TEST_TORCH=1 installs it)")
+        say(
+            "PyTorch: no local wheel found; the PyTorch parity tests will be skipped (DUALNORM_TEST_TORCH=1 installs it)"
+        )
         return
     spec = f"torch=={version}" if version else "torch"
     say(f"installing {spec} for the PyTorch parity tests")

@@ -26,7 +26,7 @@ from dualnorm.backends import BACKEND_NAMES
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 TUI_HINT = 'the terminal UI needs its extra dependencies: pip install "dualnorm[tui]"'
-BENCH_HINT = 'dualnorm bench could not be loaded; reinstall dualnorm: pip install --force-reinstall dualnorm'
+BENCH_HINT = "dualnorm bench could not be loaded; reinstall dualnorm: pip install --force-reinstall dualnorm"
 
 
 def _experiments() -> dict[str, Any]:

@@ -308,11 +308,11 @@ class RunScreen(Screen[None]):
                 grid.redraw(self.state, set(p.sweep))
                 p.sweep.clear()
             self._last_plot = now
-        if p.status or records or self.runner.finished.is_set():
-            if force or p.status or now - self._last_status >= self.STATUS_INTERVAL:
-                self.update_status()
-                p.status = False
-                self._last_status = now
+        status_due = force or p.status or now - self._last_status >= self.STATUS_INTERVAL
+        if status_due and (p.status or records or self.runner.finished.is_set()):
+            self.update_status()
+            p.status = False
+            self._last_status = now
 
     def redraw_loss(self) -> None:
         self.query_one(LossPlot).redraw(
