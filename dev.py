@@ -88,7 +88,8 @@ def ensure_torch() -> None:
     choice = os.environ.get("DUALNORM_TEST_TORCH", "auto").strip().lower()
     if choice in ("0", "no", "false"):
         return
-    if run(PYTHON, "-c", "import torch", check=False).returncode == 0:
+    probe = subprocess.run([PYTHON, "-c", "import torch"], capture_output=True)
+    if probe.returncode == 0:
         return
     version = local_torch_version()
     if version is None and choice not in ("1", "yes", "true"):
