@@ -216,7 +216,7 @@ class RunScreen(Screen[None]):
 
     # Training shares the GIL with the UI, so every millisecond spent rendering is taken from a
     # pure-Python training step: drain often, but redraw only as often as the eye needs.
-    POLL_INTERVAL = 0.1
+    POLL_INTERVAL = 0.25
     PLOT_INTERVAL = 0.5  # redraw the (expensive) plots at most this often
     TABLE_INTERVAL = 0.5
     STATUS_INTERVAL = 0.25
