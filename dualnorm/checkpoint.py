@@ -390,16 +390,21 @@ def _one_line(text: str, limit: int = 200) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
+def read_file(path: Path, what: str) -> bytes:
+    """The bytes of ``path``, or a CheckpointError saying why not (``what``: "checkpoint", "run file")."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(path, f"no such {what}") from None
+    except IsADirectoryError:
+        raise CheckpointError(path, f"is a directory, not a {what}") from None
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot read the {what}: {exc.strerror or exc}") from None
+
+
 def _read(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     path = Path(os.fspath(path))
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointNotFoundError(path, "no such checkpoint file") from None
-    except IsADirectoryError:
-        raise CheckpointError(path, "is a directory, not a checkpoint file") from None
-    except OSError as exc:
-        raise CheckpointError(path, f"cannot read the checkpoint: {exc.strerror or exc}") from None
+    data = read_file(path, "checkpoint file")
     _header, meta = _parse_header(path, data)
     import safetensors
 

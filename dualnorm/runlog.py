@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dualnorm.checkpoint import CheckpointError, CheckpointNotFoundError, atomic_write
+from dualnorm.checkpoint import CheckpointError, atomic_write, read_file
 from dualnorm.errors import InputError
 from dualnorm.records import StepRecord, from_json_safe, json_safe
 
@@ -91,14 +91,7 @@ def load_run(path: str | os.PathLike[str]) -> tuple[list[StepRecord], RunConfig 
     for a missing, empty, truncated or corrupt file, or a file of another format.
     """
     path = Path(os.fspath(path))
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointNotFoundError(path, "no such run file") from None
-    except IsADirectoryError:
-        raise CheckpointError(path, "is a directory, not a run file") from None
-    except OSError as exc:
-        raise CheckpointError(path, f"cannot read the run file: {exc.strerror or exc}") from None
+    data = read_file(path, "run file")
     hint = "Save runs with dualnorm.save_run(records, config, path)"
     if not data:
         raise CheckpointError(path, "the file is empty (0 bytes), not a saved run", hint)

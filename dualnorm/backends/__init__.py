@@ -80,16 +80,21 @@ def _resolve(name: str) -> Backend:
 
 
 def _load_kernels(backend: Backend) -> None:
-    """Register a backend's fast paths, if it has any (see dualnorm/backends/kernels_*.py)."""
+    """Install a backend's fast paths, the ``KERNELS`` table of ``kernels_<name>.py``, if any.
+
+    ``DUALNORM_KERNELS=reference`` keeps the shared reference math everywhere.
+    """
     import importlib
 
+    if os.environ.get("DUALNORM_KERNELS", "").strip().lower() == "reference":
+        return
     try:
         module = importlib.import_module(f"dualnorm.backends.kernels_{backend.name}")
     except ModuleNotFoundError as exc:
         if exc.name != f"dualnorm.backends.kernels_{backend.name}":
             raise
         return
-    module.register(backend)
+    backend.kernels.update(module.KERNELS)
 
 
 def _auto_name() -> str:

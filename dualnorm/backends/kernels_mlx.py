@@ -219,12 +219,3 @@ KERNELS = {
     "group_norm": group_norm,
     "group_norm_backward": group_norm_backward,
 }
-
-
-def register(backend: Backend) -> None:
-    """Install the fast paths (``DUALNORM_KERNELS=reference`` keeps the shared math)."""
-    import os
-
-    if os.environ.get("DUALNORM_KERNELS", "").strip().lower() == "reference":
-        return
-    backend.kernels.update(KERNELS)

@@ -486,10 +486,3 @@ KERNELS = {
     "group_norm": group_norm,
     "group_norm_backward": group_norm_backward,
 }
-
-
-def register(backend: Backend) -> None:
-    """Install the fast paths (``DUALNORM_KERNELS=reference`` keeps the shared math)."""
-    if os.environ.get("DUALNORM_KERNELS", "").strip().lower() == "reference":
-        return
-    backend.kernels.update(KERNELS)
