@@ -278,9 +278,12 @@ def _print_summary(exp: Any, summary: dict[str, dict[str, Any]]) -> None:
         status = entry["status"]
         if status == "diverged":
             status = f"[red]diverged[/red] ({entry['message']})"
+        trained = entry["step"] > 0  # step 0: a forward-only view, there is no loss to report
+        if not trained:
+            status = f"{status} (forward only)"
         table.add_row(
             variant,
-            f"{entry['loss']:.6g}",
+            f"{entry['loss']:.6g}" if trained else "-",
             "-" if acc is None else f"{acc:.3f}",
             status,
             str(entry["step"]),

@@ -143,3 +143,13 @@ def test_tui_delegates_argv(monkeypatch):
 def test_python_dash_m():
     proc = subprocess.run([sys.executable, "-m", "dualnorm", "run", "nope"], capture_output=True, text=True)
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_summary_shows_no_loss_for_forward_only_views(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one table row per line
+    assert main(["run", "sigmoid-depth", "--steps", "3", "--quiet"]) == 0
+    rows = {line.split("│")[1].strip(): line for line in capsys.readouterr().out.splitlines() if "│" in line}
+    forward = rows["forward-plain"].split("│")
+    assert forward[2].strip() == "-" and "forward only" in forward[4]
+    trained = rows["plain"].split("│")
+    assert float(trained[2]) > 0 and trained[5].strip() == "3"
