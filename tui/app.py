@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from textual.app import App
 from textual.binding import Binding, BindingType
 
-from tui.runner import TrainingRunner
+from tui.runner import ProcessTrainingRunner, TrainingRunner
 from tui.screens import RunScreen, StartScreen
 
 
@@ -104,7 +104,7 @@ class DualnormApp(App[None]):
         self.start_paused = start_paused
         self.export_dir = export_dir
         self.variants = tuple(variants) if variants else None
-        self._runners: list[TrainingRunner] = []
+        self._runners: list[TrainingRunner | ProcessTrainingRunner] = []
 
     def on_mount(self) -> None:
         self.push_screen(StartScreen())
@@ -143,7 +143,7 @@ class DualnormApp(App[None]):
             self.backend = self.backends[(i + 1) % len(self.backends)]
         return self.backend
 
-    def register_runner(self, runner: TrainingRunner) -> None:
+    def register_runner(self, runner: TrainingRunner | ProcessTrainingRunner) -> None:
         self._runners = [r for r in self._runners if r.alive]
         self._runners.append(runner)
 

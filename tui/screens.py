@@ -16,7 +16,7 @@ from textual.widgets import Button, Footer, Input, Label, Markdown, OptionList, 
 from textual.widgets.option_list import Option
 
 from tui.export import default_export_dir, export_run
-from tui.runner import TrainingRunner
+from tui.runner import make_runner
 from tui.state import DEFAULT_SMOOTHING, Changes, RecordBuffer, RunState, fmt
 from tui.widgets import HistogramPanel, LayerTable, LossPlot, ProbeTable, StatusLine, SweepGrid
 
@@ -229,7 +229,7 @@ class RunScreen(Screen[None]):
         self.config = config
         self.state = RunState(experiment.variants)
         self.buffer = RecordBuffer()
-        self.runner = TrainingRunner(experiment, config, self.buffer, paused=paused)
+        self.runner = make_runner(experiment, config, self.buffer, paused=paused)
         self.log_y = False
         self.smoothing = False
         self._pending = Changes()
