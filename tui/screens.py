@@ -62,7 +62,7 @@ Inputs 1..5 after Linear, after BN and after ReLU. Without BN every value after
 Linear is negative, ReLU outputs 0 and nothing learns.
 
 ## Sweep grid (init-sweep)
-Training accuracy per epoch for 16 initial weight scales; green = with BN, red = without.
+Training accuracy per epoch for 16 initial weight scales; solid green = with BN, dotted red = without.
 
 ## Keys
 space pause/resume · n or . one step · r restart · c change lr/seed · b switch backend ·
@@ -259,7 +259,7 @@ class RunScreen(Screen[None]):
         self.query_one("#layers").border_title = "per-layer statistics (latest step)"
         self.query_one("#hist").border_title = "activation histograms per layer"
         self.query_one("#probe").border_title = "probe inputs 1..5 through the network"
-        self.query_one("#sweep").border_title = "init-sweep: training accuracy, BN (green) vs plain (red)"
+        self.query_one("#sweep").border_title = "init-sweep: training accuracy, BN (solid green) vs plain (dotted red)"
         self.query_one("#probe").display = False
         self.query_one("#sweep").display = False
         self.query_one("#detail").display = False

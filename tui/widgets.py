@@ -278,7 +278,10 @@ class ProbeTable(DataTable, can_focus=False):
 
 
 class SweepCell(Plot):
-    """One weight scale of init-sweep: training accuracy, batchnorm (green) vs plain (red)."""
+    """One weight scale of init-sweep: training accuracy, batchnorm (solid green) vs plain (dotted red).
+
+    Solid against dotted, as the documents draw solid against dashed, so the two read apart
+    without colour too."""
 
     DEFAULT_CSS = """
     SweepCell { border: round $secondary; height: 1fr; width: 1fr; }
@@ -309,9 +312,19 @@ class SweepCell(Plot):
             if v is None or not v.accuracies:
                 continue
             xmax = max(xmax, v.acc_steps[-1])
-            self.plot(v.acc_steps, v.accuracies, line_style=color, hires_mode=HiResMode.BRAILLE)
+            if norm == "none":
+                self.scatter(v.acc_steps, v.accuracies, marker="·", marker_style=color)
+            else:
+                self.plot(v.acc_steps, v.accuracies, line_style=color, hires_mode=HiResMode.BRAILLE)
         bn, plain = state.variants.get(cell.get("batchnorm", "")), state.variants.get(cell.get("none", ""))
-        acc = [f"{v.accuracies[-1]:.2f}" if v and v.accuracies else "-" for v in (bn, plain)]
+        acc = [
+            "diverged"
+            if v and v.diverged_at is not None
+            else f"{v.accuracies[-1]:.2f}"
+            if v and v.accuracies
+            else "-"
+            for v in (bn, plain)
+        ]
         self.border_subtitle = f"BN {acc[0]} / plain {acc[1]}"
         self.set_xticks([])
 

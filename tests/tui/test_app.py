@@ -13,6 +13,7 @@ pytest.importorskip("textual")
 from helpers import SIZE, make_app, settle, sync, wait_for
 from textual.widgets import OptionList
 
+from dualnorm.records import StepRecord
 from tui.screens import ConfigModal, HelpScreen, RunScreen, StartScreen
 from tui.widgets import HistogramPanel, LayerTable, LossPlot, ProbeTable, SweepGrid
 
@@ -250,3 +251,36 @@ def test_main_rejects_unknown_names(capsys):
     assert main(["--experiment", "nope-not-real"]) == 2
     assert "unknown experiment" in capsys.readouterr().out
     assert main(["--backend", "fortran"]) == 2
+
+
+@sync
+async def test_sweep_cell_draws_plain_dotted_and_says_when_it_diverged():
+    app = make_app(experiment="init-sweep", steps=12)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await settle(pilot, screen)
+        grid = screen.query_one(SweepGrid)
+        await wait_for(pilot, lambda: len(grid.cells) == 16 and all(c.is_mounted for c in grid.cells))
+        plain = screen.state.sweep[0]["none"]
+        last = screen.state.variants[plain]
+        diverged = StepRecord(
+            experiment="init-sweep",
+            variant=plain,
+            step=13,
+            epoch=2,
+            loss=float("nan"),
+            backend="numpy",
+            status="diverged",
+            message="loss is nan at step 13",
+            extra=dict(screen.state.records[-1].extra),
+        )
+        diverged.extra.update(scale_index=0, normalization="none")
+        screen.state.apply([diverged])
+        grid.redraw(screen.state, {0})
+        await pilot.pause()
+        cell = grid.cells[0]
+        assert last.diverged_at == 13
+        assert "plain diverged" in str(cell.border_subtitle)
+        kinds = sorted(type(d).__name__ for d in cell._datasets)
+        assert kinds == ["LinePlot", "ScatterPlot"]  # BN solid line, plain dotted
+        await pilot.press("q")
