@@ -259,7 +259,9 @@ class RunScreen(Screen[None]):
         self.query_one("#layers").border_title = "per-layer statistics (latest step)"
         self.query_one("#hist").border_title = "activation histograms per layer"
         self.query_one("#probe").border_title = "probe inputs 1..5 through the network"
-        self.query_one("#sweep").border_title = "init-sweep: training accuracy, BN (solid green) vs plain (dotted red)"
+        self.query_one(
+            "#sweep"
+        ).border_title = "init-sweep: training accuracy, BN (solid green) vs plain (dotted red)"
         self.query_one("#probe").display = False
         self.query_one("#sweep").display = False
         self.query_one("#detail").display = False
