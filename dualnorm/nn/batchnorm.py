@@ -64,6 +64,11 @@ class _NormBase(Module):
             self.running_var = self._const(np.ones(self.num_features))
             self.num_batches_tracked = self._const(np.array(0), self.backend.int64)
 
+    def _normalize_with_running_stats(self, x: Any, shape: tuple[int, ...]) -> tuple[Any, Any]:
+        """Inference: x_hat from the running estimates instead of the batch's; returns (x_hat, inv_std)."""
+        inv_std = self.backend.rsqrt(self.running_var.reshape(shape) + self.eps)
+        return (x - self.running_mean.reshape(shape)) * inv_std, inv_std
+
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
@@ -123,8 +128,7 @@ class _BatchNorm(_NormBase):
                 self._update_running_stats(mean, var, F.count(x.shape, axes))
             x_hat = self._renormalize(x_hat, mean, var, shape)
         else:
-            inv_std = self.backend.rsqrt(self.running_var.reshape(shape) + self.eps)
-            x_hat = (x - self.running_mean.reshape(shape)) * inv_std
+            x_hat, inv_std = self._normalize_with_running_stats(x, shape)
         self._save(x_hat=x_hat, inv_std=inv_std, batch_stats=self._uses_batch_stats(), axes=axes, shape=shape)
         if not self.affine:
             return x_hat

@@ -58,8 +58,7 @@ class _InstanceNorm(_NormBase):
                 self.running_mean = (1 - m) * self.running_mean + m * self.xp.mean(mean, axis=0).reshape(-1)
                 self.running_var = (1 - m) * self.running_var + m * self.xp.mean(unbiased, axis=0).reshape(-1)
         else:
-            inv_std = self.backend.rsqrt(self.running_var.reshape(shape) + self.eps)
-            x_hat = (x - self.running_mean.reshape(shape)) * inv_std
+            x_hat, inv_std = self._normalize_with_running_stats(x, shape)
         self._save(
             x_hat=x_hat,
             inv_std=inv_std,
