@@ -237,7 +237,7 @@ class ProcessTrainingRunner:
                     if self._handle(self._queue.get(timeout=self.POLL_S)):
                         return
                 except queue.Empty:
-                    if self._process.is_alive() or (self._stop.is_set() and self._process.exitcode is None):
+                    if self._process.is_alive():
                         continue
                     # The child is gone: take what it sent before it went, then say why.
                     with contextlib.suppress(queue.Empty):
