@@ -31,7 +31,6 @@ Design choices (what a consumer can rely on):
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import time
@@ -239,7 +238,7 @@ def train(task: Task, backend: Backend, stop: threading.Event | None = None) -> 
     names, children = _children(task.model)
     params = list(task.model.parameters())
     loss_fn, optimizer = task.loss_fn, task.optimizer
-    lazy = type(backend).eval is not Backend.eval
+    lazy = backend.lazy
     record_every = max(1, int(task.record_every))
     spe = max(1, int(task.steps_per_epoch))
     steps = int(task.steps)
@@ -249,7 +248,7 @@ def train(task: Task, backend: Backend, stop: threading.Event | None = None) -> 
     outside_s = 0.0  # time the consumer held the generator suspended
     losses: list[float] = []
     task.model.train()
-    quiet = (lambda: np.errstate(all="ignore")) if backend.name == "numpy" else contextlib.nullcontext
+    quiet = backend.compute  # on the backend's device; NumPy: no floating-point warnings
 
     def base_record(step: int, loss: float, **kw: Any) -> StepRecord:
         return StepRecord(

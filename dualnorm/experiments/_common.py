@@ -128,17 +128,9 @@ def sampler(
     x_all = to_backend(backend, x_host)
     y_all = backend.asarray(y_host, backend.int64)
     n = len(x_host)
-    if backend.name == "numpy":
 
-        def batch(step: int) -> tuple[Any, Any]:
-            idx = rng.integers(0, n, batch_size)
-            return x_all[idx], y_all[idx]
-
-    else:
-        xp = backend.xp
-
-        def batch(step: int) -> tuple[Any, Any]:
-            idx = xp.array(rng.integers(0, n, batch_size).astype(np.int32))
-            return x_all[idx], y_all[idx]
+    def batch(step: int) -> tuple[Any, Any]:
+        idx = backend.indices(rng.integers(0, n, batch_size))
+        return x_all[idx], y_all[idx]
 
     return batch
