@@ -59,6 +59,7 @@ class StepRecord:
     status: str = "running"  # "running" | "done" | "diverged"
     message: str = ""  # human-readable note, e.g. why a variant diverged
     extra: dict[str, Any] = field(default_factory=dict)
+    device: str = ""  # "cpu" | "gpu" ("" in records written before devices were recorded)
 
     @property
     def diverged(self) -> bool:
@@ -93,7 +94,7 @@ def json_safe(value: Any) -> Any:
 
 
 # Fields that hold text: a variant or layer called "inf" stays a string.
-_TEXT_FIELDS = frozenset({"experiment", "variant", "backend", "status", "message", "name", "kind"})
+_TEXT_FIELDS = frozenset({"experiment", "variant", "backend", "device", "status", "message", "name", "kind"})
 
 
 def from_json_safe(value: Any, key: str | None = None) -> Any:

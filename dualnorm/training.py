@@ -258,6 +258,7 @@ def train(task: Task, backend: Backend, stop: threading.Event | None = None) -> 
             epoch=(step - 1) // spe + 1 if step > 0 else 0,
             loss=loss,
             backend=backend.name,
+            device=backend.device,
             elapsed_s=time.perf_counter() - start,
             **kw,
         )

@@ -186,8 +186,8 @@ def _resolve(name: str | Backend, device: str | None = None, *, inherit: bool = 
         except Exception as exc:
             _failures[key] = _not_available(base, exc)
             raise BackendError(_failures[key]) from None
-        _instances[key] = backend
         _load_kernels(backend)
+        _instances[key] = backend
         return backend
 
 

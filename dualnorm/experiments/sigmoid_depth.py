@@ -139,6 +139,7 @@ class SigmoidDepth(BaseExperiment):
             epoch=0,
             loss=0.0,
             backend=backend.name,
+            device=backend.device,
             layers=layers,
             elapsed_s=time.perf_counter() - start,
             status="done",
