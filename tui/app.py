@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--experiment", "-x", default=None, help="open this experiment directly")
     parser.add_argument("--backend", "-b", default=None, help="array backend: numpy or mlx")
+    parser.add_argument("--device", default=None, help="MLX device: gpu or cpu (default: the GPU if any)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per variant")
     parser.add_argument("--lr", type=float, default=None, help="learning rate")
     parser.add_argument("--seed", type=int, default=0)
@@ -182,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from dualnorm.cli import apply_device
+
+    problem = apply_device(args.backend, args.device)  # also sets DUALNORM_DEVICE for the runner's child
+    if problem:
+        print(f"dualnorm tui: {problem}")
+        return 2
     try:
         app = DualnormApp(
             experiment=args.experiment,
