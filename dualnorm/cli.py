@@ -289,8 +289,9 @@ def _print_summary(exp: Any, summary: dict[str, dict[str, Any]]) -> None:
 
 # --- devices and compare -------------------------------------------------------------------
 
-#: compare's default --tol: the largest relative loss difference still called agreement
-COMPARE_TOL = 1e-3
+#: compare's default --tol: the largest relative loss difference still called agreement. Float32
+#: rounding alone moves dying-relu's final 1e-4 loss by 0.4 % between NumPy and MLX (measured).
+COMPARE_TOL = 1e-2
 
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:
@@ -545,7 +546,7 @@ def _print_comparison(console: Any, comparison: Any) -> None:
         table.add_column(col, justify="left" if col == "backend" else "right")
     for label, r in results.items():
         first = r.first_over_tol
-        where = "-" if first is None else f"{first[0]} @ {first[1]}"
+        where = "-" if first is None else f"step {first[1]} ({first[0]})"
         diverged = f" ({len(r.diverged)} diverged)" if r.diverged else ""
         table.add_row(
             label + (f" [red]{r.error}[/]" if r.error else ""),
