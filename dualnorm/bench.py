@@ -369,12 +369,16 @@ def _sweep_report(console: Any, points: list[SweepPoint], labels: list[str]) -> 
         console.print(text_plot({label: [(p.elements, p.median_s[label]) for p in row] for label in labels}))
         for label in labels[1:]:
             start = cross[kind][label]
-            if start is None:
+            faster = [p for p in row if p.ratio(label, ref) < 1.0]
+            if not faster:
                 verdict = f"slower than {ref} at every size measured"
             elif start == row[0].elements:
                 verdict = f"faster than {ref} at every size measured"
+            elif start is not None:
+                verdict = f"faster than {ref} from {start:,} elements up (the crossover)"
             else:
-                verdict = f"faster than {ref} from {start:,} elements up"
+                sizes = ", ".join(f"{p.elements:,} ({p.ratio(label, ref):.2f})" for p in faster)
+                verdict = f"faster than {ref} only at {sizes}; slower at the largest size"
             console.print(f"  {label}: {verdict}")
         console.print()
     return {

@@ -533,16 +533,10 @@ def _print_comparison(console: Any, comparison: Any) -> None:
     results = comparison.backends
     verdict = "[green]agree[/]" if comparison.agree else "[red]disagree[/]"
     table = Table(title=f"backends vs {ref} (tol {comparison.tol:g}): {verdict}")
-    for col in (
-        "backend",
-        "wall s",
-        "train s",
-        "steps/s",
-        "final loss",
-        "final acc",
-        "max rel Δloss",
-        "first > tol",
-    ):
+    several = len(results[ref].variants) > 1  # then a mean final loss would mix unlike variants
+    loss_col = "final loss" + (" (per variant below)" if several else "")
+    acc_col = "final acc" + (" (mean)" if several else "")
+    for col in ("backend", "wall s", "train s", "steps/s", loss_col, acc_col, "max rel Δloss", "first > tol"):
         table.add_column(col, justify="left" if col == "backend" else "right")
     for label, r in results.items():
         first = r.first_over_tol
@@ -553,7 +547,7 @@ def _print_comparison(console: Any, comparison: Any) -> None:
             _fmt(r.wall_s, ".1f"),
             _fmt(r.train_s, ".2f"),
             _fmt(r.steps_per_s, ",.0f"),
-            _fmt(r.final_loss) + diverged,
+            ("-" if several else _fmt(r.final_loss)) + diverged,
             _fmt(r.final_accuracy, ".3f"),
             "(reference)" if label == ref else _fmt(r.max_rel_loss_diff, ".2e"),
             "-" if label == ref else where,
