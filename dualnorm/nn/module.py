@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from dualnorm.backends import Backend, get_backend
-from dualnorm.errors import InputError, StateError
+from dualnorm.errors import InputError, RuntimeInputError, StateError
 
 
 class Parameter:
@@ -124,6 +124,26 @@ class Module:
             )
         return grad
 
+    # Empty inputs (a batch of 0, or a dimension of size 0) never reach a kernel or a reduction:
+    # MLX can hang reducing an empty array made from NumPy (mx.sum(mx.array(np.zeros((0, 5),
+    # np.float32)), axis=0) hung in 4 of 5 fresh processes; mx.zeros((0, 5)) never did).
+    # As PyTorch 2.x: an empty output of the input's shape, zero parameter gradients.
+    def _empty_forward(self, x: Any, shape: tuple[int, ...] | None = None) -> Any:
+        shape = tuple(x.shape) if shape is None else tuple(shape)
+        self._save(empty=True, out_shape=shape)
+        return self.xp.zeros(shape, dtype=x.dtype)
+
+    def _empty_backward(self, grad_output: Any) -> Any:
+        shape = self._saved["out_shape"]
+        self._check_grad(grad_output, shape)
+        for param in self._parameters.values():
+            if param is not None:
+                self._accumulate(param, self.xp.zeros(param.shape, dtype=param.data.dtype))
+        return self.xp.zeros(shape, dtype=self.dtype)
+
+    def _saved_empty(self) -> bool:
+        return self._saved is not None and bool(self._saved.get("empty"))
+
     @staticmethod
     def _accumulate(param: Parameter, grad: Any) -> None:
         param.grad = grad if param.grad is None else param.grad + grad
@@ -212,7 +232,7 @@ class Module:
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):
-            raise InputError(
+            raise RuntimeInputError(
                 f"load_state_dict for {type(self).__name__}: missing keys {missing}, "
                 f"unexpected keys {unexpected}; expected exactly {list(own)}"
             )
@@ -227,7 +247,7 @@ class Module:
                 continue
             converted[key] = self.backend.asarray(value, target.dtype, what=f"state_dict[{key!r}]")
         if bad_shapes:
-            raise InputError(
+            raise RuntimeInputError(
                 f"load_state_dict for {type(self).__name__}: shape mismatch for " + "; ".join(bad_shapes)
             )
         self._assign_state(converted)
