@@ -241,6 +241,9 @@ def batch_norm_train(
     n, c, s = x3.shape
     dt = x3.dtype
     mean, var = _bn_stats(x3)
+    if np.isnan(mean).any():  # an inf in a channel: its mean is +-inf (as PyTorch), not NaN
+        plain = x3.sum(axis=(0, 2), dtype=np.float64) / (n * s)
+        mean = np.where(np.isnan(mean), plain, mean)
     inv_std = 1.0 / np.sqrt(var + eps)
     head, tail = _split_mean(mean, dt)
     # y = (x - head - tail) * inv_std * w + b = (x - head) * a + (b - tail * a)
