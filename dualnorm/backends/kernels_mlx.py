@@ -34,8 +34,7 @@ def _moments(x: mx.array, axes: tuple[int, ...]) -> tuple[mx.array, mx.array, mx
     mean0 = _mean(x, axes)
     centred = x - mean0
     corr = _mean(centred, axes)
-    var = mx.maximum(_mean(centred * centred, axes) - corr * corr, 0.0)
-    return mean0, corr, var
+    return mean0, corr, F._var_of(mx, _mean(centred * centred, axes), corr)
 
 
 def _sum(x: mx.array, axes: tuple[int, ...]) -> mx.array:
@@ -103,7 +102,7 @@ def batch_norm_train(
     y, mean0, corr, var, inv_std = _bn_forward(x.ndim, float(eps), weight is not None, bias is not None)(
         x, *params
     )
-    return y, (mean0 + corr).reshape(-1), var.reshape(-1), (x, mean0, corr, inv_std)
+    return y, F._mean_of(mx, mean0, corr).reshape(-1), var.reshape(-1), (x, mean0, corr, inv_std)
 
 
 def batch_norm_train_backward(
