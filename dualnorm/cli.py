@@ -62,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", metavar="FILE", help="also write every record as JSON Lines to FILE")
     run.add_argument(
-        "--out", metavar="DIR", help="run directory (default ./dualnorm-runs/NAME-TIME); open it with dualnorm tui DIR"
+        "--out",
+        metavar="DIR",
+        help="run directory (default ./dualnorm-runs/NAME-TIME); open it with dualnorm tui DIR",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 

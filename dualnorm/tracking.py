@@ -99,7 +99,9 @@ def _probe_dir(directory: Path, shown: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise OutputPathError(f"{shown}: cannot write there: {directory} is a file, not a directory") from None
+        raise OutputPathError(
+            f"{shown}: cannot write there: {directory} is a file, not a directory"
+        ) from None
     except OSError as exc:
         raise OutputPathError(
             f"{shown}: cannot create the directory {directory}: {exc.strerror or exc}"
@@ -109,7 +111,9 @@ def _probe_dir(directory: Path, shown: Path) -> None:
         with open(probe, "wb"):
             pass
     except OSError as exc:
-        raise OutputPathError(f"{shown}: the directory {directory} is not writable: {exc.strerror or exc}") from None
+        raise OutputPathError(
+            f"{shown}: the directory {directory} is not writable: {exc.strerror or exc}"
+        ) from None
     finally:
         with contextlib.suppress(OSError):
             probe.unlink()
@@ -378,7 +382,9 @@ class Run:
                 type_error=True,
             )
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise InputError(f"track(every=...) must be a positive integer (record layers every K steps), got {every!r}")
+            raise InputError(
+                f"track(every=...) must be a positive integer (record layers every K steps), got {every!r}"
+            )
         name = name or Path(sys.argv[0] or "run").stem or "run"
         self.model = model
         self.every = every
@@ -419,7 +425,9 @@ class Run:
         keyword scalars go to ``record.extra["scalars"]``.
         """
         if self.writer.closed:
-            raise InputError("run.log() after run.finish(): this run is closed; start a new one with dualnorm.track()")
+            raise InputError(
+                "run.log() after run.finish(): this run is closed; start a new one with dualnorm.track()"
+            )
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise InputError(f"run.log: step must be a non-negative integer, got {step!r}")
         values = {"loss": loss, "accuracy": accuracy, **scalars}
@@ -534,7 +542,9 @@ def _records_path(path: Path) -> tuple[Path, Path | None]:
             )
         return rec, path
     if not path.exists():
-        raise RunDirError(f"{path}: no such file or directory; expected a run directory or a .jsonl records file")
+        raise RunDirError(
+            f"{path}: no such file or directory; expected a run directory or a .jsonl records file"
+        )
     if path.name == RECORDS and (path.parent / META).exists():
         return path, path.parent
     return path, None
@@ -620,7 +630,9 @@ class RunReader:
         if not self.torn:
             return None
         self._tail = b""
-        return f"{self.records_path}: line {self.line + 1} is cut short (the writer stopped mid-line); skipped"
+        return (
+            f"{self.records_path}: line {self.line + 1} is cut short (the writer stopped mid-line); skipped"
+        )
 
 
 def read_run(path: str | os.PathLike[str]) -> tuple[list[StepRecord], dict[str, Any] | None]:

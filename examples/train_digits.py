@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--backend", default=None, help="numpy or mlx (default: the active backend)")
-    parser.add_argument("--out", default=None, help="run directory (default ./dualnorm-runs/digits-mlp-<time>)")
+    parser.add_argument(
+        "--out", default=None, help="run directory (default ./dualnorm-runs/digits-mlp-<time>)"
+    )
     parser.add_argument("--every", type=int, default=10, help="per-layer statistics every K steps")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.1)

@@ -48,7 +48,8 @@ def _instance(obj: Any, where: str) -> Experiment:
             obj = obj()
         except Exception as exc:
             raise ExperimentLoadError(
-                f"{where}: creating the experiment failed: {type(exc).__name__}: {exc}", traceback.format_exc()
+                f"{where}: creating the experiment failed: {type(exc).__name__}: {exc}",
+                traceback.format_exc(),
             ) from None
     if not isinstance(obj, Experiment):
         raise ExperimentLoadError(
@@ -68,7 +69,9 @@ def load_file_experiment(spec: str) -> Experiment:
     if not path.is_file():
         raise ExperimentLoadError(f"{spec}: no such file {path}; expected path/to/file.py:ClassName")
     if not attr.isidentifier():
-        raise ExperimentLoadError(f"{spec}: {attr!r} is not a Python name; expected path/to/file.py:ClassName")
+        raise ExperimentLoadError(
+            f"{spec}: {attr!r} is not a Python name; expected path/to/file.py:ClassName"
+        )
     module_name = f"dualnorm_user_{abs(hash(str(path.resolve())))}_{path.stem}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     if module_spec is None or module_spec.loader is None:  # pragma: no cover (a .py file always has one)
@@ -86,7 +89,9 @@ def load_file_experiment(spec: str) -> Experiment:
         ) from None
     if not hasattr(module, attr):
         found = sorted(
-            n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, Experiment) and v is not Experiment
+            n
+            for n, v in vars(module).items()
+            if isinstance(v, type) and issubclass(v, Experiment) and v is not Experiment
         )
         raise ExperimentLoadError(
             f"{spec}: {path} has no {attr!r}; experiments defined there: {', '.join(found) or '(none)'}"
