@@ -96,6 +96,9 @@ def _nearest_existing(path: Path) -> Path:
 
 def _probe_dir(directory: Path, shown: Path) -> None:
     """Create ``directory`` (and parents) and prove it writable with a probe file."""
+    nearest = _nearest_existing(directory)
+    if not nearest.is_dir():
+        raise OutputPathError(f"{shown}: cannot write there: {nearest} is a file, not a directory")
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
