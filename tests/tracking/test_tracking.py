@@ -238,7 +238,7 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(InputError, match="non-negative integer"):
         run.log(1.5, loss=1.0)
     run.finish()
-    with pytest.raises(InputError, match="after run.finish"):
+    with pytest.raises(InputError, match=r"after run\.finish"):
         run.log(2, loss=1.0)
 
 
@@ -250,7 +250,7 @@ def test_output_path_checks(tmp_path):
         check_output_dir(tmp_path / "file" / "sub")
     with pytest.raises(OutputPathError, match="is a directory; give a file name"):
         check_output_file(tmp_path)
-    with pytest.raises(OutputPathError, match="/proc/x.jsonl"):
+    with pytest.raises(OutputPathError, match=r"/proc/x\.jsonl"):
         check_output_file("/proc/x.jsonl")
     with pytest.raises(OutputPathError):
         dualnorm.track(dir="/proc/dualnorm-run")
