@@ -11,7 +11,7 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 
 from tui.runner import ProcessTrainingRunner, TrainingRunner
-from tui.screens import RunScreen, StartScreen
+from tui.screens import ErrorScreen, RunScreen, StartScreen, ViewScreen
 
 
 def load_experiments() -> dict[str, Any]:
@@ -81,8 +81,16 @@ class DualnormApp(App[None]):
         start_paused: bool = False,
         export_dir: str | None = None,
         variants: Sequence[str] | None = None,
+        runs: Sequence[Any] | None = None,
+        runs_root: str | None = None,
+        load_error: tuple[str, str] | None = None,
     ) -> None:
         super().__init__()
+        from dualnorm.tracking import DEFAULT_RUNS_DIR
+
+        self.initial_runs = list(runs or [])
+        self.runs_root = runs_root or DEFAULT_RUNS_DIR
+        self.load_error = load_error
         self.experiments = dict(experiments) if experiments is not None else load_experiments()
         self.backends = list(backends) if backends is not None else available_backends()
         if backend is not None and backend not in self.backends:
@@ -110,6 +118,22 @@ class DualnormApp(App[None]):
         self.push_screen(StartScreen())
         if self.initial_experiment:
             self.open_run(self.initial_experiment)
+        if self.initial_runs:
+            self.open_runs(self.initial_runs)
+        if self.load_error:
+            self.push_screen(ErrorScreen(*self.load_error))
+
+    def open_runs(self, paths: Sequence[Any], *, paused: bool = False) -> ViewScreen | None:
+        """Show run directories / JSON Lines files, overlaid, followed while they are written."""
+        from dualnorm.errors import DualnormError
+
+        try:
+            screen = ViewScreen(list(paths), paused=paused)
+        except (DualnormError, OSError) as exc:
+            self.notify(str(exc), title="cannot open run", severity="error", timeout=10)
+            return None
+        self.push_screen(screen)
+        return screen
 
     # -- runs ------------------------------------------------------------------------------------
 
@@ -168,7 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dualnorm tui", description="Watch normalization layers train, live."
     )
-    parser.add_argument("--experiment", "-x", default=None, help="open this experiment directly")
+    parser.add_argument(
+        "paths", nargs="*", metavar="PATH", help="run directories or JSON Lines files to show (followed live)"
+    )
+    parser.add_argument(
+        "--experiment",
+        "-x",
+        default=None,
+        help="open this experiment directly: a demo's name, path/to/file.py:ClassName, or an entry point",
+    )
+    parser.add_argument(
+        "--runs-dir", default=None, help="where the start screen looks for runs (./dualnorm-runs)"
+    )
     parser.add_argument("--backend", "-b", default=None, help="array backend: numpy or mlx")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per variant")
     parser.add_argument("--lr", type=float, default=None, help="learning rate")
@@ -182,8 +217,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    experiments = load_experiments()
+    load_error = None
+    if args.experiment is not None and args.experiment not in experiments:
+        from dualnorm.experiments.loading import ExperimentLoadError, is_file_spec, load_experiment
+
+        try:
+            exp = load_experiment(args.experiment)
+            experiments[exp.name] = exp
+            args.experiment = exp.name
+        except ExperimentLoadError as exc:
+            if not (exc.details or is_file_spec(args.experiment)):
+                print(f"dualnorm tui: {exc}")
+                return 2
+            load_error = (str(exc), exc.details or str(exc))  # shown in the UI, which stays up
+            args.experiment = None
+    problem = check_paths(args.paths, args.export_dir)
+    if problem:
+        print(f"dualnorm tui: {problem}")
+        return 2
     try:
         app = DualnormApp(
+            experiments,
+            runs=args.paths,
+            runs_root=args.runs_dir,
+            load_error=load_error,
             experiment=args.experiment,
             backend=args.backend,
             steps=args.steps,
@@ -200,3 +258,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         app.stop_all()
     return 0
+
+
+def check_paths(paths: Sequence[str], export_dir: str | None) -> str | None:
+    """Every run to open is a run, and the export directory is writable: one line naming the path, or None."""
+    from dualnorm.errors import DualnormError
+    from dualnorm.tracking import RunReader, check_output_dir
+
+    try:
+        for path in paths:
+            RunReader(path)
+        if export_dir:
+            check_output_dir(export_dir)
+    except DualnormError as exc:
+        return str(exc)
+    return None

@@ -33,6 +33,7 @@ class TrainingRunner:
         self._credits = 0  # records allowed through while paused
         self.finished = threading.Event()
         self.error: str | None = None
+        self.traceback: str | None = None
         self.records_pulled = 0
         self.started_at: float | None = None  # perf_counter() when the generator was created
         self.finished_at: float | None = None
@@ -111,7 +112,7 @@ class TrainingRunner:
                 self.buffer.append(rec)
         except Exception as exc:  # shown in the UI, never raised into it
             self.error = f"{type(exc).__name__}: {exc}"
-            self._traceback = traceback.format_exc()
+            self.traceback = traceback.format_exc()
         finally:
             if gen is not None:
                 with contextlib.suppress(Exception):
