@@ -111,8 +111,8 @@ class TrainingRunner:
                 self.records_pulled += 1
                 self.buffer.append(rec)
         except Exception as exc:  # shown in the UI, never raised into it
+            self.traceback = traceback.format_exc()  # before error: the UI reads both once error is set
             self.error = f"{type(exc).__name__}: {exc}"
-            self.traceback = traceback.format_exc()
         finally:
             if gen is not None:
                 with contextlib.suppress(Exception):

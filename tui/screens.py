@@ -226,6 +226,8 @@ class StartScreen(Screen[None]):
             )
             options.add_option(Option(prompt, id=f"run:{meta['path']}"))
         options.display = bool(runs)
+        if runs:
+            options.highlighted = 0
 
     def update_backend_line(self) -> None:
         backends = self.app.backends
