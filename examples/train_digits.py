@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> str:
                 accuracy = float(np.mean(pred == y_test))
                 model.train()
             idx = rng.integers(0, len(data.y_train), args.batch)
-            x, y = backend.asarray(data.x_train[idx]), backend.asarray(data.y_train[idx])
+            x, y = backend.asarray(data.x_train[idx]), backend.asarray(data.y_train[idx], backend.int64)
             opt.zero_grad()
             loss = loss_fn(model(x), y)
             model.backward(loss_fn.backward())
