@@ -164,7 +164,7 @@ def test_run_state_memory_is_bounded_and_keeps_recent_steps_and_spikes():
     from tui.state import VariantState
 
     state = RunState()
-    n = 3 * VariantState.MAX_POINTS
+    n = 24_500  # 3x MAX_POINTS, rounded to the batches
     spike_at = 100
     for start in range(0, n, 500):
         recs = [
