@@ -230,9 +230,10 @@ class VariantState:
             if len(xs) <= self.MAX_POINTS:
                 continue
             cut = len(xs) - self.RECENT_POINTS
-            old_x, old_y = downsample_minmax(xs[:cut], ys[:cut], max(1, cut // 4), keep_nonfinite=True)
-            setattr(self, xs_name, [*old_x, *xs[cut:]])
-            setattr(self, ys_name, [*old_y, *ys[cut:]])
+            # the first point stays, so the plot's x range still starts where the run did
+            old_x, old_y = downsample_minmax(xs[1:cut], ys[1:cut], max(1, cut // 4), keep_nonfinite=True)
+            setattr(self, xs_name, [xs[0], *old_x, *xs[cut:]])
+            setattr(self, ys_name, [ys[0], *old_y, *ys[cut:]])
 
 
 @dataclass
