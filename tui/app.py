@@ -3,63 +3,45 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from textual.app import App
 from textual.binding import Binding, BindingType
 
+from tui.messages import BackToStart, OpenExperiment, OpenRuns, RestartRun, RunnerStarted, SetBackend
 from tui.runner import ProcessTrainingRunner, TrainingRunner
 from tui.screens import ErrorScreen, RunScreen, StartScreen, ViewScreen
 
 
 def load_experiments() -> dict[str, Any]:
-    """The library's registered experiments (empty while the library cannot be imported)."""
-    try:
-        from dualnorm.experiments import EXPERIMENTS
-    except Exception:
-        return {}
+    """The library's registered experiments."""
+    from dualnorm.experiments import EXPERIMENTS
+
     return dict(EXPERIMENTS)
 
 
 def default_experiment_name() -> str:
-    try:
-        from dualnorm.experiments import DEFAULT_EXPERIMENT
-    except Exception:
-        return "dying-relu"
+    from dualnorm.experiments import DEFAULT_EXPERIMENT
+
     return DEFAULT_EXPERIMENT
 
 
 def available_backends() -> list[str]:
-    try:
-        from dualnorm import available_backends as _available
+    from dualnorm import available_backends as _available
 
-        found = list(_available())
-        if found:
-            return found
-    except Exception:
-        pass
-    found = ["numpy"]
-    if importlib.util.find_spec("mlx") is not None:
-        found.append("mlx")
-    return found
+    return list(_available())
 
 
 def active_backend(backends: Sequence[str]) -> str:
-    try:
-        from dualnorm import get_backend
+    from dualnorm import get_backend
 
-        return str(get_backend().name)
-    except Exception:
-        return backends[0] if backends else "numpy"
+    return str(get_backend().name)
 
 
 def make_config(**kwargs: Any) -> Any:
-    try:
-        from dualnorm.experiments.base import RunConfig
-    except Exception:  # pragma: no cover - the contract module is part of the repo
-        raise
+    from dualnorm.experiments.base import RunConfig
+
     return RunConfig(**kwargs)
 
 
@@ -175,6 +157,28 @@ class DualnormApp(App[None]):
         for runner in self._runners:
             runner.stop()
         self._runners = [r for r in self._runners if r.alive]
+
+    # -- what the screens ask for (tui/messages.py) -------------------------------------------------
+
+    def on_open_experiment(self, message: OpenExperiment) -> None:
+        self.open_run(message.name)
+
+    def on_open_runs(self, message: OpenRuns) -> None:
+        self.open_runs(message.paths)
+
+    def on_restart_run(self, message: RestartRun) -> None:
+        if message.screen is self.screen:
+            self.restart_run(message.screen, message.config)
+
+    def on_back_to_start(self, message: BackToStart) -> None:
+        if isinstance(self.screen, (RunScreen, ViewScreen)):
+            self.pop_to_start()
+
+    def on_set_backend(self, message: SetBackend) -> None:
+        self.backend = message.backend
+
+    def on_runner_started(self, message: RunnerStarted) -> None:
+        self.register_runner(message.runner)
 
     @property
     def run_screen(self) -> RunScreen | None:

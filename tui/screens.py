@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import on
@@ -17,12 +17,18 @@ from textual.widgets.option_list import Option
 
 from tui.export import default_export_dir, export_run
 from tui.follow import RunFollower
+from tui.messages import (
+    BackToStart,
+    OpenExperiment,
+    OpenRuns,
+    RestartRun,
+    RunnerStarted,
+    SetBackend,
+    next_backend,
+)
 from tui.runner import make_runner
 from tui.state import DEFAULT_SMOOTHING, Changes, RecordBuffer, RunState, fmt
 from tui.widgets import HistogramPanel, LayerTable, LossPlot, ProbeTable, StatusLine, SweepGrid
-
-if TYPE_CHECKING:
-    from tui.app import DualnormApp
 
 HELP_TEXT = """\
 # What you are looking at
@@ -161,8 +167,6 @@ class StartScreen(Screen[None]):
         Binding("q", "app.quit", "Quit"),
     ]
 
-    app: DualnormApp
-
     def compose(self) -> ComposeResult:
         yield Static(Text("dualnorm — watch normalization train", style="bold"), id="title")
         yield Static(id="backend-line")
@@ -229,16 +233,17 @@ class StartScreen(Screen[None]):
         if runs:
             options.highlighted = 0
 
-    def update_backend_line(self) -> None:
+    def update_backend_line(self, backend: str | None = None) -> None:
         backends = self.app.backends
         others = "  (b: switch; installed: " + ", ".join(backends) + ")" if len(backends) > 1 else ""
         self.query_one("#backend-line", Static).update(
-            Text.assemble("backend: ", (self.app.backend, "bold green"), (others, "dim"))
+            Text.assemble("backend: ", (backend or self.app.backend, "bold green"), (others, "dim"))
         )
 
     def action_backend(self) -> None:
-        self.app.cycle_backend()
-        self.update_backend_line()
+        backend = next_backend(self.app.backends, self.app.backend)
+        self.post_message(SetBackend(backend))
+        self.update_backend_line(backend)
 
     def action_help(self) -> None:
         self.app.push_screen(HelpScreen())
@@ -258,9 +263,9 @@ class StartScreen(Screen[None]):
         if not option_id:
             return
         if option_id.startswith("run:"):
-            self.app.open_runs([option_id[4:]])
+            self.post_message(OpenRuns([option_id[4:]]))
         else:
-            self.app.open_run(option_id)
+            self.post_message(OpenExperiment(option_id))
 
 
 class RunScreen(Screen[None]):
@@ -289,8 +294,6 @@ class RunScreen(Screen[None]):
     PLOT_INTERVAL = 0.5  # redraw the (expensive) plots at most this often
     TABLE_INTERVAL = 0.5
     STATUS_INTERVAL = 0.25
-
-    app: DualnormApp
 
     def __init__(self, experiment: Any, config: Any, *, paused: bool = False) -> None:
         super().__init__()
@@ -340,7 +343,7 @@ class RunScreen(Screen[None]):
         self.query_one("#traceback-panel").display = False
         self.query_one("#sweep").display = False
         self.query_one("#detail").display = False
-        self.app.register_runner(self.runner)
+        self.post_message(RunnerStarted(self.runner))
         self.runner.start()
         self.set_interval(self.POLL_INTERVAL, self.poll)
         self.update_status()
@@ -502,7 +505,7 @@ class RunScreen(Screen[None]):
         if self._leaving:
             return
         self._leaving = True
-        self.app.restart_run(self, self.config.with_changes(**changes) if changes else self.config)
+        self.post_message(RestartRun(self, self.config.with_changes(**changes) if changes else self.config))
 
     def action_restart(self) -> None:
         self._restart()
@@ -510,7 +513,7 @@ class RunScreen(Screen[None]):
     def action_switch_backend(self) -> None:
         if self._leaving:
             return
-        backend = self.app.cycle_backend()
+        backend = next_backend(self.app.backends, self.config.backend or self.app.backend)
         self.notify(f"backend: {backend} (restarting)")
         self._restart(backend=backend)
 
@@ -543,7 +546,7 @@ class RunScreen(Screen[None]):
             return
         self._leaving = True
         self.runner.stop()
-        self.app.pop_to_start()
+        self.post_message(BackToStart())
 
     def action_export(self) -> None:
         directory = Path(self.app.export_dir) if self.app.export_dir else None
@@ -660,13 +663,6 @@ class ViewScreen(RunScreen, inherit_bindings=False):
         else:
             text.append(runner.describe(), style="dim")
         return text
-
-    def action_back(self) -> None:
-        if self._leaving:
-            return
-        self._leaving = True
-        self.runner.stop()
-        self.app.pop_screen()
 
 
 class _Pending:
