@@ -552,6 +552,13 @@ class RunScreen(Screen[None]):
         directory = Path(self.app.export_dir) if self.app.export_dir else None
         target = directory / f"{self.experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}" if directory else None
         target = target or default_export_dir(self.experiment.name)
+        from dualnorm.tracking import OutputPathError, check_output_dir
+
+        try:  # before the screenshot and the records are taken: one line naming the path and why
+            check_output_dir(target)
+        except OutputPathError as exc:
+            self.notify(str(exc), title="cannot export", severity="error", timeout=10)
+            return
         records = list(self.state.records)  # the latest RunState.RECENT_RECORDS
         svg = self.app.export_screenshot(title=f"dualnorm {self.experiment.name}")
         meta = {

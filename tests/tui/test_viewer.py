@@ -316,3 +316,17 @@ def test_main_turns_a_broken_file_into_an_error_screen(tmp_path, monkeypatch):
     monkeypatch.setattr(app_mod.DualnormApp, "run", fake_run)
     assert main(["-x", f"{bad}:X"]) == 0
     assert "ZeroDivisionError" in seen["load_error"][1]
+
+
+@sync
+async def test_export_to_an_unwritable_directory_says_so_and_writes_nothing(tmp_path):
+    (tmp_path / "file").write_text("x")
+    app = make_app(experiment="diverge", steps=10, export_dir=str(tmp_path / "file"))
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.runner.finished.is_set())
+        await pilot.press("e")
+        await pilot.pause(0.1)
+        messages = [n.message for n in app._notifications]
+        assert any("expected a directory, found a file" in m or "is a file" in m for m in messages), messages
+        assert screen.last_export is None and (tmp_path / "file").read_text() == "x"
