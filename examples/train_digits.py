@@ -72,10 +72,12 @@ def main(argv: list[str] | None = None) -> str:
             loss = loss_fn(model(x), y)
             model.backward(loss_fn.backward())
             opt.step()
-            run.log(step, loss=loss, accuracy=accuracy, lr=args.lr)
+            record = run.log(step, loss=loss, accuracy=accuracy, lr=args.lr)
+            if accuracy is not None:
+                print(f"step {step:4d}  loss {record.loss:.4f}  test accuracy {accuracy:.3f}", flush=True)
             if args.delay:
                 time.sleep(args.delay)
-    print(f"run written to {run.dir}")
+    print(f"run written to {run.dir}  (view it: dualnorm tui {run.dir})")
     return str(run.dir)
 
 

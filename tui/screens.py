@@ -222,7 +222,7 @@ class StartScreen(Screen[None]):
             date = str(meta.get("started_at", ""))[:16].replace("T", " ")
             prompt = Text.assemble(
                 (f"{Path(meta['path']).name:<34}", "bold"),
-                (f"{meta.get('experiment', '?'):<16}", "cyan"),
+                (f"{str(meta.get('experiment', '?'))[:17]:<18}", "cyan"),
                 f"{meta.get('backend', '?'):<7}",
                 f"{meta.get('steps', 0):>8,} steps  ",
                 (f"{meta['status']:<12}", colors.get(meta["status"], "")),
