@@ -553,6 +553,51 @@ def _records_path(path: Path) -> tuple[Path, Path | None]:
     return path, None
 
 
+_NUMBER = (int, float)
+
+
+def _check_types(record: StepRecord) -> None:
+    """A record read from a file has the types the UI computes with (else a TypeError naming the field)."""
+
+    def need(name: str, value: Any, types: tuple[type, ...], optional: bool = False) -> None:
+        if (value is None and optional) or (isinstance(value, types) and not isinstance(value, bool)):
+            return
+        raise TypeError(
+            f"{name} is {type(value).__name__} {value!r:.40}, expected {'/'.join(t.__name__ for t in types)}"
+        )
+
+    for name in ("experiment", "variant", "backend", "status", "message"):
+        need(name, getattr(record, name), (str,))
+    need("step", record.step, (int,))
+    need("epoch", record.epoch, (int,))
+    need("loss", record.loss, _NUMBER)
+    need("accuracy", record.accuracy, _NUMBER, optional=True)
+    need("elapsed_s", record.elapsed_s, _NUMBER)
+    need("extra", record.extra, (dict,))
+    extra = record.extra  # the keys the UI reads
+    for key, types in (("probe", (dict,)), ("scale_index", (int,)), ("scale", _NUMBER), ("losses", (list,))):
+        if key in extra:
+            need(f"extra[{key!r}]", extra[key], types, optional=True)
+    for v in extra.get("losses") or ():
+        need("extra['losses']", v, _NUMBER)
+    for layer in record.layers:
+        need("layer name", layer.name, (str,))
+        need("layer kind", layer.kind, (str,))
+        for field in ("act_mean", "act_std", "act_min", "act_max"):
+            need(field, getattr(layer, field), _NUMBER)
+        for field in ("saturated_frac", "dead_frac", "grad_norm", "param_grad_norm", "weight_norm",
+                      "gamma_mean", "beta_mean", "running_mean_mean", "running_var_mean"):  # fmt: skip
+            need(field, getattr(layer, field), _NUMBER, optional=True)
+        for field in ("hist_counts", "hist_edges"):
+            values = getattr(layer, field)
+            need(field, values, (list,))
+            for v in values:
+                need(field, v, _NUMBER)
+
+
+MAX_LINE_BYTES = 1 << 24  # a record line longer than this is corrupt, not a record still being written
+
+
 class RunReader:
     """Incremental reader of a records file: ``poll()`` returns the records appended since the last call.
 
@@ -589,11 +634,11 @@ class RunReader:
         self.offset += len(data)
         data = self._tail + data
         cut = data.rfind(b"\n")
-        if cut < 0:
-            self._tail = data
-            return []
         self._tail = data[cut + 1 :]
         out: list[StepRecord] = []
+        if cut < 0:
+            self._check_tail(out)
+            return []
         for raw in data[:cut].split(b"\n"):
             self.line += 1
             if not raw.strip():
@@ -606,7 +651,15 @@ class RunReader:
             if record is not None:
                 out.append(record)
         self.count += len(out)
+        self._check_tail(out)
         return out
+
+    def _check_tail(self, out: list[StepRecord]) -> None:
+        if len(self._tail) > MAX_LINE_BYTES:  # not a record still being written: never buffer it all
+            self.error = RunFileError(
+                self.records_path, self.line + 1, f"longer than {MAX_LINE_BYTES} bytes without a newline", out
+            )
+            self._tail = b""
 
     def _parse(self, raw: bytes) -> StepRecord | None:
         item = json.loads(raw.decode("utf-8"))
@@ -620,8 +673,7 @@ class RunReader:
         if not isinstance(layers, list):
             raise TypeError(f"layers is a {type(layers).__name__}, expected a list")
         record = StepRecord.from_dict(item)
-        if not isinstance(record.step, int) or not isinstance(record.variant, str):
-            raise TypeError("step must be an integer and variant a string")
+        _check_types(record)
         return record
 
     @property

@@ -88,7 +88,9 @@ def test_round_trip_through_step_record_with_layer_stats(backend, tmp_path):
     assert meta["argv"] and meta["started_at"] and meta["device"]
     # every line is one StepRecord's JSON, and the model is left as it was (no capture hooks)
     lines = (tmp_path / "run" / "records.jsonl").read_text().splitlines()
-    assert [StepRecord.from_dict(json.loads(line)).to_dict() for line in lines] == [r.to_dict() for r in records]
+    assert [StepRecord.from_dict(json.loads(line)).to_dict() for line in lines] == [
+        r.to_dict() for r in records
+    ]
     assert all("forward" not in child.__dict__ for child in model)
     assert not (tmp_path / "run" / "lock").exists()
 
@@ -100,7 +102,9 @@ def test_scalar_logger_without_a_model(tmp_path):
     assert run.status == "running" and read_meta(tmp_path / "s")["status"] == "running"
     run.finish()
     records, meta = read_run(tmp_path / "s")
-    assert records[0].loss == 0.5 and records[0].accuracy == 0.25 and records[0].extra["scalars"] == {"lr": 1e-3}
+    assert (
+        records[0].loss == 0.5 and records[0].accuracy == 0.25 and records[0].extra["scalars"] == {"lr": 1e-3}
+    )
     assert records[1].extra.get("no_loss") is True and records[0].layers == []
     assert meta["status"] == "finished"
 
@@ -109,7 +113,9 @@ def test_default_directory_is_under_dualnorm_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with dualnorm.track(name="a b/c") as run:
         run.log(1, loss=1.0)
-    assert run.dir.parent == tmp_path / "dualnorm-runs" or run.dir.parent.resolve() == (tmp_path / "dualnorm-runs")
+    assert run.dir.parent == tmp_path / "dualnorm-runs" or run.dir.parent.resolve() == (
+        tmp_path / "dualnorm-runs"
+    )
     assert run.dir.name.startswith("a-b-c-")
     listed = list_runs(tmp_path / "dualnorm-runs")
     assert [m["name"] for m in listed] == ["a b/c"] and listed[0]["steps"] == 1
@@ -162,8 +168,13 @@ def test_corrupt_middle_line_names_file_and_line_and_keeps_earlier_records(tmp_p
 
 @pytest.mark.parametrize(
     "line",
-    ['["a list"]', '{"experiment": "x", "variant": "v", "step": 1, "epoch": 0, "loss": 1, "backend": "numpy", '
-     '"layers": {"not": "a list"}}', '{"unknown_key": 1}', "\x00\x01 random bytes"],
+    [
+        '["a list"]',
+        '{"experiment": "x", "variant": "v", "step": 1, "epoch": 0, "loss": 1, "backend": "numpy", '
+        '"layers": {"not": "a list"}}',
+        '{"unknown_key": 1}',
+        "\x00\x01 random bytes",
+    ],
 )
 def test_wrong_json_types_are_errors_not_crashes(tmp_path, line):
     path = tmp_path / "r.jsonl"
