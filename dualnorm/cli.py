@@ -5,7 +5,9 @@
     dualnorm list
     dualnorm run dying-relu --backend numpy --json runs/dying.jsonl
     dualnorm run init-sweep --mnist ~/.keras/datasets/mnist.npz --variants s00-batchnorm,s00-plain
+    dualnorm run my_experiments.py:Wider --out runs/wider
     dualnorm tui --experiment sigmoid-depth
+    dualnorm tui runs/wider dualnorm-runs/dying-relu-20260101-120000
     dualnorm bench
 
 Exit codes: 0 success, 1 a run failed unexpectedly, 2 bad input (unknown experiment,
@@ -69,7 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
     # Listed for --help only; main() hands their arguments to tui.app.main / dualnorm.bench.main.
-    sub.add_parser("tui", help="the live terminal app: dualnorm tui [--experiment NAME] [--backend B]")
+    sub.add_parser(
+        "tui",
+        help="the live terminal app: dualnorm tui [RUN_DIR_OR_JSONL ...] [--experiment NAME|file.py:Class] [--backend B]",
+    )
     sub.add_parser("bench", help="benchmarks against PyTorch, MLX and NumPy")
     return parser
 
@@ -120,6 +125,10 @@ def _cmd_list() -> int:
     for exp in _experiments().values():
         variants = ", ".join(exp.variants) if len(exp.variants) <= 4 else f"{len(exp.variants)} variants"
         table.add_row(exp.name, variants, str(exp.default_steps), exp.summary)
+    from dualnorm.experiments.loading import ENTRY_POINT_GROUP, entry_points
+
+    for name, ep in sorted(entry_points().items()):  # installed packages' experiments, loaded on use
+        table.add_row(name, "-", "-", f"entry point {ep.value} ({ENTRY_POINT_GROUP})")
     console.print(table)
     backends = Table(title="backends")
     backends.add_column("name")
