@@ -23,7 +23,9 @@ def test_run_writes_a_run_directory_by_default(tmp_path, capsys):
     records, meta = read_run(run_dir)
     assert meta["status"] == "finished" and meta["experiment"] == "dying-relu"
     assert meta["variants"] == ["plain", "batchnorm"] and meta["config"]["steps"] == 20
-    assert [(r.variant, r.step) for r in records] == [(v, s) for v in ("plain", "batchnorm") for s in (1, 10, 20)]
+    assert [(r.variant, r.step) for r in records] == [
+        (v, s) for v in ("plain", "batchnorm") for s in (1, 10, 20)
+    ]
     assert f"dualnorm tui dualnorm-runs/{run_dir.name}" in capsys.readouterr().out
 
 

@@ -67,7 +67,11 @@ def test_builtin_names_still_resolve():
         ("import not_a_module_anywhere\n", "X", "importing .* failed: ModuleNotFoundError"),
         ("x = (\n", "X", "importing .* failed: SyntaxError"),
         ("class X:\n    pass\n", "X", "is a type, expected a dualnorm.experiments.Experiment subclass"),
-        ("from dualnorm.experiments import Experiment\nclass Y(Experiment):\n    pass\n", "X", "has no 'X'.*: Y"),
+        (
+            "from dualnorm.experiments import Experiment\nclass Y(Experiment):\n    pass\n",
+            "X",
+            "has no 'X'.*: Y",
+        ),
     ],
 )
 def test_broken_user_files(tmp_path, body, spec_name, needle):
