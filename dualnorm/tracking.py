@@ -677,6 +677,16 @@ class RunReader:
         return record
 
     @property
+    def at_end(self) -> bool:
+        """Everything in the file so far has been read (or reading stopped at an error)."""
+        if self.error is not None:
+            return True
+        try:
+            return os.path.getsize(self.records_path) <= self.offset
+        except OSError:
+            return True
+
+    @property
     def torn(self) -> bool:
         return bool(self._tail.strip())
 

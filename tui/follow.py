@@ -82,6 +82,8 @@ def open_sources(paths: Sequence[str | os.PathLike[str] | RunSource]) -> list[Ru
 class RunFollower:
     """Reads runs into a buffer on ``poll()``; pausing freezes the view (records wait in the files)."""
 
+    READ_BYTES = 8 << 20  # per run and tick
+
     def __init__(self, sources: Sequence[Any], buffer: Any, *, paused: bool = False) -> None:
         self.sources = open_sources(sources)
         self.buffer = buffer
@@ -156,18 +158,15 @@ class RunFollower:
                     src.status = (src.meta or {}).get("status", "running")
                 except Exception as exc:  # a meta.json being replaced mid-read: try again next time
                     self.warnings.append(f"{reader.run_dir}: {exc}")
-            while True:
-                new = reader.poll()
-                for rec in new:
-                    label = self.label(src, rec.variant)
-                    self._style(src, label)
-                    self._held.append(dataclasses.replace(rec, variant=label) if self.multi else rec)
-                if not new:
-                    break
+            # a bounded read per tick: a long run loads over a few ticks and the UI stays responsive
+            for rec in reader.poll(self.READ_BYTES):
+                label = self.label(src, rec.variant)
+                self._style(src, label)
+                self._held.append(dataclasses.replace(rec, variant=label) if self.multi else rec)
             if reader.error is not None and str(reader.error) not in self.errors:
                 self.errors.append(str(reader.error))
                 self.error = "; ".join(self.errors)
-            if not src.live and reader.torn and not src.warned_torn:
+            if not src.live and reader.at_end and reader.torn and not src.warned_torn:
                 src.warned_torn = True
                 message = reader.close_torn()
                 if message:
@@ -184,7 +183,8 @@ class RunFollower:
         for rec in out:
             self.buffer.append(rec)
         self.records_pulled += len(out)
-        if not self.live and not self._held and not self.finished.is_set():
+        done = not self.live and all(src.reader.at_end for src in self.sources if src.reader is not None)
+        if done and not self._held and not self.finished.is_set():
             self.finished_at = time.perf_counter()
             self.finished.set()
         return len(out)

@@ -330,3 +330,18 @@ async def test_export_to_an_unwritable_directory_says_so_and_writes_nothing(tmp_
         messages = [n.message for n in app._notifications]
         assert any("expected a directory, found a file" in m or "is a file" in m for m in messages), messages
         assert screen.last_export is None and (tmp_path / "file").read_text() == "x"
+
+
+def test_a_long_file_loads_over_several_ticks_and_then_finishes(tmp_path, monkeypatch):
+    path = _jsonl(tmp_path / "long.jsonl", ("a",), steps=200)
+    monkeypatch.setattr(RunFollower, "READ_BYTES", 4096)
+    buf = RecordBuffer()
+    f = RunFollower([path], buf)
+    f.start()
+    ticks = 1
+    while not f.finished.is_set():
+        f.poll()
+        ticks += 1
+        assert ticks < 1000
+    got = buf.drain()
+    assert ticks > 3 and [r.step for r in got] == list(range(1, 201))
