@@ -158,6 +158,8 @@ class RunFollower:
                     src.status = (src.meta or {}).get("status", "running")
                 except Exception as exc:  # a meta.json being replaced mid-read: try again next time
                     self.warnings.append(f"{reader.run_dir}: {exc}")
+            if self._paused and len(self._held) >= self._credits:
+                continue  # frozen: the records wait in the file, not in memory
             # a bounded read per tick: a long run loads over a few ticks and the UI stays responsive
             for rec in reader.poll(self.READ_BYTES):
                 label = self.label(src, rec.variant)

@@ -345,3 +345,18 @@ def test_a_long_file_loads_over_several_ticks_and_then_finishes(tmp_path, monkey
         assert ticks < 1000
     got = buf.drain()
     assert ticks > 3 and [r.step for r in got] == list(range(1, 201))
+
+
+def test_frozen_view_reads_nothing_and_steps_one_record_at_a_time(tmp_path):
+    path = _jsonl(tmp_path / "f.jsonl", ("a",), steps=50)
+    buf = RecordBuffer()
+    f = RunFollower([path], buf, paused=True)
+    f.start()
+    f.poll()
+    assert f.sources[0].reader.offset == 0 and not len(buf)  # nothing read while frozen
+    f.step(1)
+    f.poll()
+    assert [r.step for r in buf.drain()] == [1]
+    f.resume()
+    f.poll()
+    assert [r.step for r in buf.drain()] == list(range(2, 51))
