@@ -309,6 +309,7 @@ class RunScreen(Screen[None]):
         self._last_table = 0.0
         self._last_status = 0.0
         self._leaving = False
+        self._going_back = False
         self._error_shown = False
         self._started = time.perf_counter()
         self.last_export: Path | None = None
@@ -542,9 +543,10 @@ class RunScreen(Screen[None]):
         self.app.push_screen(HelpScreen())
 
     def action_back(self) -> None:
-        if self._leaving:
+        # also while a restart is pending: the app handles both in order, so esc still wins
+        if self._going_back:
             return
-        self._leaving = True
+        self._going_back = self._leaving = True
         self.runner.stop()
         self.post_message(BackToStart())
 
