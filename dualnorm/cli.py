@@ -7,7 +7,9 @@
     dualnorm run dying-relu --backend mlx --device cpu
     dualnorm compare dying-relu --backends numpy,mlx-cpu --steps 500 --no-tui
     dualnorm run init-sweep --mnist ~/.keras/datasets/mnist.npz --variants s00-batchnorm,s00-plain
+    dualnorm run my_experiments.py:Wider --out runs/wider
     dualnorm tui --experiment sigmoid-depth
+    dualnorm tui runs/wider dualnorm-runs/dying-relu-20260101-120000
     dualnorm bench
 
 Exit codes: 0 success, 1 a run failed unexpectedly (``compare``: or the backends disagree
@@ -49,7 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list the experiments and the backends available here")
 
     run = sub.add_parser("run", help="run an experiment headless, with a progress bar and a summary")
-    run.add_argument("experiment", choices=names, metavar="NAME", help=f"one of: {', '.join(names)}")
+    run.add_argument(
+        "experiment",
+        metavar="NAME",
+        help=f"one of: {', '.join(names)}; or your own: path/to/file.py:ClassName, or an installed entry point",
+    )
     run.add_argument("--backend", choices=BACKEND_NAMES, help="array backend (default: the active one)")
     run.add_argument("--steps", type=_positive_int, help="optimizer steps per variant")
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -59,13 +65,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--mnist", metavar="PATH", help="MNIST files (mnist.npz or the IDX files) instead of digits"
     )
-    run.add_argument("--json", metavar="FILE", help="write every record as JSON Lines to FILE")
+    run.add_argument("--json", metavar="FILE", help="also write every record as JSON Lines to FILE")
+    run.add_argument(
+        "--out",
+        metavar="DIR",
+        help="run directory (default ./dualnorm-runs/NAME-TIME); open it with dualnorm tui DIR",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_option(run)
     _add_compare_parser(sub, names)
 
     # Listed for --help only; main() hands their arguments to tui.app.main / dualnorm.bench.main.
-    sub.add_parser("tui", help="the live terminal app: dualnorm tui [--experiment NAME] [--backend B]")
+    sub.add_parser(
+        "tui",
+        help="the live terminal app: dualnorm tui [RUN_DIR_OR_JSONL ...] [--experiment NAME|file.py:Class] [--backend B]",
+    )
     sub.add_parser("bench", help="benchmarks against PyTorch, MLX and NumPy")
     return parser
 
@@ -113,6 +127,10 @@ def _cmd_list() -> int:
     for exp in _experiments().values():
         variants = ", ".join(exp.variants) if len(exp.variants) <= 4 else f"{len(exp.variants)} variants"
         table.add_row(exp.name, variants, str(exp.default_steps), exp.summary)
+    from dualnorm.experiments.loading import ENTRY_POINT_GROUP, entry_points
+
+    for name, ep in sorted(entry_points().items()):  # installed packages' experiments, loaded on use
+        table.add_row(name, "-", "-", f"entry point {ep.value} ({ENTRY_POINT_GROUP})")
     console.print(table)
     console.print(_backends_table())
     return EXIT_OK
@@ -148,7 +166,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from dualnorm.errors import BackendError, InputError
     from dualnorm.experiments import RunConfig
 
-    exp = _experiments()[args.experiment]
+    exp, problem = _resolve_experiment(args.experiment)
+    if problem:
+        return _error(problem)
     problem = apply_device(args.backend, args.device)
     if problem:
         return _error(problem)
@@ -185,30 +205,97 @@ def _cmd_run(args: argparse.Namespace) -> int:
         variants=args.variants,
         options=options,
     )
+    problem = _check_outputs(args)
+    if problem:
+        return _error(problem)
     try:
         records = exp.run(config)
     except (InputError, DatasetError, BackendError) as exc:
         return _error(str(exc))
+    try:
+        run_dir = _open_run_dir(args, exp, config)
+    except (InputError, ValueError) as exc:
+        return _error(str(exc))
     writer = _JsonWriter(args.json) if args.json else None
     complete = False
+    status, failure = "failed", None
     summary: dict[str, dict[str, Any]] = {}
     try:
-        _drive(exp, config, records, writer, summary, quiet=args.quiet)
+        _drive(exp, config, records, _Tee(writer, run_dir), summary, quiet=args.quiet)
         complete = True
+        status = "finished"
     except KeyboardInterrupt:
+        status = "interrupted"
         print("dualnorm: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (InputError, DatasetError, BackendError) as exc:
+        failure = str(exc)
         return _error(str(exc))
     finally:
+        run_dir.finish(status, failure)
         if writer is not None:
             where = writer.finish(complete)
             if not complete:
                 print(f"dualnorm: the records so far are in {where}", file=sys.stderr)
+        if not complete:
+            print(f"dualnorm: the run directory is {run_dir.dir}", file=sys.stderr)
     _print_summary(exp, summary)
     if writer is not None:
         print(f"records written to {writer.path}")
+    print(f"run written to {run_dir.dir}  (view it: dualnorm tui {run_dir.dir})")
     return EXIT_OK
+
+
+def _resolve_experiment(spec: str) -> tuple[Any, str | None]:
+    """(experiment, None), or (None, one-line error) for an unknown name or a broken user file."""
+    from dualnorm.experiments.loading import ExperimentLoadError, load_experiment
+
+    try:
+        return load_experiment(spec), None
+    except ExperimentLoadError as exc:
+        if exc.details:
+            print(exc.details.rstrip(), file=sys.stderr)
+        return None, str(exc)
+
+
+def _check_outputs(args: argparse.Namespace) -> str | None:
+    """Every output path, checked before any work starts: one line naming the path and why."""
+    from dualnorm.tracking import OutputPathError, check_output_dir, check_output_file
+
+    try:
+        if args.json:
+            check_output_file(args.json)
+        if args.out:
+            check_output_dir(args.out)
+    except OutputPathError as exc:
+        return str(exc)
+    return None
+
+
+def _open_run_dir(args: argparse.Namespace, exp: Any, config: Any) -> Any:
+    from dualnorm.runlog import _config_to_dict
+    from dualnorm.tracking import RunWriter, default_run_dir
+
+    directory = args.out or default_run_dir(exp.name)
+    return RunWriter(
+        directory,
+        name=exp.name,
+        experiment=exp.name,
+        variants=list(config.variants or exp.variants),
+        backend=config.backend,
+        config=_config_to_dict(config),
+    )
+
+
+class _Tee:
+    """Writes every record to the run directory and, with --json, to the JSON Lines file."""
+
+    def __init__(self, *writers: Any) -> None:
+        self.writers = [w for w in writers if w is not None]
+
+    def write(self, record: Any) -> None:
+        for w in self.writers:
+            w.write(record)
 
 
 def _drive(exp: Any, config: Any, records: Any, writer: Any, summary: dict, *, quiet: bool) -> None:

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from dualnorm import nn
 from dualnorm.backends import Backend
 from dualnorm.nn import Sequential
 from dualnorm.nn.module import Module
@@ -51,17 +52,19 @@ HIST_BINS = 30
 SIGMOID_LOW, SIGMOID_HIGH = 0.01, 0.99
 TANH_LIMIT = 0.99
 
-_NORM_KINDS = (
-    "BatchNorm1d",
-    "BatchNorm2d",
-    "BatchNorm3d",
-    "BatchRenorm1d",
-    "BatchRenorm2d",
-    "LayerNorm",
-    "GroupNorm",
-    "RMSNorm",
-    "InstanceNorm1d",
-    "InstanceNorm2d",
+# The layers whose gamma/beta and running statistics are recorded (subclasses included).
+_NORM_CLASSES = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.BatchRenorm1d,
+    nn.BatchRenorm2d,
+    nn.SyncBatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
 )
 
 
@@ -87,6 +90,7 @@ class Task:
     extra: Callable[[int], dict[str, Any]] | None = None
     static_extra: dict[str, Any] = field(default_factory=dict)
     bins: int = HIST_BINS
+    context: dict[str, Any] = field(default_factory=dict)  # the experiment's own, for on_record
 
 
 def _children(model: Module) -> tuple[list[str], list[Module]]:
@@ -194,7 +198,7 @@ def layer_stats(
         param_grad_norm=None if p_sq is None else math.sqrt(p_sq),
         weight_norm=weight_norm,
     )
-    if kind in _NORM_KINDS:
+    if isinstance(module, _NORM_CLASSES):
         gamma = module._parameters.get("weight")
         beta = module._parameters.get("bias")
         if gamma is not None:
