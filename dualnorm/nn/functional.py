@@ -91,19 +91,27 @@ def accurate_mean(B: Backend, x: Any, axes: tuple[int, ...]) -> Any:
     return accurate_sum(B, x, axes) * (1.0 / n)
 
 
-def moments(B: Backend, x: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
-    """Mean, biased variance and the centred input over ``axes`` (kept as size-1 dims).
+def two_pass_moments(B: Backend, x: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any, Any]:
+    """(mean0, correction, biased variance, x - mean0) over ``axes`` (kept as size-1 dims).
 
     A corrected two-pass algorithm: the first mean may carry rounding error when the
     data sit far from zero (float32 inputs like 1e4 + noise); the mean of the
     centred data measures that error exactly and removes it. Never E[x^2] - E[x]^2.
+    The mean is ``mean0 + correction``; centre as ``(x - mean0) - correction``, since
+    their float32 sum would round the correction away. ``B`` needs only ``xp``, so the
+    compiled MLX kernels call this too.
     """
-    xp = B.xp
     mean0 = accurate_mean(B, x, axes)
     centred = x - mean0
     correction = accurate_mean(B, centred, axes)
-    var = accurate_mean(B, centred * centred, axes) - correction * correction
-    return mean0 + correction, xp.maximum(var, 0.0), centred - correction
+    var = B.xp.maximum(accurate_mean(B, centred * centred, axes) - correction * correction, 0.0)
+    return mean0, correction, var, centred
+
+
+def moments(B: Backend, x: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
+    """Mean, biased variance and the centred input over ``axes`` (kept as size-1 dims)."""
+    mean0, correction, var, centred = two_pass_moments(B, x, axes)
+    return mean0 + correction, var, centred - correction
 
 
 @overridable

@@ -98,14 +98,9 @@ class SyncBatchNorm(_BatchNorm):
         shape = F.channel_shape(x.ndim, self.num_features)
         n_local = F.count(x.shape, axes)
         if n_local > 0:
-            # F.moments' corrected two-pass algorithm, keeping the mean as the unrounded pair
-            # mean0 + correction: rounding it to one float32 would cost digits on data far from zero.
-            mean0 = xp.mean(x, axis=axes, keepdims=True)
-            centred = x - mean0
-            correction = xp.mean(centred, axis=axes, keepdims=True)
-            var = xp.maximum(
-                xp.mean(centred * centred, axis=axes, keepdims=True) - correction * correction, 0.0
-            )
+            # Keep the mean as the unrounded pair mean0 + correction: rounding it to one float32
+            # would cost digits on data far from zero.
+            mean0, correction, var, centred = F.two_pass_moments(B, x, axes)
             centred = centred - correction
             local = [mean0.reshape(1, -1), correction.reshape(1, -1), (var * n_local).reshape(1, -1)]
         else:  # an empty shard contributes nothing (its mean is undefined)
