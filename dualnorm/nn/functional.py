@@ -24,7 +24,11 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
+
 from dualnorm.backends.base import Backend
+from dualnorm.errors import InputError
+from dualnorm.stats import merge_moments
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -127,6 +131,11 @@ def normalize_backward(B: Backend, grad_xhat: Any, x_hat: Any, inv_std: Any, axe
     """dL/dx from dL/dx_hat when the statistics were computed from x itself."""
     mean_g = accurate_mean(B, grad_xhat, axes)
     mean_gx = accurate_mean(B, grad_xhat * x_hat, axes)
+    return normalize_backward_from_means(grad_xhat, x_hat, inv_std, mean_g, mean_gx)
+
+
+def normalize_backward_from_means(grad_xhat: Any, x_hat: Any, inv_std: Any, mean_g: Any, mean_gx: Any) -> Any:
+    """dL/dx given mean(g) and mean(g * x_hat) over the normalized elements (local or global)."""
     return inv_std * (grad_xhat - mean_g - x_hat * mean_gx)
 
 
@@ -147,6 +156,20 @@ def affine_backward(
     grad_b = accurate_sum(B, grad_y, reduce_axes).reshape(param_shape)
     grad_xhat = grad_y if weight is None else grad_y * weight
     return grad_xhat, grad_w, grad_b
+
+
+def channel_affine(x_hat: Any, weight: Any | None, bias: Any | None) -> Any:
+    """y = x_hat * weight + bias with per-channel (C,) parameters, each part only when given."""
+    shape = channel_shape(x_hat.ndim, x_hat.shape[1])
+    y = x_hat if weight is None else x_hat * weight.reshape(shape)
+    return y if bias is None else y + bias.reshape(shape)
+
+
+def channel_affine_backward(B: Backend, grad_y: Any, x_hat: Any, weight: Any | None) -> tuple[Any, Any, Any]:
+    """:func:`affine_backward` of :func:`channel_affine`: returns (dL/dx_hat, dL/dweight, dL/dbias)."""
+    channels = x_hat.shape[1]
+    w = None if weight is None else weight.reshape(channel_shape(x_hat.ndim, channels))
+    return affine_backward(B, grad_y, x_hat, w, batch_axes(x_hat.ndim), (channels,))
 
 
 def channel_shape(ndim: int, channels: int) -> tuple[int, ...]:
@@ -175,24 +198,134 @@ def batch_norm_train(
 
     ``mean`` and ``var`` (biased) have shape (C,), for the running estimates.
     """
-    axes = batch_axes(x.ndim)
-    shape = channel_shape(x.ndim, x.shape[1])
-    x_hat, inv_std, mean, var = normalize(B, x, axes, eps)
-    y = x_hat if weight is None else x_hat * weight.reshape(shape)
-    if bias is not None:
-        y = y + bias.reshape(shape)
-    return y, mean.reshape(-1), var.reshape(-1), (x_hat, inv_std)
+    x_hat, inv_std, mean, var = normalize(B, x, batch_axes(x.ndim), eps)
+    return channel_affine(x_hat, weight, bias), mean.reshape(-1), var.reshape(-1), (x_hat, inv_std)
 
 
 @overridable
 def batch_norm_train_backward(B: Backend, grad_y: Any, ctx: Any, weight: Any | None) -> tuple[Any, Any, Any]:
     """Backward of :func:`batch_norm_train`: returns (dL/dx, dL/dweight, dL/dbias)."""
     x_hat, inv_std = ctx
+    grad_xhat, grad_w, grad_b = channel_affine_backward(B, grad_y, x_hat, weight)
+    return normalize_backward(B, grad_xhat, x_hat, inv_std, batch_axes(x_hat.ndim)), grad_w, grad_b
+
+
+def batch_norm_eval(
+    B: Backend, x: Any, weight: Any | None, bias: Any | None, running_mean: Any, running_var: Any, eps: float
+) -> tuple[Any, Any]:
+    """Batch norm with the running estimates instead of the batch's statistics. Returns (y, ctx)."""
+    shape = channel_shape(x.ndim, x.shape[1])
+    inv_std = B.rsqrt(running_var.reshape(shape) + eps)
+    x_hat = (x - running_mean.reshape(shape)) * inv_std
+    return channel_affine(x_hat, weight, bias), (x_hat, inv_std)
+
+
+def batch_norm_eval_backward(B: Backend, grad_y: Any, ctx: Any, weight: Any | None) -> tuple[Any, Any, Any]:
+    """Backward of :func:`batch_norm_eval` (the statistics are constants): (dL/dx, dL/dweight, dL/dbias)."""
+    x_hat, inv_std = ctx
+    grad_xhat, grad_w, grad_b = channel_affine_backward(B, grad_y, x_hat, weight)
+    return grad_xhat * inv_std, grad_w, grad_b
+
+
+def batch_renorm_train(
+    B: Backend,
+    x: Any,
+    weight: Any | None,
+    bias: Any | None,
+    running_mean: Any,
+    running_var: Any,
+    eps: float,
+    rmax: float,
+    dmax: float,
+) -> tuple[Any, Any, Any, Any]:
+    """Batch renormalization (Ioffe 2017) in training: returns (y, mean, var, ctx) as batch_norm_train.
+
+    x_hat = (x - mu_B) / sigma_B * r + d, with r = clip(sigma_B / sigma, 1/rmax, rmax) and
+    d = clip((mu_B - running_mean) / sigma, -dmax, dmax) from the running statistics given
+    (those from before this batch's update).
+    """
+    xp = B.xp
+    shape = channel_shape(x.ndim, x.shape[1])
+    x_hat, inv_std, mean, var = normalize(B, x, batch_axes(x.ndim), eps)
+    sigma = xp.sqrt(running_var.reshape(shape) + eps)
+    r = xp.clip(xp.sqrt(var + eps) / sigma, 1.0 / rmax, rmax)
+    d = xp.clip((mean - running_mean.reshape(shape)) / sigma, -dmax, dmax)
+    x_renorm = x_hat * r + d
+    return (
+        channel_affine(x_renorm, weight, bias),
+        mean.reshape(-1),
+        var.reshape(-1),
+        (x_hat, x_renorm, inv_std, r),
+    )
+
+
+def batch_renorm_train_backward(
+    B: Backend, grad_y: Any, ctx: Any, weight: Any | None
+) -> tuple[Any, Any, Any]:
+    """Backward of :func:`batch_renorm_train`, r and d held constant: (dL/dx, dL/dweight, dL/dbias)."""
+    x_hat, x_renorm, inv_std, r = ctx
+    grad_renorm, grad_w, grad_b = channel_affine_backward(B, grad_y, x_renorm, weight)
+    return normalize_backward(B, grad_renorm * r, x_hat, inv_std, batch_axes(x_hat.ndim)), grad_w, grad_b
+
+
+def sync_batch_norm_train(
+    B: Backend, x: Any, weight: Any | None, bias: Any | None, eps: float, group: Any
+) -> tuple[Any, Any, Any, int, Any]:
+    """Batch norm over the global batch the ranks of ``group`` hold between them.
+
+    Returns (y, mean, var, n, ctx): the global mean and biased variance (C,) and the global
+    count ``n`` (for the unbiased running variance). One all-gather of a (4, C) array per
+    call: each rank's count, its mean as two parts (mean0 + correction, unrounded), and M2;
+    they are merged with :func:`dualnorm.stats.merge_moments`. A rank may hold no samples.
+    """
+    xp = B.xp
+    axes = batch_axes(x.ndim)
+    channels = x.shape[1]
+    shape = channel_shape(x.ndim, channels)
+    n_local = count(x.shape, axes)
+    if n_local > 0:
+        mean0, correction, var, centred = two_pass_moments(B, x, axes)
+        centred = centred - correction
+        local = [mean0.reshape(1, -1), correction.reshape(1, -1), (var * n_local).reshape(1, -1)]
+    else:  # an empty shard contributes nothing (its mean is undefined)
+        local = [B.asarray(np.zeros((1, channels)), x.dtype)] * 3
+        centred = x
+    count_row = B.asarray(np.full((1, channels), float(n_local)), x.dtype)
+    gathered = group.allgather(xp.concatenate([count_row, *local], axis=0))  # (P, 4, C)
+    counts = np.rint(B.to_numpy(gathered[:, 0, 0]).astype(np.float64)).astype(np.int64)
+    n, mean, m2, offsets = merge_moments(
+        xp, counts, gathered[:, 1, :], gathered[:, 3, :], means_lo=gathered[:, 2, :]
+    )
+    if n <= 1:
+        raise InputError(
+            f"SyncBatchNorm: expected more than 1 value per channel when training, got "
+            f"{n} over the whole group (shard sizes {counts.tolist()}, input shape {tuple(x.shape)} on "
+            f"rank {group.rank}). Use a larger global batch, or call .eval()."
+        )
+    var = m2 / n
+    inv_std = B.rsqrt(var.reshape(shape) + eps)
+    x_hat = (centred - offsets[group.rank].reshape(shape)) * inv_std
+    return channel_affine(x_hat, weight, bias), mean, var, n, (x_hat, inv_std, group, n)
+
+
+def sync_batch_norm_train_backward(
+    B: Backend, grad_y: Any, ctx: Any, weight: Any | None
+) -> tuple[Any, Any, Any]:
+    """Backward of :func:`sync_batch_norm_train`: (dL/dx, dL/dweight, dL/dbias).
+
+    sum(g) and sum(g * x_hat) over the global batch travel in one all-reduce of a (2, C)
+    array; the weight and bias gradients stay local, as in PyTorch.
+    """
+    x_hat, inv_std, group, n = ctx
+    grad_xhat, grad_w, grad_b = channel_affine_backward(B, grad_y, x_hat, weight)
     axes = batch_axes(x_hat.ndim)
-    channels = x_hat.shape[1]
-    w = None if weight is None else weight.reshape(channel_shape(x_hat.ndim, channels))
-    grad_xhat, grad_w, grad_b = affine_backward(B, grad_y, x_hat, w, axes, (channels,))
-    return normalize_backward(B, grad_xhat, x_hat, inv_std, axes), grad_w, grad_b
+    shape = channel_shape(x_hat.ndim, x_hat.shape[1])
+    local = B.xp.concatenate([accurate_sum(B, grad_xhat, axes), accurate_sum(B, grad_xhat * x_hat, axes)])
+    total = group.allreduce_sum(local.reshape(2, -1)) / n
+    grad_in = normalize_backward_from_means(
+        grad_xhat, x_hat, inv_std, total[0].reshape(shape), total[1].reshape(shape)
+    )
+    return grad_in, grad_w, grad_b
 
 
 @overridable
@@ -229,20 +362,15 @@ def group_norm(
     n = x.shape[0]
     x_hat_g, inv_std, _, _ = normalize(B, x.reshape(n, num_groups, -1), (2,), eps)
     x_hat = x_hat_g.reshape(x.shape)
-    shape = channel_shape(x.ndim, x.shape[1])
-    y = x_hat if weight is None else x_hat * weight.reshape(shape)
-    if bias is not None:
-        y = y + bias.reshape(shape)
-    return y, (x_hat, inv_std, num_groups)
+    return channel_affine(x_hat, weight, bias), (x_hat, inv_std, num_groups)
 
 
 @overridable
 def group_norm_backward(B: Backend, grad_y: Any, ctx: Any, weight: Any | None) -> tuple[Any, Any, Any]:
     """Backward of :func:`group_norm`: returns (dL/dx, dL/dweight, dL/dbias)."""
     x_hat, inv_std, num_groups = ctx
-    n, channels = x_hat.shape[0], x_hat.shape[1]
-    w = None if weight is None else weight.reshape(channel_shape(x_hat.ndim, channels))
-    grad_xhat, grad_w, grad_b = affine_backward(B, grad_y, x_hat, w, batch_axes(x_hat.ndim), (channels,))
+    n = x_hat.shape[0]
+    grad_xhat, grad_w, grad_b = channel_affine_backward(B, grad_y, x_hat, weight)
     grad_in = normalize_backward(
         B, grad_xhat.reshape(n, num_groups, -1), x_hat.reshape(n, num_groups, -1), inv_std, (2,)
     )

@@ -103,10 +103,11 @@ class Module:
         """Convert the input to this module's backend and dtype, or raise a clear error."""
         return self.backend.asarray(x, self.dtype, what=f"{type(self).__name__} input")
 
-    def _save(self, **values: Any) -> None:
-        object.__setattr__(self, "_saved", values)
+    def _save(self, context: Any = None, /, **values: Any) -> None:
+        """Keep what backward needs: one typed context (a NamedTuple), or named values (a dict)."""
+        object.__setattr__(self, "_saved", values if context is None else context)
 
-    def _saved_values(self) -> dict[str, Any]:
+    def _saved_values(self) -> Any:
         if self._saved is None:
             raise StateError(
                 f"{type(self).__name__}.backward() was called before a forward pass; "
@@ -142,7 +143,7 @@ class Module:
         return self.xp.zeros(shape, dtype=self.dtype)
 
     def _saved_empty(self) -> bool:
-        return self._saved is not None and bool(self._saved.get("empty"))
+        return isinstance(self._saved, dict) and bool(self._saved.get("empty"))
 
     @staticmethod
     def _accumulate(param: Parameter, grad: Any) -> None:
