@@ -59,8 +59,8 @@ class _NormBase(Module):
         self.momentum = check_momentum(momentum, name)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
-        object.__setattr__(self, "weight", None)
-        object.__setattr__(self, "bias", None)
+        self.weight = None
+        self.bias = None
         if self.affine:
             self.weight = self._new_parameter(np.ones(num_features))
             if bias:

@@ -105,7 +105,7 @@ class Module:
 
     def _save(self, context: Any = None, /, **values: Any) -> None:
         """Keep what backward needs: one typed context (a NamedTuple), or named values (a dict)."""
-        object.__setattr__(self, "_saved", values if context is None else context)
+        self._saved = values if context is None else context
 
     def _saved_values(self) -> Any:
         if self._saved is None:

@@ -69,7 +69,7 @@ class SyncBatchNorm(_BatchNorm):
         dtype: str | None = None,
     ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype=dtype)
-        object.__setattr__(self, "process_group", process_group)
+        self.process_group = process_group
 
     def _group(self) -> Any:
         if self.process_group is not None:
@@ -125,14 +125,14 @@ class SyncBatchNorm(_BatchNorm):
                 converted.weight = module.weight
                 if module.bias is None:  # BatchNorm(bias=False)
                     converted._parameters.pop("bias")
-                    object.__setattr__(converted, "bias", None)
+                    converted.bias = None
                 else:
                     converted.bias = module.bias
             if module.track_running_stats:
                 converted.running_mean = module.running_mean
                 converted.running_var = module.running_var
                 converted.num_batches_tracked = module.num_batches_tracked
-            object.__setattr__(converted, "training", module.training)
+            converted.training = module.training
         for name, child in list(module.named_children()):
             converted._modules[name] = cls.convert_sync_batchnorm(child, process_group)
         return converted
