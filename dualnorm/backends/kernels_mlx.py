@@ -223,11 +223,4 @@ def layer_norm_backward(
     return dx.reshape(shape), dw.reshape(trailing), db.reshape(trailing)
 
 
-KERNELS = {
-    "batch_norm_train": batch_norm_train,
-    "batch_norm_train_backward": batch_norm_train_backward,
-    "layer_norm": layer_norm,
-    "layer_norm_backward": layer_norm_backward,
-    "group_norm": group_norm,
-    "group_norm_backward": group_norm_backward,
-}
+KERNELS = F.kernels_in(globals())  # every function above named as the functional it replaces

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from dualnorm.backends.base import Backend
+from dualnorm.nn import functional as F
 from dualnorm.stats import chan_merge
 
 CHUNK = 1 << 17  # elements per block: 256 KiB of float32, comfortably inside L2
@@ -496,11 +497,4 @@ def group_norm_backward(
     return dx2.reshape(shape), sgx.sum(axis=1).astype(dt), sg.sum(axis=1).astype(dt)
 
 
-KERNELS = {
-    "batch_norm_train": batch_norm_train,
-    "batch_norm_train_backward": batch_norm_train_backward,
-    "layer_norm": layer_norm,
-    "layer_norm_backward": layer_norm_backward,
-    "group_norm": group_norm,
-    "group_norm_backward": group_norm_backward,
-}
+KERNELS = F.kernels_in(globals())  # every function above named as the functional it replaces

@@ -33,9 +33,13 @@ from dualnorm.stats import merge_moments
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+OVERRIDABLE: set[str] = set()  # names a backend's kernels may replace
+
+
 def overridable(fn: F) -> F:
     """Let a backend replace ``fn`` by registering ``backend.kernels[fn.__name__]``."""
     name = fn.__name__
+    OVERRIDABLE.add(name)
 
     @functools.wraps(fn)
     def dispatch(B: Backend, *args: Any, **kwargs: Any) -> Any:
@@ -44,6 +48,11 @@ def overridable(fn: F) -> F:
 
     dispatch.reference = fn  # type: ignore[attr-defined]
     return dispatch  # type: ignore[return-value]
+
+
+def kernels_in(namespace: dict[str, Any]) -> dict[str, Callable[..., Any]]:
+    """A kernel module's ``KERNELS`` table: its functions named as the overridable ones they replace."""
+    return {name: fn for name, fn in namespace.items() if name in OVERRIDABLE and callable(fn)}
 
 
 def count(shape: Sequence[int], axes: Sequence[int]) -> int:
