@@ -85,19 +85,6 @@ class _NormBase(Module):
         y = x_hat if self.weight is None else x_hat * self.weight.data.reshape(shape)
         return y if self.bias is None else y + self.bias.data.reshape(shape)
 
-    def _accumulate_affine(self, grad_w: Any, grad_b: Any) -> None:
-        if self.weight is not None:
-            self._accumulate(self.weight, grad_w)
-        if self.bias is not None:
-            self._accumulate(self.bias, grad_b)
-
-    def _params(self) -> tuple[Any, Any]:
-        """(weight, bias) arrays for the functional/kernel calls; each may be None."""
-        return (
-            None if self.weight is None else self.weight.data,
-            None if self.bias is None else self.bias.data,
-        )
-
     def extra_repr(self) -> str:
         # As PyTorch 2.x prints it (``bias`` says whether the layer has a bias).
         return (

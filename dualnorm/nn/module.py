@@ -149,6 +149,18 @@ class Module:
     def _accumulate(param: Parameter, grad: Any) -> None:
         param.grad = grad if param.grad is None else param.grad + grad
 
+    # Layers whose ``weight`` and ``bias`` are each a Parameter or None (the norms).
+    def _params(self) -> tuple[Any, Any]:
+        """(weight, bias) arrays for the functional/kernel calls; each may be None."""
+        weight, bias = getattr(self, "weight", None), getattr(self, "bias", None)
+        return (None if weight is None else weight.data, None if bias is None else bias.data)
+
+    def _accumulate_affine(self, grad_w: Any, grad_b: Any) -> None:
+        for name, grad in (("weight", grad_w), ("bias", grad_b)):
+            param = getattr(self, name, None)
+            if param is not None:
+                self._accumulate(param, grad)
+
     # --- the interface -------------------------------------------------------------
     def forward(self, x: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
