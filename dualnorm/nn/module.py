@@ -55,13 +55,14 @@ class Module:
     training: bool
 
     def __init__(self, *, dtype: str | None = None) -> None:
+        # __setattr__ reads these three tables, so they are set past it; then it stores plain values.
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
-        object.__setattr__(self, "training", True)
-        object.__setattr__(self, "backend", get_backend())
-        object.__setattr__(self, "dtype", self.backend.dtype(dtype))
-        object.__setattr__(self, "_saved", None)
+        self.training = True
+        self.backend = get_backend()
+        self.dtype = self.backend.dtype(dtype)
+        self._saved = None
 
     # --- attribute registration (as in torch.nn.Module) ----------------------------
     def __setattr__(self, name: str, value: Any) -> None:
@@ -172,7 +173,7 @@ class Module:
         return self.forward(x)
 
     def train(self, mode: bool = True) -> Module:
-        object.__setattr__(self, "training", bool(mode))
+        self.training = bool(mode)
         for child in self._modules.values():
             child.train(mode)
         return self
@@ -280,9 +281,9 @@ class Module:
         target = backend if isinstance(backend, Backend) else get_backend(backend)
         for _, module in self.named_modules():
             source = module.backend
-            object.__setattr__(module, "backend", target)
-            object.__setattr__(module, "dtype", target.dtype(str(module.dtype)))
-            object.__setattr__(module, "_saved", None)
+            module.backend = target
+            module.dtype = target.dtype(str(module.dtype))
+            module._saved = None
             for param in module._parameters.values():
                 param.data = target.asarray(
                     source.to_numpy(param.data), _same_dtype(target, source, param.data)
