@@ -90,7 +90,7 @@ def batch_norm_train(
     y, mean0, corr, var, inv_std = _bn_forward(x.ndim, float(eps), weight is not None, bias is not None)(
         x, *params
     )
-    return y, (mean0 + corr).reshape(-1), var.reshape(-1), (x, mean0, corr, inv_std)
+    return y, F._mean_of(mx, mean0, corr).reshape(-1), var.reshape(-1), (x, mean0, corr, inv_std)
 
 
 def batch_norm_train_backward(

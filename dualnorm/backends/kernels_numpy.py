@@ -120,17 +120,18 @@ def _rowsum(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
         part = a @ _ones(length, a.dtype) if b is None else np.vecdot(a, b)
         return part.astype(np.float64)
     full = length - length % SEG
-    out = np.empty(rows)
-    ones = _ones(SEG, a.dtype)
-    for i in range(rows):
-        head = a[i, :full].reshape(-1, SEG)
-        if b is None:
-            total = np.vecdot(head, ones).sum(dtype=np.float64) + a[i, full:].sum(dtype=np.float64)
-        else:
-            total = np.vecdot(head, b[i, :full].reshape(-1, SEG)).sum(dtype=np.float64)
-            total += np.dot(a[i, full:].astype(np.float64), b[i, full:].astype(np.float64))
-        out[i] = total
-    return out
+
+    def segments(v: np.ndarray) -> np.ndarray:  # (rows, full // SEG, SEG), a view
+        step = v.strides[1]
+        return np.lib.stride_tricks.as_strided(v, (rows, full // SEG, SEG), (v.strides[0], SEG * step, step))
+
+    if b is None:
+        head = np.vecdot(segments(a), _ones(SEG, a.dtype))
+        tail = a[:, full:].sum(axis=1, dtype=np.float64)
+    else:
+        head = np.vecdot(segments(a), segments(b))
+        tail = np.vecdot(a[:, full:].astype(np.float64), b[:, full:].astype(np.float64))
+    return head.sum(axis=1, dtype=np.float64) + tail
 
 
 def _split_mean(mean: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -232,6 +233,9 @@ def batch_norm_train(
     n, c, s = x3.shape
     dt = x3.dtype
     mean, var = _bn_stats(x3)
+    if np.isnan(mean).any():  # an inf in a channel: its mean is +-inf (as PyTorch), not NaN
+        plain = x3.sum(axis=(0, 2), dtype=np.float64) / (n * s)
+        mean = np.where(np.isnan(mean), plain, mean)
     inv_std = 1.0 / np.sqrt(var + eps)
     head, tail = _split_mean(mean, dt)
     # y = (x - head - tail) * inv_std * w + b = (x - head) * a + (b - tail * a)

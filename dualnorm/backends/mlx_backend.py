@@ -94,6 +94,9 @@ class MLXBackend(Backend):
     def _from_numpy(self, array: np.ndarray, dtype: Any) -> mx.array:
         self._check_dtype(dtype)
         # mx.array(ndarray) silently turns float64 into float32: always pass the dtype.
+        if any(stride < 0 for stride in array.strides):
+            # MLX cannot read negative strides (x[:, ::-1], as flip augmentation makes).
+            array = np.ascontiguousarray(array)
         return mx.array(array, dtype=dtype)
 
     def to_numpy(self, array: Any) -> np.ndarray:

@@ -90,6 +90,9 @@ def accurate_sum(B: Backend, x: Any, axes: tuple[int, ...]) -> Any:
     """Sum over ``axes`` (kept as size-1 dims) in ``x``'s dtype, accurate at any length."""
     xp = B.xp
     if getattr(xp, "__name__", "") == "numpy":
+        trailing = sorted(a % x.ndim for a in axes) == list(range(x.ndim - len(axes), x.ndim))
+        if trailing and x.flags.c_contiguous:  # one contiguous run per row: NumPy sums it pairwise
+            return xp.sum(x, axis=axes, keepdims=True)
         return xp.sum(x, axis=axes, keepdims=True, dtype="float64").astype(x.dtype, copy=False)
     if count(x.shape, axes) <= SHORT_SUM:
         return xp.sum(x, axis=axes, keepdims=True)
@@ -117,14 +120,27 @@ def two_pass_moments(B: Backend, x: Any, axes: tuple[int, ...]) -> tuple[Any, An
     mean0 = accurate_mean(B, x, axes)
     centred = x - mean0
     correction = accurate_mean(B, centred, axes)
-    var = B.xp.maximum(accurate_mean(B, centred * centred, axes) - correction * correction, 0.0)
+    var = _var_of(B.xp, accurate_mean(B, centred * centred, axes), correction)
     return mean0, correction, var, centred
 
 
 def moments(B: Backend, x: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
     """Mean, biased variance and the centred input over ``axes`` (kept as size-1 dims)."""
     mean0, correction, var, centred = two_pass_moments(B, x, axes)
-    return mean0 + correction, var, centred - correction
+    return _mean_of(B.xp, mean0, correction), var, centred - correction
+
+
+def _mean_of(xp: Any, mean0: Any, correction: Any) -> Any:
+    """mean0 + correction; mean0 where the correction is NaN (an inf in the data: the mean is
+    +-inf, as PyTorch's running_mean shows, not NaN)."""
+    return xp.where(xp.isnan(correction), mean0, mean0 + correction)
+
+
+def _var_of(xp: Any, mean_sq: Any, correction: Any) -> Any:
+    """mean((x - mean0)^2) - correction^2, never below 0; where both terms overflow (|x| ~ 1e30
+    in float32) the variance is inf, as in PyTorch (x_hat is then 0), not inf - inf = NaN."""
+    var = mean_sq - correction * correction
+    return xp.where(xp.isnan(var), mean_sq, xp.maximum(var, 0.0))
 
 
 @overridable

@@ -2,7 +2,10 @@
 
 Every module implements ``forward(x)`` and ``backward(grad_output)``. ``backward``
 returns dLoss/dInput and *accumulates* parameter gradients into ``param.grad`` (as
-PyTorch does; call ``zero_grad()`` between steps). Because every layer computes its
+PyTorch does; call ``zero_grad()`` between steps). As in PyTorch, one forward is
+backpropagated once: a second ``backward`` for the same forward raises ``StateError``.
+Inputs are converted to the module's dtype (float32 unless built with ``dtype="float64"``),
+so float16 input gives a float32 output (PyTorch keeps float16; chosen on purpose). Because every layer computes its
 own gradients, per-layer gradient statistics exist on every backend.
 
 Arrays (parameters, buffers, activations) live on the backend that was active when
@@ -11,6 +14,7 @@ the module was built; ``module.to("mlx")`` moves them.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -43,6 +47,38 @@ class Parameter:
         return f"Parameter(shape={self.shape}, dtype={self.data.dtype})"
 
 
+# NumPy's RuntimeWarnings inside a layer are noise: an inf or NaN in the input gives inf or NaN
+# in the output (as in PyTorch), and 1e30 overflows float32 squares by design of the dtype.
+_QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore"}
+
+
+def _guard_backward(fn: Any) -> Any:
+    """Wrap a module's ``backward``: one backward per forward (as PyTorch), no NumPy warnings."""
+
+    @functools.wraps(fn)
+    def backward(self: Module, *args: Any, **kwargs: Any) -> Any:
+        if self.__dict__.get("_in_backward"):  # a subclass's backward calling super().backward
+            return fn(self, *args, **kwargs)
+        if self.__dict__.get("_saved") is not None and self.__dict__.get("_saved_spent"):
+            raise StateError(
+                f"{type(self).__name__}.backward() was already called for the last forward pass; as in "
+                "PyTorch, a forward is backpropagated once (the saved values are spent). Run the forward "
+                "again; parameter gradients accumulate in .grad across backward calls."
+            )
+        object.__setattr__(self, "_in_backward", True)
+        try:
+            with np.errstate(**_QUIET):
+                grad_input = fn(self, *args, **kwargs)
+        finally:
+            object.__setattr__(self, "_in_backward", False)
+        if self.__dict__.get("_saved") is not None:
+            self._saved_spent = True  # until the next forward saves anew
+        return grad_input
+
+    backward._guarded = True  # type: ignore[attr-defined]
+    return backward
+
+
 def _join(prefix: str, name: str) -> str:
     if not name:
         return prefix
@@ -53,6 +89,12 @@ class Module:
     """Base class of every layer. Subclasses define ``forward`` and ``backward``."""
 
     training: bool
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("backward")
+        if own is not None and not getattr(own, "_guarded", False):
+            cls.backward = _guard_backward(own)  # type: ignore[method-assign]
 
     def __init__(self, *, dtype: str | None = None) -> None:
         # __setattr__ reads these three tables, so they are set past it; then it stores plain values.
@@ -107,6 +149,7 @@ class Module:
     def _save(self, context: Any = None, /, **values: Any) -> None:
         """Keep what backward needs: one typed context (a NamedTuple), or named values (a dict)."""
         self._saved = values if context is None else context
+        self._saved_spent = False
 
     def _saved_values(self) -> Any:
         if self._saved is None:
@@ -170,7 +213,8 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, x: Any) -> Any:
-        return self.forward(x)
+        with np.errstate(**_QUIET):
+            return self.forward(x)
 
     def train(self, mode: bool = True) -> Module:
         self.training = bool(mode)
@@ -255,7 +299,8 @@ class Module:
         for key, target in own.items():
             if key not in state_dict:
                 continue
-            value = np.asarray(_host(state_dict[key]))
+            # A copy, as PyTorch and MLX make: the module must not alias the caller's arrays.
+            value = np.array(_host(state_dict[key]), copy=True)
             if tuple(value.shape) != tuple(target.shape):
                 bad_shapes.append(f"{key}: checkpoint {tuple(value.shape)} vs module {tuple(target.shape)}")
                 continue
