@@ -77,13 +77,11 @@ class _NormBase(Module):
 
     def _normalize_with_running_stats(self, x: Any, shape: tuple[int, ...]) -> tuple[Any, Any]:
         """Inference: x_hat from the running estimates instead of the batch's; returns (x_hat, inv_std)."""
-        inv_std = self.backend.rsqrt(self.running_var.reshape(shape) + self.eps)
-        return (x - self.running_mean.reshape(shape)) * inv_std, inv_std
+        return F.normalize_with(self.backend, x, self.running_mean, self.running_var, self.eps)
 
     def _affine(self, x_hat: Any, shape: tuple[int, ...]) -> Any:
         """y = x_hat * weight + bias, each part only when the layer has it."""
-        y = x_hat if self.weight is None else x_hat * self.weight.data.reshape(shape)
-        return y if self.bias is None else y + self.bias.data.reshape(shape)
+        return F.channel_affine(x_hat, *self._params())
 
     def extra_repr(self) -> str:
         # As PyTorch 2.x prints it (``bias`` says whether the layer has a bias).

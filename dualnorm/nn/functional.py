@@ -239,10 +239,15 @@ def batch_norm_eval(
     B: Backend, x: Any, weight: Any | None, bias: Any | None, running_mean: Any, running_var: Any, eps: float
 ) -> tuple[Any, Any]:
     """Batch norm with the running estimates instead of the batch's statistics. Returns (y, ctx)."""
-    shape = channel_shape(x.ndim, x.shape[1])
-    inv_std = B.rsqrt(running_var.reshape(shape) + eps)
-    x_hat = (x - running_mean.reshape(shape)) * inv_std
+    x_hat, inv_std = normalize_with(B, x, running_mean, running_var, eps)
     return channel_affine(x_hat, weight, bias), (x_hat, inv_std)
+
+
+def normalize_with(B: Backend, x: Any, mean: Any, var: Any, eps: float) -> tuple[Any, Any]:
+    """x_hat of channels-first ``x`` from given per-channel (C,) statistics: (x_hat, inv_std)."""
+    shape = channel_shape(x.ndim, x.shape[1])
+    inv_std = B.rsqrt(var.reshape(shape) + eps)
+    return (x - mean.reshape(shape)) * inv_std, inv_std
 
 
 def batch_norm_eval_backward(B: Backend, grad_y: Any, ctx: Any, weight: Any | None) -> tuple[Any, Any, Any]:
