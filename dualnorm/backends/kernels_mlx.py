@@ -25,18 +25,6 @@ from dualnorm.backends.base import Backend
 from dualnorm.nn import functional as F
 
 
-def _moments(x: mx.array, axes: tuple[int, ...]) -> tuple[mx.array, mx.array, mx.array]:
-    """(mean0, correction, biased variance) over ``axes`` (kept), corrected two-pass.
-
-    The mean is ``mean0 + correction``; keep them apart when centring
-    (``(x - mean0) - correction``): their float32 sum would round away the correction.
-    """
-    mean0 = _mean(x, axes)
-    centred = x - mean0
-    corr = _mean(centred, axes)
-    return mean0, corr, F._var_of(mx, _mean(centred * centred, axes), corr)
-
-
 def _sum(x: mx.array, axes: tuple[int, ...]) -> mx.array:
     return F.accurate_sum(_MLX, x, axes)
 
@@ -46,7 +34,7 @@ def _mean(x: mx.array, axes: tuple[int, ...]) -> mx.array:
 
 
 class _XP:
-    """Just enough of a backend for F.accurate_sum inside compiled functions."""
+    """Just enough of a backend for F.accurate_sum and F.two_pass_moments inside compiled functions."""
 
     xp = mx
 
@@ -63,10 +51,10 @@ def _bn_forward(ndim: int, eps: float, has_w: bool, has_b: bool) -> Any:
     shape = (1, -1) + (1,) * (ndim - 2)
 
     def fwd(x: mx.array, *params: mx.array) -> tuple[mx.array, ...]:
-        mean0, corr, var = _moments(x, axes)
+        mean0, corr, var, centred = F.two_pass_moments(_MLX, x, axes)
         inv_std = mx.rsqrt(var + eps)
         scale = inv_std * params[0].reshape(shape) if has_w else inv_std
-        y = ((x - mean0) - corr) * scale
+        y = (centred - corr) * scale
         if has_b:
             y = y + params[-1].reshape(shape)
         return y, mean0, corr, var, inv_std
@@ -122,9 +110,9 @@ def _gn_forward(groups: int, eps: float, has_w: bool, has_b: bool) -> Any:
     def fwd(x: mx.array, *params: mx.array) -> tuple[mx.array, ...]:
         n, c = x.shape[0], x.shape[1]
         xg = x.reshape(n, groups, -1)
-        mean0, corr, var = _moments(xg, (2,))
+        mean0, corr, var, centred = F.two_pass_moments(_MLX, xg, (2,))
         inv_std = mx.rsqrt(var + eps)
-        x_hat = (((xg - mean0) - corr) * inv_std).reshape(n, c, -1)
+        x_hat = ((centred - corr) * inv_std).reshape(n, c, -1)
         if has_w:
             x_hat = x_hat * params[0].reshape(1, c, 1)
         if has_b:
@@ -235,11 +223,4 @@ def layer_norm_backward(
     return dx.reshape(shape), dw.reshape(trailing), db.reshape(trailing)
 
 
-KERNELS = {
-    "batch_norm_train": batch_norm_train,
-    "batch_norm_train_backward": batch_norm_train_backward,
-    "layer_norm": layer_norm,
-    "layer_norm_backward": layer_norm_backward,
-    "group_norm": group_norm,
-    "group_norm_backward": group_norm_backward,
-}
+KERNELS = F.kernels_in(globals())  # every function above named as the functional it replaces

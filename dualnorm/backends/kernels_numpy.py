@@ -25,6 +25,7 @@ Threads: ``DUALNORM_NUM_THREADS`` (default: the CPU count, at most 8), or
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -34,6 +35,8 @@ from typing import Any
 import numpy as np
 
 from dualnorm.backends.base import Backend
+from dualnorm.nn import functional as F
+from dualnorm.stats import chan_merge
 
 CHUNK = 1 << 17  # elements per block: 256 KiB of float32, comfortably inside L2
 PARALLEL_MIN = 1 << 18  # below this many elements, threads cost more than they save
@@ -216,22 +219,10 @@ def _bn_stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             sd = _colsum(d, ones_k, ones_s)
             bmean = m0 + sd / nb
             bm2 = np.maximum(_coldot(d, d) - sd * sd / nb, 0.0)
-            # Chan, Golub & LeVeque: merge (count, mean, m2) with the block's.
-            total = count + nb
-            delta = bmean - mean
-            mean = mean + delta * (nb / total)
-            m2 = m2 + bm2 + delta * delta * (count * nb / total)
-            count = total
+            count, mean, m2 = chan_merge((count, mean, m2), (nb, bmean, bm2))
         return count, mean, m2
 
-    results = _parallel(part, n, x3.size)
-    count, mean, m2 = results[0]
-    for cb, mb, m2b in results[1:]:
-        total = count + cb
-        delta = mb - mean
-        mean = mean + delta * (cb / total)
-        m2 = m2 + m2b + delta * delta * (count * cb / total)
-        count = total
+    count, mean, m2 = functools.reduce(chan_merge, _parallel(part, n, x3.size))
     return mean, m2 / count
 
 
@@ -510,11 +501,4 @@ def group_norm_backward(
     return dx2.reshape(shape), sgx.sum(axis=1).astype(dt), sg.sum(axis=1).astype(dt)
 
 
-KERNELS = {
-    "batch_norm_train": batch_norm_train,
-    "batch_norm_train_backward": batch_norm_train_backward,
-    "layer_norm": layer_norm,
-    "layer_norm_backward": layer_norm_backward,
-    "group_norm": group_norm,
-    "group_norm_backward": group_norm_backward,
-}
+KERNELS = F.kernels_in(globals())  # every function above named as the functional it replaces

@@ -19,7 +19,8 @@ even one sample, works. Layouts are channels-first, as in PyTorch.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -27,6 +28,14 @@ from dualnorm.errors import InputError
 from dualnorm.nn import functional as F
 from dualnorm.nn._checks import check_momentum, check_ndim, check_non_negative, check_positive_int, check_size
 from dualnorm.nn.module import Module
+
+
+class BatchNormContext(NamedTuple):
+    """What a batch norm forward keeps for its backward."""
+
+    backward: Callable[..., tuple[Any, Any, Any]]  # the functional backward paired with the forward used
+    ctx: Any  # that forward's context, opaque: owned by the kernel that made it
+    out_shape: tuple[int, ...]
 
 
 class _NormBase(Module):
@@ -50,8 +59,8 @@ class _NormBase(Module):
         self.momentum = check_momentum(momentum, name)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
-        object.__setattr__(self, "weight", None)
-        object.__setattr__(self, "bias", None)
+        self.weight = None
+        self.bias = None
         if self.affine:
             self.weight = self._new_parameter(np.ones(num_features))
             if bias:
@@ -68,26 +77,11 @@ class _NormBase(Module):
 
     def _normalize_with_running_stats(self, x: Any, shape: tuple[int, ...]) -> tuple[Any, Any]:
         """Inference: x_hat from the running estimates instead of the batch's; returns (x_hat, inv_std)."""
-        inv_std = self.backend.rsqrt(self.running_var.reshape(shape) + self.eps)
-        return (x - self.running_mean.reshape(shape)) * inv_std, inv_std
+        return F.normalize_with(self.backend, x, self.running_mean, self.running_var, self.eps)
 
     def _affine(self, x_hat: Any, shape: tuple[int, ...]) -> Any:
         """y = x_hat * weight + bias, each part only when the layer has it."""
-        y = x_hat if self.weight is None else x_hat * self.weight.data.reshape(shape)
-        return y if self.bias is None else y + self.bias.data.reshape(shape)
-
-    def _accumulate_affine(self, grad_w: Any, grad_b: Any) -> None:
-        if self.weight is not None:
-            self._accumulate(self.weight, grad_w)
-        if self.bias is not None:
-            self._accumulate(self.bias, grad_b)
-
-    def _params(self) -> tuple[Any, Any]:
-        """(weight, bias) arrays for the functional/kernel calls; each may be None."""
-        return (
-            None if self.weight is None else self.weight.data,
-            None if self.bias is None else self.bias.data,
-        )
+        return F.channel_affine(x_hat, *self._params())
 
     def extra_repr(self) -> str:
         # As PyTorch 2.x prints it (``bias`` says whether the layer has a bias).
@@ -150,59 +144,32 @@ class _BatchNorm(_NormBase):
             if self.training and self.track_running_stats:
                 self.num_batches_tracked = self.num_batches_tracked + 1  # PyTorch counts the call
             return self._empty_forward(x)
-        if self._fused and self._uses_batch_stats():
-            return self._fused_forward(x)
-        axes = F.batch_axes(x.ndim)
-        shape = F.channel_shape(x.ndim, self.num_features)
-        if self._uses_batch_stats():
-            x_hat, inv_std, mean, var = F.normalize(self.backend, x, axes, self.eps)
-            if self.training and self.track_running_stats:
-                self._update_running_stats(mean, var, F.count(x.shape, axes))
-            x_hat = self._renormalize(x_hat, mean, var, shape)
-        else:
-            x_hat, inv_std = self._normalize_with_running_stats(x, shape)
-        self._save(x_hat=x_hat, inv_std=inv_std, batch_stats=self._uses_batch_stats(), axes=axes, shape=shape)
-        return self._affine(x_hat, shape)
-
-    def _renormalize(self, x_hat: Any, mean: Any, var: Any, shape: tuple[int, ...]) -> Any:
-        return x_hat
-
-    # Batch statistics without renormalization: one whole-layer call a backend may fuse.
-    _fused = True
-
-    def _fused_forward(self, x: Any) -> Any:
         weight, bias = self._params()
-        y, mean, var, ctx = F.batch_norm_train(self.backend, x, weight, bias, self.eps)
+        if not self._uses_batch_stats():
+            y, ctx = F.batch_norm_eval(
+                self.backend, x, weight, bias, self.running_mean, self.running_var, self.eps
+            )
+            self._save(BatchNormContext(F.batch_norm_eval_backward, ctx, tuple(x.shape)))
+            return y
+        y, mean, var, saved = self._batch_forward(x, weight, bias)
         if self.training and self.track_running_stats:
             self._update_running_stats(mean, var, x.size // self.num_features)
-        self._save(ctx=ctx, out_shape=tuple(x.shape))
+        self._save(saved)
         return y
 
-    def _fused_backward(self, grad_output: Any, s: dict[str, Any]) -> Any:
-        grad = self._check_grad(grad_output, s["out_shape"])
-        weight, _ = self._params()
-        grad_in, grad_w, grad_b = F.batch_norm_train_backward(self.backend, grad, s["ctx"], weight)
-        self._accumulate_affine(grad_w, grad_b)
-        return grad_in
+    def _batch_forward(self, x: Any, weight: Any, bias: Any) -> tuple[Any, Any, Any, BatchNormContext]:
+        """Normalize with this batch's statistics: (y, mean, var, context to save)."""
+        y, mean, var, ctx = F.batch_norm_train(self.backend, x, weight, bias, self.eps)
+        return y, mean, var, BatchNormContext(F.batch_norm_train_backward, ctx, tuple(x.shape))
 
     def backward(self, grad_output: Any) -> Any:
-        s = self._saved_values()
-        if s.get("empty"):
+        if self._saved_empty():
             return self._empty_backward(grad_output)
-        if "ctx" in s:
-            return self._fused_backward(grad_output, s)
-        grad = self._check_grad(grad_output, s["x_hat"].shape)
-        weight = self.weight.data.reshape(s["shape"]) if self.weight is not None else None
-        grad_xhat, grad_w, grad_b = F.affine_backward(
-            self.backend, grad, s["x_hat"], weight, s["axes"], (self.num_features,)
-        )
+        saved = self._saved_values()
+        grad = self._check_grad(grad_output, saved.out_shape)
+        grad_in, grad_w, grad_b = saved.backward(self.backend, grad, saved.ctx, self._params()[0])
         self._accumulate_affine(grad_w, grad_b)
-        if not s["batch_stats"]:
-            return grad_xhat * s["inv_std"]
-        return self._batch_stats_backward(grad_xhat, s)
-
-    def _batch_stats_backward(self, grad_xhat: Any, saved: dict[str, Any]) -> Any:
-        return F.normalize_backward(self.backend, grad_xhat, saved["x_hat"], saved["inv_std"], saved["axes"])
+        return grad_in
 
 
 class BatchNorm1d(_BatchNorm):
@@ -269,8 +236,6 @@ class _BatchRenorm(_BatchNorm):
     batch's update, as in the paper.
     """
 
-    _fused = False  # the r/d correction sits between normalize and the affine step
-
     def __init__(
         self,
         num_features: int,
@@ -293,32 +258,12 @@ class _BatchRenorm(_BatchNorm):
                 f"{type(self).__name__}: rmax must be >= 1 (1 means plain batch norm), got {rmax!r}"
             )
 
-    def forward(self, x: Any) -> Any:
-        # Capture the running statistics before the batch updates them.
-        object.__setattr__(self, "_previous_running", (self.running_mean, self.running_var))
-        object.__setattr__(self, "_r", None)
-        return super().forward(x)
-
-    def _renormalize(self, x_hat: Any, mean: Any, var: Any, shape: tuple[int, ...]) -> Any:
-        if not self.training:
-            return x_hat
-        xp = self.xp
-        running_mean, running_var = self._previous_running
-        sigma = xp.sqrt(running_var.reshape(shape) + self.eps)
-        sigma_batch = xp.sqrt(var + self.eps)
-        r = xp.clip(sigma_batch / sigma, 1.0 / self.rmax, self.rmax)
-        d = xp.clip((mean - running_mean.reshape(shape)) / sigma, -self.dmax, self.dmax)
-        object.__setattr__(self, "_r", r)
-        object.__setattr__(self, "_x_hat_batch", x_hat)
-        return x_hat * r + d
-
-    def _batch_stats_backward(self, grad_xhat: Any, saved: dict[str, Any]) -> Any:
-        if self._r is None:  # the forward was in eval mode
-            return super()._batch_stats_backward(grad_xhat, saved)
-        # r and d are constants: back through x_hat = x_hat_batch * r + d, then batch norm.
-        return F.normalize_backward(
-            self.backend, grad_xhat * self._r, self._x_hat_batch, saved["inv_std"], saved["axes"]
+    def _batch_forward(self, x: Any, weight: Any, bias: Any) -> tuple[Any, Any, Any, BatchNormContext]:
+        # Only in training: eval always has running statistics. They are read before the update.
+        y, mean, var, ctx = F.batch_renorm_train(
+            self.backend, x, weight, bias, self.running_mean, self.running_var, self.eps, self.rmax, self.dmax
         )
+        return y, mean, var, BatchNormContext(F.batch_renorm_train_backward, ctx, tuple(x.shape))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rmax={self.rmax}, dmax={self.dmax}"

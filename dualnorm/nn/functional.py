@@ -24,14 +24,22 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
+
 from dualnorm.backends.base import Backend
+from dualnorm.errors import InputError
+from dualnorm.stats import merge_moments
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+OVERRIDABLE: set[str] = set()  # names a backend's kernels may replace
 
 
 def overridable(fn: F) -> F:
     """Let a backend replace ``fn`` by registering ``backend.kernels[fn.__name__]``."""
     name = fn.__name__
+    OVERRIDABLE.add(name)
 
     @functools.wraps(fn)
     def dispatch(B: Backend, *args: Any, **kwargs: Any) -> Any:
@@ -40,6 +48,11 @@ def overridable(fn: F) -> F:
 
     dispatch.reference = fn  # type: ignore[attr-defined]
     return dispatch  # type: ignore[return-value]
+
+
+def kernels_in(namespace: dict[str, Any]) -> dict[str, Callable[..., Any]]:
+    """A kernel module's ``KERNELS`` table: its functions named as the overridable ones they replace."""
+    return {name: fn for name, fn in namespace.items() if name in OVERRIDABLE and callable(fn)}
 
 
 def count(shape: Sequence[int], axes: Sequence[int]) -> int:
@@ -94,22 +107,27 @@ def accurate_mean(B: Backend, x: Any, axes: tuple[int, ...]) -> Any:
     return accurate_sum(B, x, axes) * (1.0 / n)
 
 
-def moments(B: Backend, x: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
-    """Mean, biased variance and the centred input over ``axes`` (kept as size-1 dims).
+def two_pass_moments(B: Backend, x: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any, Any]:
+    """(mean0, correction, biased variance, x - mean0) over ``axes`` (kept as size-1 dims).
 
     A corrected two-pass algorithm: the first mean may carry rounding error when the
     data sit far from zero (float32 inputs like 1e4 + noise); the mean of the
     centred data measures that error exactly and removes it. Never E[x^2] - E[x]^2.
+    The mean is ``mean0 + correction``; centre as ``(x - mean0) - correction``, since
+    their float32 sum would round the correction away. ``B`` needs only ``xp``, so the
+    compiled MLX kernels call this too.
     """
-    xp = B.xp
     mean0 = accurate_mean(B, x, axes)
     centred = x - mean0
     correction = accurate_mean(B, centred, axes)
-    return (
-        _mean_of(xp, mean0, correction),
-        _var_of(xp, accurate_mean(B, centred * centred, axes), correction),
-        (centred - correction),
-    )
+    var = _var_of(B.xp, accurate_mean(B, centred * centred, axes), correction)
+    return mean0, correction, var, centred
+
+
+def moments(B: Backend, x: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
+    """Mean, biased variance and the centred input over ``axes`` (kept as size-1 dims)."""
+    mean0, correction, var, centred = two_pass_moments(B, x, axes)
+    return _mean_of(B.xp, mean0, correction), var, centred - correction
 
 
 def _mean_of(xp: Any, mean0: Any, correction: Any) -> Any:
@@ -138,6 +156,11 @@ def normalize_backward(B: Backend, grad_xhat: Any, x_hat: Any, inv_std: Any, axe
     """dL/dx from dL/dx_hat when the statistics were computed from x itself."""
     mean_g = accurate_mean(B, grad_xhat, axes)
     mean_gx = accurate_mean(B, grad_xhat * x_hat, axes)
+    return normalize_backward_from_means(grad_xhat, x_hat, inv_std, mean_g, mean_gx)
+
+
+def normalize_backward_from_means(grad_xhat: Any, x_hat: Any, inv_std: Any, mean_g: Any, mean_gx: Any) -> Any:
+    """dL/dx given mean(g) and mean(g * x_hat) over the normalized elements (local or global)."""
     return inv_std * (grad_xhat - mean_g - x_hat * mean_gx)
 
 
@@ -158,6 +181,20 @@ def affine_backward(
     grad_b = accurate_sum(B, grad_y, reduce_axes).reshape(param_shape)
     grad_xhat = grad_y if weight is None else grad_y * weight
     return grad_xhat, grad_w, grad_b
+
+
+def channel_affine(x_hat: Any, weight: Any | None, bias: Any | None) -> Any:
+    """y = x_hat * weight + bias with per-channel (C,) parameters, each part only when given."""
+    shape = channel_shape(x_hat.ndim, x_hat.shape[1])
+    y = x_hat if weight is None else x_hat * weight.reshape(shape)
+    return y if bias is None else y + bias.reshape(shape)
+
+
+def channel_affine_backward(B: Backend, grad_y: Any, x_hat: Any, weight: Any | None) -> tuple[Any, Any, Any]:
+    """:func:`affine_backward` of :func:`channel_affine`: returns (dL/dx_hat, dL/dweight, dL/dbias)."""
+    channels = x_hat.shape[1]
+    w = None if weight is None else weight.reshape(channel_shape(x_hat.ndim, channels))
+    return affine_backward(B, grad_y, x_hat, w, batch_axes(x_hat.ndim), (channels,))
 
 
 def channel_shape(ndim: int, channels: int) -> tuple[int, ...]:
@@ -186,24 +223,139 @@ def batch_norm_train(
 
     ``mean`` and ``var`` (biased) have shape (C,), for the running estimates.
     """
-    axes = batch_axes(x.ndim)
-    shape = channel_shape(x.ndim, x.shape[1])
-    x_hat, inv_std, mean, var = normalize(B, x, axes, eps)
-    y = x_hat if weight is None else x_hat * weight.reshape(shape)
-    if bias is not None:
-        y = y + bias.reshape(shape)
-    return y, mean.reshape(-1), var.reshape(-1), (x_hat, inv_std)
+    x_hat, inv_std, mean, var = normalize(B, x, batch_axes(x.ndim), eps)
+    return channel_affine(x_hat, weight, bias), mean.reshape(-1), var.reshape(-1), (x_hat, inv_std)
 
 
 @overridable
 def batch_norm_train_backward(B: Backend, grad_y: Any, ctx: Any, weight: Any | None) -> tuple[Any, Any, Any]:
     """Backward of :func:`batch_norm_train`: returns (dL/dx, dL/dweight, dL/dbias)."""
     x_hat, inv_std = ctx
+    grad_xhat, grad_w, grad_b = channel_affine_backward(B, grad_y, x_hat, weight)
+    return normalize_backward(B, grad_xhat, x_hat, inv_std, batch_axes(x_hat.ndim)), grad_w, grad_b
+
+
+def batch_norm_eval(
+    B: Backend, x: Any, weight: Any | None, bias: Any | None, running_mean: Any, running_var: Any, eps: float
+) -> tuple[Any, Any]:
+    """Batch norm with the running estimates instead of the batch's statistics. Returns (y, ctx)."""
+    x_hat, inv_std = normalize_with(B, x, running_mean, running_var, eps)
+    return channel_affine(x_hat, weight, bias), (x_hat, inv_std)
+
+
+def normalize_with(B: Backend, x: Any, mean: Any, var: Any, eps: float) -> tuple[Any, Any]:
+    """x_hat of channels-first ``x`` from given per-channel (C,) statistics: (x_hat, inv_std)."""
+    shape = channel_shape(x.ndim, x.shape[1])
+    inv_std = B.rsqrt(var.reshape(shape) + eps)
+    return (x - mean.reshape(shape)) * inv_std, inv_std
+
+
+def batch_norm_eval_backward(B: Backend, grad_y: Any, ctx: Any, weight: Any | None) -> tuple[Any, Any, Any]:
+    """Backward of :func:`batch_norm_eval` (the statistics are constants): (dL/dx, dL/dweight, dL/dbias)."""
+    x_hat, inv_std = ctx
+    grad_xhat, grad_w, grad_b = channel_affine_backward(B, grad_y, x_hat, weight)
+    return grad_xhat * inv_std, grad_w, grad_b
+
+
+def batch_renorm_train(
+    B: Backend,
+    x: Any,
+    weight: Any | None,
+    bias: Any | None,
+    running_mean: Any,
+    running_var: Any,
+    eps: float,
+    rmax: float,
+    dmax: float,
+) -> tuple[Any, Any, Any, Any]:
+    """Batch renormalization (Ioffe 2017) in training: returns (y, mean, var, ctx) as batch_norm_train.
+
+    x_hat = (x - mu_B) / sigma_B * r + d, with r = clip(sigma_B / sigma, 1/rmax, rmax) and
+    d = clip((mu_B - running_mean) / sigma, -dmax, dmax) from the running statistics given
+    (those from before this batch's update).
+    """
+    xp = B.xp
+    shape = channel_shape(x.ndim, x.shape[1])
+    x_hat, inv_std, mean, var = normalize(B, x, batch_axes(x.ndim), eps)
+    sigma = xp.sqrt(running_var.reshape(shape) + eps)
+    r = xp.clip(xp.sqrt(var + eps) / sigma, 1.0 / rmax, rmax)
+    d = xp.clip((mean - running_mean.reshape(shape)) / sigma, -dmax, dmax)
+    x_renorm = x_hat * r + d
+    return (
+        channel_affine(x_renorm, weight, bias),
+        mean.reshape(-1),
+        var.reshape(-1),
+        (x_hat, x_renorm, inv_std, r),
+    )
+
+
+def batch_renorm_train_backward(
+    B: Backend, grad_y: Any, ctx: Any, weight: Any | None
+) -> tuple[Any, Any, Any]:
+    """Backward of :func:`batch_renorm_train`, r and d held constant: (dL/dx, dL/dweight, dL/dbias)."""
+    x_hat, x_renorm, inv_std, r = ctx
+    grad_renorm, grad_w, grad_b = channel_affine_backward(B, grad_y, x_renorm, weight)
+    return normalize_backward(B, grad_renorm * r, x_hat, inv_std, batch_axes(x_hat.ndim)), grad_w, grad_b
+
+
+def sync_batch_norm_train(
+    B: Backend, x: Any, weight: Any | None, bias: Any | None, eps: float, group: Any
+) -> tuple[Any, Any, Any, int, Any]:
+    """Batch norm over the global batch the ranks of ``group`` hold between them.
+
+    Returns (y, mean, var, n, ctx): the global mean and biased variance (C,) and the global
+    count ``n`` (for the unbiased running variance). One all-gather of a (4, C) array per
+    call: each rank's count, its mean as two parts (mean0 + correction, unrounded), and M2;
+    they are merged with :func:`dualnorm.stats.merge_moments`. A rank may hold no samples.
+    """
+    xp = B.xp
+    axes = batch_axes(x.ndim)
+    channels = x.shape[1]
+    shape = channel_shape(x.ndim, channels)
+    n_local = count(x.shape, axes)
+    if n_local > 0:
+        mean0, correction, var, centred = two_pass_moments(B, x, axes)
+        centred = centred - correction
+        local = [mean0.reshape(1, -1), correction.reshape(1, -1), (var * n_local).reshape(1, -1)]
+    else:  # an empty shard contributes nothing (its mean is undefined)
+        local = [B.asarray(np.zeros((1, channels)), x.dtype)] * 3
+        centred = x
+    count_row = B.asarray(np.full((1, channels), float(n_local)), x.dtype)
+    gathered = group.allgather(xp.concatenate([count_row, *local], axis=0))  # (P, 4, C)
+    counts = np.rint(B.to_numpy(gathered[:, 0, 0]).astype(np.float64)).astype(np.int64)
+    n, mean, m2, offsets = merge_moments(
+        xp, counts, gathered[:, 1, :], gathered[:, 3, :], means_lo=gathered[:, 2, :]
+    )
+    if n <= 1:
+        raise InputError(
+            f"SyncBatchNorm: expected more than 1 value per channel when training, got "
+            f"{n} over the whole group (shard sizes {counts.tolist()}, input shape {tuple(x.shape)} on "
+            f"rank {group.rank}). Use a larger global batch, or call .eval()."
+        )
+    var = m2 / n
+    inv_std = B.rsqrt(var.reshape(shape) + eps)
+    x_hat = (centred - offsets[group.rank].reshape(shape)) * inv_std
+    return channel_affine(x_hat, weight, bias), mean, var, n, (x_hat, inv_std, group, n)
+
+
+def sync_batch_norm_train_backward(
+    B: Backend, grad_y: Any, ctx: Any, weight: Any | None
+) -> tuple[Any, Any, Any]:
+    """Backward of :func:`sync_batch_norm_train`: (dL/dx, dL/dweight, dL/dbias).
+
+    sum(g) and sum(g * x_hat) over the global batch travel in one all-reduce of a (2, C)
+    array; the weight and bias gradients stay local, as in PyTorch.
+    """
+    x_hat, inv_std, group, n = ctx
+    grad_xhat, grad_w, grad_b = channel_affine_backward(B, grad_y, x_hat, weight)
     axes = batch_axes(x_hat.ndim)
-    channels = x_hat.shape[1]
-    w = None if weight is None else weight.reshape(channel_shape(x_hat.ndim, channels))
-    grad_xhat, grad_w, grad_b = affine_backward(B, grad_y, x_hat, w, axes, (channels,))
-    return normalize_backward(B, grad_xhat, x_hat, inv_std, axes), grad_w, grad_b
+    shape = channel_shape(x_hat.ndim, x_hat.shape[1])
+    local = B.xp.concatenate([accurate_sum(B, grad_xhat, axes), accurate_sum(B, grad_xhat * x_hat, axes)])
+    total = group.allreduce_sum(local.reshape(2, -1)) / n
+    grad_in = normalize_backward_from_means(
+        grad_xhat, x_hat, inv_std, total[0].reshape(shape), total[1].reshape(shape)
+    )
+    return grad_in, grad_w, grad_b
 
 
 @overridable
@@ -240,20 +392,15 @@ def group_norm(
     n = x.shape[0]
     x_hat_g, inv_std, _, _ = normalize(B, x.reshape(n, num_groups, -1), (2,), eps)
     x_hat = x_hat_g.reshape(x.shape)
-    shape = channel_shape(x.ndim, x.shape[1])
-    y = x_hat if weight is None else x_hat * weight.reshape(shape)
-    if bias is not None:
-        y = y + bias.reshape(shape)
-    return y, (x_hat, inv_std, num_groups)
+    return channel_affine(x_hat, weight, bias), (x_hat, inv_std, num_groups)
 
 
 @overridable
 def group_norm_backward(B: Backend, grad_y: Any, ctx: Any, weight: Any | None) -> tuple[Any, Any, Any]:
     """Backward of :func:`group_norm`: returns (dL/dx, dL/dweight, dL/dbias)."""
     x_hat, inv_std, num_groups = ctx
-    n, channels = x_hat.shape[0], x_hat.shape[1]
-    w = None if weight is None else weight.reshape(channel_shape(x_hat.ndim, channels))
-    grad_xhat, grad_w, grad_b = affine_backward(B, grad_y, x_hat, w, batch_axes(x_hat.ndim), (channels,))
+    n = x_hat.shape[0]
+    grad_xhat, grad_w, grad_b = channel_affine_backward(B, grad_y, x_hat, weight)
     grad_in = normalize_backward(
         B, grad_xhat.reshape(n, num_groups, -1), x_hat.reshape(n, num_groups, -1), inv_std, (2,)
     )

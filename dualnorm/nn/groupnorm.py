@@ -81,8 +81,7 @@ class GroupNorm(Module):
             )
         if x.size == 0:
             return self._empty_forward(x)
-        weight = None if self.weight is None else self.weight.data
-        bias = None if self.bias is None else self.bias.data
+        weight, bias = self._params()
         y, ctx = F.group_norm(self.backend, x, self.num_groups, weight, bias, self.eps)
         self._save(ctx=ctx, out_shape=tuple(x.shape))
         return y
@@ -92,12 +91,8 @@ class GroupNorm(Module):
         if s.get("empty"):
             return self._empty_backward(grad_output)
         grad = self._check_grad(grad_output, s["out_shape"])
-        weight = None if self.weight is None else self.weight.data
-        grad_in, grad_w, grad_b = F.group_norm_backward(self.backend, grad, s["ctx"], weight)
-        if self.weight is not None:
-            self._accumulate(self.weight, grad_w)
-        if self.bias is not None:
-            self._accumulate(self.bias, grad_b)
+        grad_in, grad_w, grad_b = F.group_norm_backward(self.backend, grad, s["ctx"], self._params()[0])
+        self._accumulate_affine(grad_w, grad_b)
         return grad_in
 
     def extra_repr(self) -> str:

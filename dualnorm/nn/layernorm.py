@@ -32,14 +32,10 @@ class _TrailingNorm(Module):
 
     def _param_backward(self, grad: Any, x_hat: Any, axes: tuple[int, ...]) -> Any:
         lead = tuple(range(grad.ndim - len(axes)))
-        weight = self.weight.data if self.weight is not None else None
         grad_xhat, grad_w, grad_b = F.affine_backward(
-            self.backend, grad, x_hat, weight, lead, self.normalized_shape
+            self.backend, grad, x_hat, self._params()[0], lead, self.normalized_shape
         )
-        if self.weight is not None:
-            self._accumulate(self.weight, grad_w)
-        if getattr(self, "bias", None) is not None:
-            self._accumulate(self.bias, grad_b)
+        self._accumulate_affine(grad_w, grad_b)
         return grad_xhat
 
 
@@ -85,8 +81,7 @@ class LayerNorm(_TrailingNorm):
         axes = self._check(x)
         if x.size == 0:
             return self._empty_forward(x)
-        weight = None if self.weight is None else self.weight.data
-        bias = None if self.bias is None else self.bias.data
+        weight, bias = self._params()
         y, ctx = F.layer_norm(self.backend, x, weight, bias, axes, self.eps)
         self._save(ctx=ctx, axes=axes, out_shape=tuple(x.shape))
         return y
@@ -96,12 +91,10 @@ class LayerNorm(_TrailingNorm):
         if s.get("empty"):
             return self._empty_backward(grad_output)
         grad = self._check_grad(grad_output, s["out_shape"])
-        weight = None if self.weight is None else self.weight.data
-        grad_in, grad_w, grad_b = F.layer_norm_backward(self.backend, grad, s["ctx"], weight, s["axes"])
-        if self.weight is not None:
-            self._accumulate(self.weight, grad_w)
-        if self.bias is not None:
-            self._accumulate(self.bias, grad_b)
+        grad_in, grad_w, grad_b = F.layer_norm_backward(
+            self.backend, grad, s["ctx"], self._params()[0], s["axes"]
+        )
+        self._accumulate_affine(grad_w, grad_b)
         return grad_in
 
     def extra_repr(self) -> str:

@@ -50,7 +50,6 @@ class Parameter:
 # NumPy's RuntimeWarnings inside a layer are noise: an inf or NaN in the input gives inf or NaN
 # in the output (as in PyTorch), and 1e30 overflows float32 squares by design of the dtype.
 _QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore"}
-_BACKWARD_DONE = "_backward_done"
 
 
 def _guard_backward(fn: Any) -> Any:
@@ -60,8 +59,7 @@ def _guard_backward(fn: Any) -> Any:
     def backward(self: Module, *args: Any, **kwargs: Any) -> Any:
         if self.__dict__.get("_in_backward"):  # a subclass's backward calling super().backward
             return fn(self, *args, **kwargs)
-        saved = self.__dict__.get("_saved")
-        if saved is not None and saved.get(_BACKWARD_DONE):
+        if self.__dict__.get("_saved") is not None and self.__dict__.get("_saved_spent"):
             raise StateError(
                 f"{type(self).__name__}.backward() was already called for the last forward pass; as in "
                 "PyTorch, a forward is backpropagated once (the saved values are spent). Run the forward "
@@ -73,9 +71,8 @@ def _guard_backward(fn: Any) -> Any:
                 grad_input = fn(self, *args, **kwargs)
         finally:
             object.__setattr__(self, "_in_backward", False)
-        saved = self.__dict__.get("_saved")
-        if saved is not None:
-            saved[_BACKWARD_DONE] = True
+        if self.__dict__.get("_saved") is not None:
+            self._saved_spent = True  # until the next forward saves anew
         return grad_input
 
     backward._guarded = True  # type: ignore[attr-defined]
@@ -100,13 +97,14 @@ class Module:
             cls.backward = _guard_backward(own)  # type: ignore[method-assign]
 
     def __init__(self, *, dtype: str | None = None) -> None:
+        # __setattr__ reads these three tables, so they are set past it; then it stores plain values.
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
-        object.__setattr__(self, "training", True)
-        object.__setattr__(self, "backend", get_backend())
-        object.__setattr__(self, "dtype", self.backend.dtype(dtype))
-        object.__setattr__(self, "_saved", None)
+        self.training = True
+        self.backend = get_backend()
+        self.dtype = self.backend.dtype(dtype)
+        self._saved = None
 
     # --- attribute registration (as in torch.nn.Module) ----------------------------
     def __setattr__(self, name: str, value: Any) -> None:
@@ -148,10 +146,12 @@ class Module:
         """Convert the input to this module's backend and dtype, or raise a clear error."""
         return self.backend.asarray(x, self.dtype, what=f"{type(self).__name__} input")
 
-    def _save(self, **values: Any) -> None:
-        object.__setattr__(self, "_saved", values)
+    def _save(self, context: Any = None, /, **values: Any) -> None:
+        """Keep what backward needs: one typed context (a NamedTuple), or named values (a dict)."""
+        self._saved = values if context is None else context
+        self._saved_spent = False
 
-    def _saved_values(self) -> dict[str, Any]:
+    def _saved_values(self) -> Any:
         if self._saved is None:
             raise StateError(
                 f"{type(self).__name__}.backward() was called before a forward pass; "
@@ -187,11 +187,23 @@ class Module:
         return self.xp.zeros(shape, dtype=self.dtype)
 
     def _saved_empty(self) -> bool:
-        return self._saved is not None and bool(self._saved.get("empty"))
+        return isinstance(self._saved, dict) and bool(self._saved.get("empty"))
 
     @staticmethod
     def _accumulate(param: Parameter, grad: Any) -> None:
         param.grad = grad if param.grad is None else param.grad + grad
+
+    # Layers whose ``weight`` and ``bias`` are each a Parameter or None (the norms).
+    def _params(self) -> tuple[Any, Any]:
+        """(weight, bias) arrays for the functional/kernel calls; each may be None."""
+        weight, bias = getattr(self, "weight", None), getattr(self, "bias", None)
+        return (None if weight is None else weight.data, None if bias is None else bias.data)
+
+    def _accumulate_affine(self, grad_w: Any, grad_b: Any) -> None:
+        for name, grad in (("weight", grad_w), ("bias", grad_b)):
+            param = getattr(self, name, None)
+            if param is not None:
+                self._accumulate(param, grad)
 
     # --- the interface -------------------------------------------------------------
     def forward(self, x: Any) -> Any:
@@ -205,7 +217,7 @@ class Module:
             return self.forward(x)
 
     def train(self, mode: bool = True) -> Module:
-        object.__setattr__(self, "training", bool(mode))
+        self.training = bool(mode)
         for child in self._modules.values():
             child.train(mode)
         return self
@@ -314,9 +326,9 @@ class Module:
         target = backend if isinstance(backend, Backend) else get_backend(backend)
         for _, module in self.named_modules():
             source = module.backend
-            object.__setattr__(module, "backend", target)
-            object.__setattr__(module, "dtype", target.dtype(str(module.dtype)))
-            object.__setattr__(module, "_saved", None)
+            module.backend = target
+            module.dtype = target.dtype(str(module.dtype))
+            module._saved = None
             for param in module._parameters.values():
                 param.data = target.asarray(
                     source.to_numpy(param.data), _same_dtype(target, source, param.data)

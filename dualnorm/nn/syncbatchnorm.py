@@ -4,7 +4,7 @@ In training, every rank summarizes its shard per channel as (count, mean, M2), t
 ranks exchange these summaries (one all-gather of a ``(4, C)`` array: the mean travels
 as two float32 parts) and merge them
 with a numerically stable parallel update (Chan et al.; see
-:mod:`dualnorm.distributed.stats`), so each rank normalizes with the mean and biased
+:mod:`dualnorm.stats`), so each rank normalizes with the mean and biased
 variance of the *concatenated* global batch, even when ranks hold different numbers
 of samples. The running statistics are updated with the global unbiased variance.
 
@@ -17,18 +17,17 @@ The backward pass needs two per-channel sums over the global batch, ``sum(g)`` a
 ``weight`` and ``bias`` gradients stay local, as in PyTorch: combine them (with all the
 other parameters) by :func:`dualnorm.distributed.allreduce_gradients`.
 
-A group of size 1 runs BatchNorm's own code, and eval mode never communicates.
+A group of size 1 runs BatchNorm's own code, and eval mode never communicates. The
+maths is :func:`dualnorm.nn.functional.sync_batch_norm_train` and its backward.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from dualnorm.errors import InputError
 from dualnorm.nn import functional as F
-from dualnorm.nn.batchnorm import _BatchNorm, _BatchRenorm
+from dualnorm.nn._checks import check_ndim, check_size
+from dualnorm.nn.batchnorm import BatchNormContext, _BatchNorm, _BatchRenorm
 from dualnorm.nn.module import Module
 
 __all__ = ["SyncBatchNorm"]
@@ -70,7 +69,7 @@ class SyncBatchNorm(_BatchNorm):
         dtype: str | None = None,
     ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype=dtype)
-        object.__setattr__(self, "process_group", process_group)
+        self.process_group = process_group
 
     def _group(self) -> Any:
         if self.process_group is not None:
@@ -79,72 +78,21 @@ class SyncBatchNorm(_BatchNorm):
 
         return get_default_group()
 
-    def _check_local(self, x: Any) -> None:
-        # The "more than one value per channel" rule applies to the global batch (checked after
-        # the exchange): a rank may hold one sample, or none.
-        from dualnorm.nn._checks import check_ndim, check_size
-
-        check_ndim(self, x, self._ndims, self._layout)
-        check_size(self, x, 1, self.num_features, "channels (num_features)")
-
     def forward(self, x: Any) -> Any:
         group = self._group()
         if group.size == 1 or not self.training:
             return super().forward(x)  # no communication: BatchNorm exactly
         x = self._input(x)
-        self._check_local(x)
-        B, xp = self.backend, self.xp
-        axes = F.batch_axes(x.ndim)
-        shape = F.channel_shape(x.ndim, self.num_features)
-        n_local = F.count(x.shape, axes)
-        if n_local > 0:
-            # F.moments' corrected two-pass algorithm, keeping the mean as the unrounded pair
-            # mean0 + correction: rounding it to one float32 would cost digits on data far from zero.
-            mean0 = xp.mean(x, axis=axes, keepdims=True)
-            centred = x - mean0
-            correction = xp.mean(centred, axis=axes, keepdims=True)
-            var = xp.maximum(
-                xp.mean(centred * centred, axis=axes, keepdims=True) - correction * correction, 0.0
-            )
-            centred = centred - correction
-            local = [mean0.reshape(1, -1), correction.reshape(1, -1), (var * n_local).reshape(1, -1)]
-        else:  # an empty shard contributes nothing (its mean is undefined)
-            local = [self._const(np.zeros((1, self.num_features)))] * 3
-            centred = x
-        count_row = self._const(np.full((1, self.num_features), float(n_local)))
-        gathered = group.allgather(xp.concatenate([count_row, *local], axis=0))  # (P, 4, C)
-        counts = np.rint(B.to_numpy(gathered[:, 0, 0]).astype(np.float64)).astype(np.int64)
-        from dualnorm.distributed.stats import merge_moments
-
-        n, global_mean, global_m2, offsets = merge_moments(
-            xp, counts, gathered[:, 1, :], gathered[:, 3, :], means_lo=gathered[:, 2, :]
-        )
-        if n <= 1:
-            raise InputError(
-                f"{type(self).__name__}: expected more than 1 value per channel when training, got "
-                f"{n} over the whole group (shard sizes {counts.tolist()}, input shape {tuple(x.shape)} on "
-                f"rank {group.rank}). Use a larger global batch, or call .eval()."
-            )
-        global_var = global_m2 / n
-        inv_std = B.rsqrt(global_var.reshape(shape) + self.eps)
-        x_hat = (centred - offsets[group.rank].reshape(shape)) * inv_std
+        # The "more than one value per channel" rule applies to the global batch (checked after
+        # the exchange), and an empty shard still takes part in it: a rank may hold one sample, or none.
+        check_ndim(self, x, self._ndims, self._layout)
+        check_size(self, x, 1, self.num_features, "channels (num_features)")
+        weight, bias = self._params()
+        y, mean, var, n, ctx = F.sync_batch_norm_train(self.backend, x, weight, bias, self.eps, group)
         if self.track_running_stats:
-            self._update_running_stats(global_mean, global_var, n)
-        self._save(x_hat=x_hat, inv_std=inv_std, batch_stats=True, axes=axes, shape=shape, sync=(group, n))
-        return self._affine(x_hat, shape)
-
-    def _batch_stats_backward(self, grad_xhat: Any, saved: dict[str, Any]) -> Any:
-        sync = saved.get("sync")
-        if sync is None:
-            return super()._batch_stats_backward(grad_xhat, saved)
-        group, n = sync
-        xp = self.xp
-        x_hat, axes, shape = saved["x_hat"], saved["axes"], saved["shape"]
-        local = xp.stack([xp.sum(grad_xhat, axis=axes), xp.sum(grad_xhat * x_hat, axis=axes)])
-        total = group.allreduce_sum(local) / n
-        mean_g = total[0].reshape(shape)
-        mean_gx = total[1].reshape(shape)
-        return saved["inv_std"] * (grad_xhat - mean_g - x_hat * mean_gx)
+            self._update_running_stats(mean, var, n)
+        self._save(BatchNormContext(F.sync_batch_norm_train_backward, ctx, tuple(x.shape)))
+        return y
 
     def extra_repr(self) -> str:
         group = "default" if self.process_group is None else repr(self.process_group)
@@ -177,14 +125,14 @@ class SyncBatchNorm(_BatchNorm):
                 converted.weight = module.weight
                 if module.bias is None:  # BatchNorm(bias=False)
                     converted._parameters.pop("bias")
-                    object.__setattr__(converted, "bias", None)
+                    converted.bias = None
                 else:
                     converted.bias = module.bias
             if module.track_running_stats:
                 converted.running_mean = module.running_mean
                 converted.running_var = module.running_var
                 converted.num_batches_tracked = module.num_batches_tracked
-            object.__setattr__(converted, "training", module.training)
+            converted.training = module.training
         for name, child in list(module.named_children()):
             converted._modules[name] = cls.convert_sync_batchnorm(child, process_group)
         return converted
