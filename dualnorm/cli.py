@@ -454,7 +454,7 @@ def _add_compare_parser(sub: Any, names: list[str]) -> None:
         "compare",
         help="the same run on several backends side by side; exit 1 when they disagree beyond --tol",
     )
-    p.add_argument("experiment", metavar="NAME", help=f"one of: {', '.join(names)}")
+    p.add_argument("experiment", metavar="NAME", help=f"one of: {', '.join(names)}, or path/to/file.py:Class")
     p.add_argument(
         "--backends",
         type=_csv,
@@ -472,10 +472,16 @@ def _add_compare_parser(sub: Any, names: list[str]) -> None:
     p.add_argument("--lr", type=_positive_float, help="learning rate")
     p.add_argument("--record-every", type=_positive_int, help="record per-layer statistics every K steps")
     p.add_argument("--variants", type=_csv, help="comma-separated subset of the experiment's variants")
-    p.add_argument("--no-tui", action="store_true", help="print the comparison as tables")
+    p.add_argument(
+        "--no-tui",
+        action="store_true",
+        help="print the comparison as tables (default: live in the terminal UI)",
+    )
     p.add_argument("--json", metavar="FILE", help="write the comparison as JSON to FILE")
     p.add_argument(
-        "--out", metavar="DIR", help="keep each backend's records in DIR/<backend>.jsonl (default: discarded)"
+        "--out",
+        metavar="DIR",
+        help="each backend's run directory goes in DIR/<backend> (default ./dualnorm-runs/compare-NAME-TIME)",
     )
     p.add_argument(
         "--concurrent",
@@ -485,29 +491,26 @@ def _add_compare_parser(sub: Any, names: list[str]) -> None:
     )
 
 
-def _child_command(args: argparse.Namespace, backend: Any, path: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "dualnorm", "run", args.experiment]
-    cmd += ["--backend", backend.name, "--device", backend.device, "--seed", str(args.seed)]
-    cmd += ["--json", str(path), "--quiet"]
+def _compare_run_args(args: argparse.Namespace) -> list[str]:
+    """The ``dualnorm run`` arguments every backend's child gets: the same experiment, seed and steps."""
+    out = ["--seed", str(args.seed)]
     for flag, value in (("--steps", args.steps), ("--lr", args.lr), ("--record-every", args.record_every)):
         if value is not None:
-            cmd += [flag, str(value)]
+            out += [flag, str(value)]
     if args.variants:
-        cmd += ["--variants", ",".join(args.variants)]
-    return cmd
+        out += ["--variants", ",".join(args.variants)]
+    return out
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     import json
-    import subprocess
-    import tempfile
 
     from rich.console import Console
 
     from dualnorm.backends import available_labels, get_backend
-    from dualnorm.compare import LiveComparison
+    from dualnorm.compare import CompareJob
     from dualnorm.errors import BackendError
-    from dualnorm.records import StepRecord
+    from dualnorm.tracking import OutputPathError, check_output_dir, check_output_file, default_run_dir
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     here = available_labels()
@@ -520,161 +523,74 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             return _error(f"{exc} (backends available here: {', '.join(here)})")
     if len(labels) < 2:
         return _error(f"compare needs at least two backends; available here: {', '.join(here)}")
-    if args.experiment not in _experiments():
-        names = ", ".join(_experiments())
-        return _error(f"unknown experiment {args.experiment!r}; choose one of: {names}")
-    if args.json:
-        target = Path(args.json)
-        if target.is_dir() or not target.parent.exists():
-            return _error(f"--json {args.json}: not a file in an existing folder")
-    tmp = None
-    procs: dict[str, tuple[Any, float, Any]] = {}
-    if args.out:
-        out = Path(args.out)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            return _error(f"--out {args.out}: cannot create the folder ({exc})")
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="dualnorm-compare-")
-        out = Path(tmp.name)
+    exp, problem = _resolve_experiment(args.experiment)
+    if problem:
+        return _error(problem)
     try:
-        live = LiveComparison(labels, args.tol)
-        mode = "concurrent" if args.concurrent else "sequential"
-        console.print(f"[bold]dualnorm compare {args.experiment}[/]: {', '.join(labels)} ({mode})")
-        paths = {label: out / f"{label}.jsonl" for label in labels}
-        outcome: dict[str, tuple[int, str, float]] = {}
-        for label in labels:
-            cmd = _child_command(args, backends[label], paths[label])
-            # stderr to a file, not a pipe: a child that writes a lot cannot block on it
-            err = open(out / f"{label}.stderr", "w+", encoding="utf-8")  # noqa: SIM115 (closed in _wait)
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
-            procs[label] = (proc, time.perf_counter(), err)
-            if not args.concurrent:
-                outcome.update(_wait({label: procs[label]}, console))
-                if outcome[label][0] == EXIT_USAGE:
-                    sys.stderr.write(outcome[label][1])
-                    return EXIT_USAGE
-        outcome.update(_wait({k: v for k, v in procs.items() if k not in outcome}, console))
-        for label in labels:
-            code, err, wall = outcome[label]
-            path = (
-                paths[label]
-                if paths[label].exists()
-                else paths[label].with_name(paths[label].name + ".partial")
-            )
-            if path.exists():
-                for line in path.read_text(encoding="utf-8").splitlines():
-                    if line.strip():
-                        live.add(label, StepRecord.from_dict(json.loads(line)))
-            result = live.result().backends[label]
-            result.wall_s = wall
-            if code != 0:
-                result.error = f"exit {code}: " + (err.strip().splitlines() or ["(no message)"])[-1]
-        comparison = live.result()
-        _print_comparison(console, comparison)
         if args.json:
-            payload = {"experiment": args.experiment, "seed": args.seed, "steps": args.steps, "mode": mode}
-            payload.update(comparison.to_dict())
-            partial = Path(args.json + ".partial")
-            partial.write_text(json.dumps(payload, indent=2, allow_nan=False), encoding="utf-8")
-            os.replace(partial, args.json)
-            console.print(f"comparison written to {args.json}")
-        if args.out:
-            console.print(f"records in {out}")
-    except KeyboardInterrupt:
-        for proc, _, _ in procs.values():
-            proc.kill()
-        print("dualnorm: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+            check_output_file(args.json)
+        out = check_output_dir(args.out or default_run_dir(f"compare-{exp.name}"))
+    except OutputPathError as exc:
+        return _error(str(exc))
+    job = CompareJob(
+        args.experiment, backends, out, run_args=_compare_run_args(args), concurrent=args.concurrent
+    )
+    mode = "concurrent" if args.concurrent else "sequential"
+    if not args.no_tui:
+        code = _compare_in_tui(job, args)
+        if code is not None:
+            return code
+    else:
+        console.print(f"[bold]dualnorm compare {exp.name}[/]: {', '.join(labels)} ({mode})")
+        job.start()
+        try:
+            job.wait(lambda c: console.print(f"  {c.label}: {c.wall_s:.1f} s (exit {c.code})"))
+        except KeyboardInterrupt:
+            job.stop()
+            print("dualnorm: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+    refused = job.usage_error()
+    if refused is not None:
+        sys.stderr.write(refused.stderr)
+        return EXIT_USAGE
+    comparison = job.comparison(args.tol)
+    _print_comparison(console, comparison)
+    if args.json:
+        payload = {"experiment": exp.name, "seed": args.seed, "steps": args.steps, "mode": mode}
+        payload.update(comparison.to_dict())
+        payload["run_dirs"] = {label: str(path) for label, path in job.run_dirs.items()}
+        from dualnorm.checkpoint import atomic_write
+
+        atomic_write(Path(args.json), json.dumps(payload, indent=2, allow_nan=False).encode())
+        console.print(f"comparison written to {args.json}")
+    console.print(f"runs in {out}  (reopen them: dualnorm tui {' '.join(map(str, job.run_dirs.values()))})")
     return EXIT_OK if comparison.agree else EXIT_FAILED
 
 
-def _wait(procs: dict[str, tuple[Any, float, Any]], console: Any) -> dict[str, tuple[int, str, float]]:
-    """Wait for every process; each one's wall time ends when *it* exits (exit code, stderr, seconds)."""
-    done: dict[str, tuple[int, str, float]] = {}
-    while len(done) < len(procs):
-        for label, (proc, start, err) in procs.items():
-            if label in done or proc.poll() is None:
-                continue
-            wall = time.perf_counter() - start
-            err.seek(0)
-            done[label] = (proc.returncode, err.read(), wall)
-            err.close()
-            console.print(f"  {label}: {wall:.1f} s (exit {proc.returncode})")
-        time.sleep(0.02)
-    return done
-
-
-def _fmt(value: float | None, spec: str = ".4g") -> str:
-    return "-" if value is None else format(value, spec)
+def _compare_in_tui(job: Any, args: argparse.Namespace) -> int | None:
+    """The comparison live in the terminal UI; None once the UI closes (the caller prints the table)."""
+    try:
+        from tui.app import run_compare
+    except ImportError as exc:
+        print(
+            f"dualnorm: the terminal UI is not installed ({exc}); "
+            'pip install "dualnorm[tui]", or pass --no-tui for the tables',
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    job.start()
+    try:
+        run_compare(job, tol=args.tol)
+    finally:
+        job.stop()
+    return None
 
 
 def _print_comparison(console: Any, comparison: Any) -> None:
-    from rich.table import Table
+    from dualnorm.compare import comparison_tables
 
-    ref = comparison.reference
-    results = comparison.backends
-    verdict = "[green]agree[/]" if comparison.agree else "[red]disagree[/]"
-    table = Table(title=f"backends vs {ref} (tol {comparison.tol:g}): {verdict}")
-    several = len(results[ref].variants) > 1  # then a mean final loss would mix unlike variants
-    loss_col = "final loss" + (" (per variant below)" if several else "")
-    acc_col = "final acc" + (" (mean)" if several else "")
-    for col in ("backend", "wall s", "train s", "steps/s", loss_col, acc_col, "max rel Δloss", "first > tol"):
-        table.add_column(col, justify="left" if col == "backend" else "right")
-    for label, r in results.items():
-        first = r.first_over_tol
-        where = "-" if first is None else f"step {first[1]} ({first[0]})"
-        diverged = f" ({len(r.diverged)} diverged)" if r.diverged else ""
-        table.add_row(
-            label + (f" [red]{r.error}[/]" if r.error else ""),
-            _fmt(r.wall_s, ".1f"),
-            _fmt(r.train_s, ".2f"),
-            _fmt(r.steps_per_s, ",.0f"),
-            ("-" if several else _fmt(r.final_loss)) + diverged,
-            _fmt(r.final_accuracy, ".3f"),
-            "(reference)" if label == ref else _fmt(r.max_rel_loss_diff, ".2e"),
-            "-" if label == ref else where,
-        )
-    console.print(table)
-    others = [label for label in results if label != ref]
-    stats = sorted({s for label in others for s in results[label].layer_diffs})
-    if stats:
-        layers = Table(title=f"largest per-layer statistic difference vs {ref}: |Δ| (relative), where")
-        layers.add_column("statistic")
-        for label in others:
-            layers.add_column(label, justify="right")
-            layers.add_column("where")
-        for stat in stats:
-            row = [stat]
-            for label in others:
-                value, rel, at = results[label].layer_diffs.get(stat, (None, None, "-"))
-                row += [f"{_fmt(value, '.2e')} ({_fmt(rel, '.1e')})", at]
-            layers.add_row(*row)
-        console.print(layers)
-    variants = list(results[ref].variants)
-    if len(variants) > 1:
-        per = Table(title="per variant: final loss (accuracy); max rel Δloss, first step > tol")
-        per.add_column("variant")
-        for label in results:
-            per.add_column(label, justify="right")
-        for label in others:
-            per.add_column(f"{label} Δ", justify="right")
-        for name in variants:
-            row = [name]
-            for label in results:
-                v = results[label].variants.get(name)
-                acc = "" if v is None or v.final_accuracy is None else f" ({v.final_accuracy:.2f})"
-                row.append("-" if v is None else _fmt(v.final_loss) + acc)
-            for label in others:
-                v = results[label].variants.get(name)
-                over = "" if v is None or v.first_over_tol is None else f" >tol@{v.first_over_tol}"
-                row.append("-" if v is None else f"{v.max_rel_loss_diff:.1e}{over}")
-            per.add_row(*row)
-        console.print(per)
+    for table in comparison_tables(comparison):
+        console.print(table)
 
 
 # --- tui / bench ---------------------------------------------------------------------------

@@ -28,8 +28,15 @@ False
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dualnorm.errors import InputError
@@ -295,9 +302,241 @@ def compare_records(streams: Mapping[str, Iterable[StepRecord]], tol: float) -> 
 __all__ = [
     "LAYER_STATS",
     "BackendResult",
+    "ChildRun",
+    "CompareJob",
     "Comparison",
     "LiveComparison",
     "VariantResult",
     "compare_records",
+    "comparison_tables",
     "rel_diff",
 ]
+
+
+# --- showing it ------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def comparison_tables(
+    comparison: Comparison, *, live: Mapping[str, str] | None = None, per_variant: bool = True
+) -> list[Any]:
+    """The comparison as rich tables: per backend; per layer statistic; per variant (when several).
+
+    ``live`` maps a backend label to a state word ("waiting", "running") shown beside it.
+    """
+    from rich.table import Table
+
+    tables: list[Any] = []
+    ref = comparison.reference
+    results = comparison.backends
+    verdict = "[green]agree[/]" if comparison.agree else "[red]disagree[/]"
+    table = Table(title=f"backends vs {ref} (tol {comparison.tol:g}): {verdict}")
+    several = len(results[ref].variants) > 1  # then a mean final loss would mix unlike variants
+    loss_col = "final loss" + (" (per variant below)" if several and per_variant else "")
+    acc_col = "final acc" + (" (mean)" if several else "")
+    for col in ("backend", "wall s", "train s", "steps/s", loss_col, acc_col, "max rel Δloss", "first > tol"):
+        table.add_column(col, justify="left" if col == "backend" else "right")
+    for label, r in results.items():
+        first = r.first_over_tol
+        where = "-" if first is None else f"step {first[1]} ({first[0]})"
+        diverged = f" ({len(r.diverged)} diverged)" if r.diverged else ""
+        state = f" [yellow]{live[label]}[/]" if live and live.get(label) else ""
+        table.add_row(
+            label + state + (f" [red]{r.error}[/]" if r.error else ""),
+            _fmt(r.wall_s, ".1f"),
+            _fmt(r.train_s, ".2f"),
+            _fmt(r.steps_per_s, ",.0f"),
+            ("-" if several else _fmt(r.final_loss)) + diverged,
+            _fmt(r.final_accuracy, ".3f"),
+            "(reference)" if label == ref else _fmt(r.max_rel_loss_diff, ".2e"),
+            "-" if label == ref else where,
+        )
+    tables.append(table)
+    others = [label for label in results if label != ref]
+    stats = sorted({s for label in others for s in results[label].layer_diffs})
+    if stats:
+        layers = Table(title=f"largest per-layer statistic difference vs {ref}: |Δ| (relative), where")
+        layers.add_column("statistic")
+        for label in others:
+            layers.add_column(label, justify="right")
+            layers.add_column("where")
+        for stat in stats:
+            row = [stat]
+            for label in others:
+                value, rel, at = results[label].layer_diffs.get(stat, (None, None, "-"))
+                row += [f"{_fmt(value, '.2e')} ({_fmt(rel, '.1e')})", at]
+            layers.add_row(*row)
+        tables.append(layers)
+    variants = list(results[ref].variants)
+    if per_variant and len(variants) > 1:
+        per = Table(title="per variant: final loss (accuracy); max rel Δloss, first step > tol")
+        per.add_column("variant")
+        for label in results:
+            per.add_column(label, justify="right")
+        for label in others:
+            per.add_column(f"{label} Δ", justify="right")
+        for name in variants:
+            row = [name]
+            for label in results:
+                v = results[label].variants.get(name)
+                acc = "" if v is None or v.final_accuracy is None else f" ({v.final_accuracy:.2f})"
+                row.append("-" if v is None else _fmt(v.final_loss) + acc)
+            for label in others:
+                v = results[label].variants.get(name)
+                over = "" if v is None or v.first_over_tol is None else f" >tol@{v.first_over_tol}"
+                row.append("-" if v is None else f"{v.max_rel_loss_diff:.1e}{over}")
+            per.add_row(*row)
+        tables.append(per)
+    return tables
+
+
+# --- running the comparison: one child process per backend ---------------------------------------
+
+
+@dataclass
+class ChildRun:
+    """One backend's ``dualnorm run`` process and what came of it."""
+
+    label: str
+    run_dir: Path
+    command: list[str]
+    code: int | None = None  # exit code once it ended
+    wall_s: float | None = None  # launch to exit
+    stderr: str = ""
+
+
+class CompareJob:
+    """Runs one experiment on several backends, each in its own ``dualnorm run`` process.
+
+    Each child writes a run directory ``out_dir/<label>`` (records.jsonl + meta.json), so
+    a viewer can follow it live and the runs can be reopened later. By default the
+    children run one after another: on a small machine, concurrent runs share the cores
+    and their timings stop being comparable. ``start()`` launches them from a thread and
+    returns at once; ``wait()`` blocks; ``stop()`` ends whatever still runs.
+    """
+
+    def __init__(
+        self,
+        experiment: str,
+        backends: Mapping[str, Any],
+        out_dir: str | os.PathLike[str],
+        *,
+        run_args: Sequence[str] = (),
+        concurrent: bool = False,
+    ) -> None:
+        self.experiment = experiment
+        self.out_dir = Path(out_dir)
+        self.concurrent = concurrent
+        self.children = {
+            label: ChildRun(
+                label,
+                self.out_dir / label,
+                [
+                    sys.executable,
+                    "-m",
+                    "dualnorm",
+                    "run",
+                    experiment,
+                    *("--backend", backend.name, "--device", backend.device),
+                    *("--out", str(self.out_dir / label), "--quiet"),
+                    *run_args,
+                ],
+            )
+            for label, backend in backends.items()
+        }
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.done = threading.Event()
+
+    @property
+    def run_dirs(self) -> dict[str, Path]:
+        return {label: child.run_dir for label, child in self.children.items()}
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name="dualnorm-compare", daemon=True)
+        self._thread.start()
+
+    def wait(self, on_exit: Callable[[ChildRun], None] | None = None) -> None:
+        """Block until every child has ended; ``on_exit`` is called (here) as each one does."""
+        reported: set[str] = set()
+        while not self.done.wait(0.05):
+            self._report(on_exit, reported)
+        self._report(on_exit, reported)
+
+    def _report(self, on_exit: Callable[[ChildRun], None] | None, reported: set[str]) -> None:
+        for label, child in self.children.items():
+            if child.code is not None and label not in reported:
+                reported.add(label)
+                if on_exit is not None:
+                    on_exit(child)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for proc in list(self._procs.values()):
+            if proc.poll() is None:
+                proc.terminate()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def usage_error(self) -> ChildRun | None:
+        """A child that refused its arguments (exit 2): the same refusal would hit every backend."""
+        return next((c for c in self.children.values() if c.code == 2), None)
+
+    def _main(self) -> None:
+        try:
+            pending = list(self.children.values())
+            while pending and not self._stopping.is_set():
+                batch = pending if self.concurrent else pending[:1]
+                pending = pending[len(batch) :]
+                self._run(batch)
+                if any(c.code == 2 for c in batch):
+                    break
+        finally:
+            self.done.set()
+
+    def _run(self, batch: list[ChildRun]) -> None:
+        started: dict[str, tuple[float, Any]] = {}
+        for child in batch:
+            # stderr to a file, not a pipe: a child that writes a lot cannot block on it
+            err = tempfile.TemporaryFile()  # noqa: SIM115 (closed below)
+            started[child.label] = (time.perf_counter(), err)
+            self._procs[child.label] = subprocess.Popen(child.command, stdout=subprocess.DEVNULL, stderr=err)
+        while started:
+            for label in list(started):
+                proc = self._procs[label]
+                if proc.poll() is None:
+                    continue
+                t0, err = started.pop(label)
+                child = self.children[label]
+                child.wall_s = time.perf_counter() - t0
+                err.seek(0)
+                child.stderr = err.read().decode("utf-8", "replace")
+                err.close()
+                child.code = proc.returncode
+            time.sleep(0.02)
+
+    def comparison(self, tol: float) -> Comparison:
+        """The comparison of what the children have written so far (read from their run directories)."""
+        from dualnorm.tracking import read_run
+
+        live = LiveComparison(list(self.children), tol)
+        for label, child in self.children.items():
+            if (child.run_dir / "records.jsonl").exists():
+                records, _ = read_run(child.run_dir)
+                for record in records:
+                    live.add(label, record)
+        self.annotate(live)
+        return live.result()
+
+    def annotate(self, live: LiveComparison) -> None:
+        """Copy each ended child's wall time and failure into ``live``'s results."""
+        for label, child in self.children.items():
+            result = live.result().backends[label]
+            result.wall_s = child.wall_s
+            if child.code not in (None, 0):
+                last = (child.stderr.strip().splitlines() or ["(no message)"])[-1]
+                result.error = f"exit {child.code}: {last}"

@@ -66,8 +66,10 @@ class DualnormApp(App[None]):
         runs: Sequence[Any] | None = None,
         runs_root: str | None = None,
         load_error: tuple[str, str] | None = None,
+        compare: tuple[Any, float] | None = None,
     ) -> None:
         super().__init__()
+        self.initial_compare = compare
         from dualnorm.tracking import DEFAULT_RUNS_DIR
 
         self.initial_runs = list(runs or [])
@@ -104,6 +106,11 @@ class DualnormApp(App[None]):
             self.open_runs(self.initial_runs)
         if self.load_error:
             self.push_screen(ErrorScreen(*self.load_error))
+        if self.initial_compare:
+            from tui.compare import CompareScreen
+
+            job, tol = self.initial_compare
+            self.push_screen(CompareScreen(job, tol, paused=self.start_paused))
 
     def open_runs(self, paths: Sequence[Any], *, paused: bool = False) -> ViewScreen | None:
         """Show run directories / JSON Lines files, overlaid, followed while they are written."""
@@ -269,6 +276,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         app.stop_all()
     return 0
+
+
+def run_compare(job: Any, *, tol: float) -> None:
+    """``dualnorm compare`` without ``--no-tui``: the job's runs live, with the comparison panel."""
+    app = DualnormApp(compare=(job, tol))
+    try:
+        app.run()
+    finally:
+        app.stop_all()
 
 
 def check_paths(paths: Sequence[str], export_dir: str | None) -> str | None:

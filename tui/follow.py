@@ -17,12 +17,12 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dualnorm.tracking import RunReader
+from dualnorm.tracking import RunDirError, RunReader
 
 PALETTE = (
     "green",
@@ -50,10 +50,25 @@ class RunSource:
     meta: dict[str, Any] | None = None
     status: str = "running"
     warned_torn: bool = False
+    #: the run may not exist yet (a process about to start it): wait for it instead of refusing
+    expected: bool = False
 
     @property
     def live(self) -> bool:
-        return self.status == "running"
+        return self.status in ("running", "waiting")
+
+    def open(self) -> bool:
+        """Open the run's reader; False while an expected run has not appeared yet."""
+        try:
+            self.reader = RunReader(self.path)
+        except RunDirError:
+            if not self.expected:
+                raise
+            self.status = "waiting"
+            return False
+        self.meta = self.reader.meta()
+        self.status = (self.meta or {}).get("status", "file")
+        return True
 
 
 def open_sources(paths: Sequence[str | os.PathLike[str] | RunSource]) -> list[RunSource]:
@@ -61,9 +76,7 @@ def open_sources(paths: Sequence[str | os.PathLike[str] | RunSource]) -> list[Ru
     sources = []
     for item in paths:
         src = item if isinstance(item, RunSource) else RunSource(Path(os.fspath(item)))
-        src.reader = RunReader(src.path)
-        src.meta = src.reader.meta()
-        src.status = (src.meta or {}).get("status", "file")
+        src.open()
         if not src.label:
             src.label = (src.meta or {}).get("name") or src.path.stem or str(src.path)
             if src.meta is not None and src.label != src.path.name:
@@ -84,9 +97,17 @@ class RunFollower:
 
     READ_BYTES = 1 << 20  # per run and tick: ~4 000 records, a fraction of a second to parse
 
-    def __init__(self, sources: Sequence[Any], buffer: Any, *, paused: bool = False) -> None:
+    def __init__(
+        self,
+        sources: Sequence[Any],
+        buffer: Any,
+        *,
+        paused: bool = False,
+        on_record: Callable[[str, Any], None] | None = None,
+    ) -> None:
         self.sources = open_sources(sources)
         self.buffer = buffer
+        self.on_record = on_record  # sees every record as read, under its run's label, before relabelling
         self.multi = len(self.sources) > 1
         self._paused = paused
         self._credits = 0
@@ -150,6 +171,8 @@ class RunFollower:
         if refresh_meta:
             self._last_meta = now
         for src in self.sources:
+            if src.reader is None and (src.status != "waiting" or not src.open()):
+                continue
             reader = src.reader
             assert reader is not None
             if refresh_meta and src.live and reader.run_dir is not None:
@@ -162,6 +185,8 @@ class RunFollower:
                 continue  # frozen: the records wait in the file, not in memory
             # a bounded read per tick: a long run loads over a few ticks and the UI stays responsive
             for rec in reader.poll(self.READ_BYTES):
+                if self.on_record is not None:
+                    self.on_record(src.label, rec)
                 label = self.label(src, rec.variant)
                 self._style(src, label)
                 self._held.append(dataclasses.replace(rec, variant=label) if self.multi else rec)

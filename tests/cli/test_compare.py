@@ -167,7 +167,9 @@ def test_compare_numpy_against_mlx_cpu_matches_separate_runs(tmp_path, capsys):
     assert mine["first_over_tol"] == {"variant": "batchnorm", "step": first}
     assert mine["layer_diffs"]["act_mean"]["max_abs_diff"] == pytest.approx(act_largest, rel=1e-9, abs=1e-15)
     assert mine["steps"] == steps and mine["device"] == "cpu" and mine["steps_per_s"] > 0
-    assert (tmp_path / "runs" / "mlx-cpu.jsonl").exists()
+    # each backend left a run directory the viewer can reopen, named in the JSON
+    assert result["run_dirs"]["mlx-cpu"] == str(tmp_path / "runs" / "mlx-cpu")
+    assert (tmp_path / "runs" / "mlx-cpu" / "records.jsonl").exists()
     out = capsys.readouterr().out
     assert "disagree" in out and "mlx-cpu" in out
 

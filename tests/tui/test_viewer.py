@@ -208,6 +208,8 @@ async def test_torn_last_line_of_an_interrupted_run_is_skipped_with_a_warning(tm
         screen = app.screen
         await wait_for(pilot, lambda: screen.runner.warnings, what="torn-line warning")
         assert "line 2 is cut short" in screen.runner.warnings[0]
+        # the follower reads on start; the screen applies what it read on its next tick
+        await wait_for(pilot, lambda: screen.state.records_seen >= 1, what="the complete record")
         assert screen.runner.error is None and screen.state.records_seen == 1
 
 
