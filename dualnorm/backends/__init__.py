@@ -74,24 +74,41 @@ def _resolve(name: str) -> Backend:
                 f"Install it with: {_INSTALL_HINT[key]}"
             )
             raise BackendError(_failures[key]) from None
+        _load_kernels(backend)  # before caching it: a bad DUALNORM_KERNELS raises on every call
         _instances[key] = backend
-        _load_kernels(backend)
         return backend
 
 
 def _load_kernels(backend: Backend) -> None:
     """Install a backend's fast paths, the ``KERNELS`` table of ``kernels_<name>.py``, if any.
 
-    ``DUALNORM_KERNELS=reference`` keeps the shared reference math everywhere.
+    ``DUALNORM_KERNELS`` chooses: ``reference`` keeps the shared reference math everywhere;
+    for NumPy, ``numba`` (the default when numba is installed) or ``numpy``.
     """
     import importlib
 
-    if os.environ.get("DUALNORM_KERNELS", "").strip().lower() == "reference":
+    choice = os.environ.get("DUALNORM_KERNELS", "").strip().lower()
+    if choice not in ("", "numba", "numpy", "reference"):
+        raise BackendError(
+            f"DUALNORM_KERNELS={choice!r} is not a kernel choice; use numba, numpy or reference (or unset it)"
+        )
+    if choice == "reference":
         return
+    name = backend.name
+    if name == "numpy" and choice != "numpy":
+        from dualnorm.backends import kernels_numba
+
+        if kernels_numba.available():
+            name = "numba"
+        elif choice == "numba":
+            raise BackendError(
+                'DUALNORM_KERNELS=numba, but numba is not installed. Install it with: pip install "dualnorm[fast]", '
+                "or set DUALNORM_KERNELS=numpy"
+            )
     try:
-        module = importlib.import_module(f"dualnorm.backends.kernels_{backend.name}")
+        module = importlib.import_module(f"dualnorm.backends.kernels_{name}")
     except ModuleNotFoundError as exc:
-        if exc.name != f"dualnorm.backends.kernels_{backend.name}":
+        if exc.name != f"dualnorm.backends.kernels_{name}":
             raise
         return
     backend.kernels.update(module.KERNELS)

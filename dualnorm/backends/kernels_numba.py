@@ -1,0 +1,638 @@
+"""Fused numba kernels for the NumPy backend (``pip install "dualnorm[fast]"``).
+
+Each layer is a few passes over memory, multithreaded with ``prange``:
+
+* forward: one pass for the statistics, one to normalize (rows of layer/group/RMS norm
+  are normalized while they are still in cache);
+* backward: one pass for the per-channel (or per-row) sums, one to write dL/dx.
+
+Statistics are shifted sums accumulated in float64 (the shift is a value of the data,
+so 1e4 + N(0, 1e-2) float32 input loses nothing); per-thread partial sums are merged
+in float64 after the parallel loop. Normalizing subtracts a float32 head of the mean
+(exact for data near the mean) and folds the float64 tail into the affine constants,
+as :mod:`kernels_numpy` does.
+
+Lazy: numba is imported and a kernel compiled the first time an array of at least
+``MIN_ELEMENTS`` elements reaches it; smaller arrays (and float16) take the NumPy
+kernels, whose per-call cost is lower than a parallel launch there. Compiled code is
+cached on disk (``NUMBA_CACHE_DIR``, default ``$XDG_CACHE_HOME/dualnorm/numba``). A
+compile that takes more than a second is announced to :func:`add_compile_listener`
+callbacks (the CLI prints them) and to the ``dualnorm`` logger.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from dualnorm.backends import kernels_numpy as _npk
+from dualnorm.backends.base import Backend
+
+# Measured crossover (benchmarks/crossover.py): below this many elements a NumPy-kernel
+# call is as fast as a parallel numba launch, so compiling would not pay.
+MIN_ELEMENTS = 1 << 15
+NOTICE_AFTER_S = 1.0
+
+log = logging.getLogger("dualnorm")
+_listeners: list[Callable[[str], None]] = []
+_lock = threading.Lock()  # one parallel launch at a time (numba's workqueue layer is not re-entrant)
+_compiled: dict[str, Any] = {}
+_numba: Any = None
+
+
+def available() -> bool:
+    """True when numba can be imported (without importing it)."""
+    return importlib.util.find_spec("numba") is not None
+
+
+def add_compile_listener(callback: Callable[[str], None]) -> Callable[[], None]:
+    """Call ``callback(message)`` when a compile takes longer than a second; returns a remover."""
+    _listeners.append(callback)
+    return lambda: _listeners.remove(callback) if callback in _listeners else None
+
+
+def cache_dir() -> str:
+    """Where compiled kernels are kept: ``NUMBA_CACHE_DIR`` if the user set it, else the user cache."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return os.environ["NUMBA_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "dualnorm", "numba")
+
+
+def _import_numba() -> Any:
+    global _numba
+    if _numba is None:
+        os.environ.setdefault("NUMBA_CACHE_DIR", cache_dir())
+        import numba
+
+        _numba = numba
+        globals()["prange"] = numba.prange
+    return _numba
+
+
+prange = range  # replaced by numba.prange before anything is compiled
+
+# Only reductions may be reordered (so LLVM vectorizes them); NaN/Inf semantics stay.
+_REDUCE_MATH = {"reassoc", "contract"}
+
+
+def _kernel(name: str) -> Any:
+    fn = _compiled.get(name)
+    if fn is None:
+        numba = _import_numba()
+        py, reduces = _SOURCES[name]
+        fn = _compiled[name] = numba.njit(
+            parallel=True, cache=True, fastmath=_REDUCE_MATH if reduces else False, nogil=True
+        )(py)
+    return fn
+
+
+def _announce(message: str) -> None:
+    log.info(message)
+    for callback in list(_listeners):
+        try:
+            callback(message)
+        except Exception:  # a listener must not break training
+            log.exception("compile listener failed")
+
+
+def _run(name: str, *args: Any) -> Any:
+    """Call kernel ``name``; a first call that compiles for more than a second is announced once."""
+    fn = _kernel(name)
+    known = len(fn.signatures)
+    timer = threading.Timer(
+        NOTICE_AFTER_S,
+        _announce,
+        (f"dualnorm: compiling numba kernels (first run only; cached in {cache_dir()})",),
+    )
+    compiling = known == 0 or not _seen(fn, args)
+    if compiling:
+        timer.daemon = True
+        timer.start()
+    t0 = time.perf_counter()
+    try:
+        with _lock:
+            return fn(*args)
+    finally:
+        if compiling:
+            timer.cancel()
+            elapsed = time.perf_counter() - t0
+            if elapsed > NOTICE_AFTER_S:
+                log.info("numba kernel %s compiled or loaded in %.1f s", name, elapsed)
+
+
+def _seen(fn: Any, args: tuple[Any, ...]) -> bool:
+    key = tuple((a.dtype, a.ndim) if isinstance(a, np.ndarray) else type(a) for a in args)
+    seen = fn.__dict__.setdefault("_dualnorm_seen", set())
+    if key in seen:
+        return True
+    seen.add(key)
+    return False
+
+
+def _threads(units: int) -> int:
+    return max(1, min(_npk.get_num_threads(), units, _import_numba().config.NUMBA_NUM_THREADS))
+
+
+def _set_threads(nt: int) -> None:
+    _import_numba().set_num_threads(nt)
+
+
+def _use(x: np.ndarray) -> bool:
+    return x.size >= MIN_ELEMENTS and x.dtype in (np.float32, np.float64)
+
+
+# --- the kernels (plain Python, compiled by numba on first use) ----------------------------
+#
+# Layouts: batch norm sees (N, C, S) (S = 1 for (N, C), its own loops then run along C);
+# row norms see (rows, D); group norm sees (N * G, Cg, S). ``acc*`` are per-thread partial
+# sums (nt, ...) in float64, merged by the caller.
+
+
+def _bn_stats2(x, shift, nt, s1, s2):
+    n, c = x.shape
+    for t in prange(nt):
+        a1 = s1[t]
+        a2 = s2[t]
+        a1[:] = 0.0
+        a2[:] = 0.0
+        for i in range(n * t // nt, n * (t + 1) // nt):
+            xr = x[i]  # 1-D row views let LLVM vectorize along C
+            for j in range(c):
+                d = np.float64(xr[j]) - shift[j]
+                a1[j] += d
+                a2[j] += d * d
+
+
+def _bn_stats3(x, shift, nt, s1, s2):
+    n, c, s = x.shape
+    units = n * c
+    for t in prange(nt):
+        a1 = s1[t]
+        a2 = s2[t]
+        a1[:] = 0.0
+        a2[:] = 0.0
+        for u in range(units * t // nt, units * (t + 1) // nt):
+            j = u % c
+            xr = x[u // c, j]
+            sh = shift[j]
+            a = 0.0
+            b = 0.0
+            for k in range(s):
+                d = np.float64(xr[k]) - sh
+                a += d
+                b += d * d
+            a1[j] += a
+            a2[j] += b
+
+
+def _bn_apply2(x, head, a, b, nt, y):
+    n, c = x.shape
+    for t in prange(nt):
+        for i in range(n * t // nt, n * (t + 1) // nt):
+            xr = x[i]
+            yr = y[i]
+            for j in range(c):
+                yr[j] = (xr[j] - head[j]) * a[j] + b[j]
+
+
+def _bn_apply3(x, head, a, b, nt, y):
+    n, c, s = x.shape
+    units = n * c
+    for t in prange(nt):
+        for u in range(units * t // nt, units * (t + 1) // nt):
+            j = u % c
+            xr = x[u // c, j]
+            yr = y[u // c, j]
+            h, aj, bj = head[j], a[j], b[j]
+            for k in range(s):
+                yr[k] = (xr[k] - h) * aj + bj
+
+
+def _bn_grad_sums2(g, x, head, nt, sg, sgx):
+    n, c = x.shape
+    for t in prange(nt):
+        a1 = sg[t]
+        a2 = sgx[t]
+        a1[:] = 0.0
+        a2[:] = 0.0
+        for i in range(n * t // nt, n * (t + 1) // nt):
+            xr = x[i]
+            gr = g[i]
+            for j in range(c):
+                gv = np.float64(gr[j])
+                a1[j] += gv
+                a2[j] += gv * np.float64(xr[j] - head[j])
+
+
+def _bn_grad_sums3(g, x, head, nt, sg, sgx):
+    n, c, s = x.shape
+    units = n * c
+    for t in prange(nt):
+        a1 = sg[t]
+        a2 = sgx[t]
+        a1[:] = 0.0
+        a2[:] = 0.0
+        for u in range(units * t // nt, units * (t + 1) // nt):
+            j = u % c
+            xr = x[u // c, j]
+            gr = g[u // c, j]
+            h = head[j]
+            a = 0.0
+            b = 0.0
+            for k in range(s):
+                gv = np.float64(gr[k])
+                a += gv
+                b += gv * np.float64(xr[k] - h)
+            a1[j] += a
+            a2[j] += b
+
+
+def _bn_grad_apply2(g, x, head, a, bc, k, nt, dx):
+    n, c = x.shape
+    for t in prange(nt):
+        for i in range(n * t // nt, n * (t + 1) // nt):
+            xr = x[i]
+            gr = g[i]
+            dr = dx[i]
+            for j in range(c):
+                dr[j] = a[j] * gr[j] + bc[j] * (xr[j] - head[j]) + k[j]
+
+
+def _bn_grad_apply3(g, x, head, a, bc, k, nt, dx):
+    n, c, s = x.shape
+    units = n * c
+    for t in prange(nt):
+        for u in range(units * t // nt, units * (t + 1) // nt):
+            j = u % c
+            xr = x[u // c, j]
+            gr = g[u // c, j]
+            dr = dx[u // c, j]
+            h, aj, bj, kj = head[j], a[j], bc[j], k[j]
+            for q in range(s):
+                dr[q] = aj * gr[q] + bj * (xr[q] - h) + kj
+
+
+def _ln_forward(x, w, b, eps, centred, nt, y, mean, inv):
+    rows, d = x.shape
+    for t in prange(nt):
+        for r in range(rows * t // nt, rows * (t + 1) // nt):
+            xr = x[r]
+            yr = y[r]
+            shift = np.float64(xr[0]) if centred else 0.0
+            sa = 0.0
+            sb = 0.0
+            for k in range(d):
+                v = np.float64(xr[k]) - shift
+                sa += v
+                sb += v * v
+            m = sa / d
+            var = max(sb / d - m * m, 0.0) if centred else sb / d
+            mu = shift + m if centred else 0.0
+            istd = 1.0 / np.sqrt(var + eps)
+            mean[r] = mu
+            inv[r] = istd
+            head = x.dtype.type(mu)
+            off = x.dtype.type(-(mu - np.float64(head)) * istd)
+            i32 = x.dtype.type(istd)
+            for k in range(d):
+                yr[k] = ((xr[k] - head) * i32 + off) * w[k] + b[k]
+
+
+def _ln_backward(g, x, w, mean, inv, centred, nt, dx, dw, db):
+    rows, d = x.shape
+    for t in prange(nt):
+        dwt = dw[t]
+        dbt = db[t]
+        dwt[:] = 0.0
+        dbt[:] = 0.0
+        for r in range(rows * t // nt, rows * (t + 1) // nt):
+            xr = x[r]
+            gr = g[r]
+            dr = dx[r]
+            mu = mean[r]
+            istd = inv[r]
+            head = x.dtype.type(mu)
+            off = x.dtype.type(-(mu - np.float64(head)) * istd)
+            i32 = x.dtype.type(istd)
+            s_gw = 0.0
+            s_gwx = 0.0
+            for k in range(d):
+                xh = (xr[k] - head) * i32 + off
+                gk = gr[k]
+                gw = gk * w[k]
+                s_gw += np.float64(gw)
+                s_gwx += np.float64(gw * xh)
+                dwt[k] += np.float64(gk * xh)
+                dbt[k] += np.float64(gk)
+            mg = x.dtype.type(s_gw / d) if centred else x.dtype.type(0.0)
+            mgx = x.dtype.type(s_gwx / d)
+            for k in range(d):
+                xh = (xr[k] - head) * i32 + off
+                dr[k] = i32 * (gr[k] * w[k] - mg - xh * mgx)
+
+
+def _gn_forward(x, w, b, groups, eps, nt, y, mean, inv):
+    # x: (N * G, Cg, S); w, b: (C,)
+    units, cg, s = x.shape
+    m = cg * s
+    for t in prange(nt):
+        for u in range(units * t // nt, units * (t + 1) // nt):
+            shift = np.float64(x[u, 0, 0])
+            sa = 0.0
+            sb = 0.0
+            for c in range(cg):
+                xr = x[u, c]
+                for k in range(s):
+                    v = np.float64(xr[k]) - shift
+                    sa += v
+                    sb += v * v
+            mm = sa / m
+            var = max(sb / m - mm * mm, 0.0)
+            mu = shift + mm
+            istd = 1.0 / np.sqrt(var + eps)
+            mean[u] = mu
+            inv[u] = istd
+            head = x.dtype.type(mu)
+            tail = mu - np.float64(head)
+            c0 = (u % groups) * cg
+            for c in range(cg):
+                # y = (x - head) * (istd * w) + (b - tail * istd * w)
+                sc = istd * np.float64(w[c0 + c])
+                a = x.dtype.type(sc)
+                bb = x.dtype.type(np.float64(b[c0 + c]) - tail * sc)
+                xr = x[u, c]
+                yr = y[u, c]
+                for k in range(s):
+                    yr[k] = (xr[k] - head) * a + bb
+
+
+def _gn_backward(g, x, w, groups, mean, inv, nt, dx, dw, db):
+    units, cg, s = x.shape
+    m = cg * s
+    for t in prange(nt):
+        for c in range(dw.shape[1]):
+            dw[t, c] = 0.0
+            db[t, c] = 0.0
+        for u in range(units * t // nt, units * (t + 1) // nt):
+            mu = mean[u]
+            istd = inv[u]
+            head = x.dtype.type(mu)
+            c0 = (u % groups) * cg
+            # with xc = x - head (exact) and tail = mu - head: x_hat = (xc - tail) * istd
+            tail = mu - np.float64(head)
+            s_gw = 0.0
+            s_gwx = 0.0
+            for c in range(cg):
+                wc = np.float64(w[c0 + c])
+                sg = 0.0
+                sgx = 0.0
+                xr = x[u, c]
+                gr = g[u, c]
+                for k in range(s):
+                    gv = np.float64(gr[k])
+                    sg += gv
+                    sgx += gv * np.float64(xr[k] - head)
+                sgh = (sgx - tail * sg) * istd  # sum of g * x_hat over this channel's slice
+                dw[t, c0 + c] += sgh
+                db[t, c0 + c] += sg
+                s_gw += wc * sg
+                s_gwx += wc * sgh
+            mg = s_gw / m
+            mgx = s_gwx / m
+            # dx = istd * (g*w - mg - x_hat * mgx) = (istd*w) g + bc (x - head) + k
+            bc = -istd * istd * mgx
+            for c in range(cg):
+                a = x.dtype.type(istd * np.float64(w[c0 + c]))
+                b2 = x.dtype.type(bc)
+                k2 = x.dtype.type(-istd * mg - bc * tail)
+                xr = x[u, c]
+                gr = g[u, c]
+                dr = dx[u, c]
+                for k in range(s):
+                    dr[k] = a * gr[k] + b2 * (xr[k] - head) + k2
+
+
+_SOURCES: dict[str, tuple[Callable[..., Any], bool]] = {
+    "bn_stats2": (_bn_stats2, True),
+    "bn_stats3": (_bn_stats3, True),
+    "bn_apply2": (_bn_apply2, False),
+    "bn_apply3": (_bn_apply3, False),
+    "bn_grad_sums2": (_bn_grad_sums2, True),
+    "bn_grad_sums3": (_bn_grad_sums3, True),
+    "bn_grad_apply2": (_bn_grad_apply2, False),
+    "bn_grad_apply3": (_bn_grad_apply3, False),
+    "ln_forward": (_ln_forward, True),
+    "ln_backward": (_ln_backward, True),
+    "gn_forward": (_gn_forward, True),
+    "gn_backward": (_gn_backward, True),
+}
+
+
+# --- the KERNELS table: same signatures as dualnorm.nn.functional --------------------------
+
+
+def _bn3(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
+
+
+def _bn_view(x3: np.ndarray) -> tuple[np.ndarray, str]:
+    if x3.shape[2] == 1:
+        return x3.reshape(x3.shape[0], x3.shape[1]), "2"
+    return x3, "3"
+
+
+def _units(x3: np.ndarray) -> int:
+    return x3.shape[0] if x3.shape[2] == 1 else x3.shape[0] * x3.shape[1]
+
+
+def batch_norm_train(
+    B: Backend, x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, eps: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+    if not _use(x):
+        return _npk.batch_norm_train(B, x, weight, bias, eps)
+    x3 = _bn3(x)
+    c = x3.shape[1]
+    dt = x3.dtype
+    xv, nd = _bn_view(x3)
+    nt = _threads(_units(x3))
+    _set_threads(nt)
+    shift = x3[0, :, 0].astype(np.float64)
+    s1 = np.empty((nt, c))
+    s2 = np.empty((nt, c))
+    _run("bn_stats" + nd, xv, shift, nt, s1, s2)
+    m = float(x3.size // c)
+    d = s1.sum(axis=0) / m
+    var = np.maximum(s2.sum(axis=0) / m - d * d, 0.0)
+    mean = shift + d
+    inv_std = 1.0 / np.sqrt(var + eps)
+    head = mean.astype(dt)
+    tail = mean - head
+    a = inv_std if weight is None else inv_std * weight.astype(np.float64)
+    b = -tail * a if bias is None else bias.astype(np.float64) - tail * a
+    y3 = np.empty_like(x3)
+    yv = y3.reshape(xv.shape)
+    _run("bn_apply" + nd, xv, head, a.astype(dt), b.astype(dt), nt, yv)
+    ctx = ("numba", x3, head, tail, inv_std, x.shape)
+    return y3.reshape(x.shape), mean.astype(dt), var.astype(dt), ctx
+
+
+def batch_norm_train_backward(
+    B: Backend, grad_y: np.ndarray, ctx: Any, weight: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if ctx[0] != "numba":
+        return _npk.batch_norm_train_backward(B, grad_y, ctx, weight)
+    _, x3, head, tail, inv_std, shape = ctx
+    c = x3.shape[1]
+    dt = x3.dtype
+    g3 = np.ascontiguousarray(grad_y, dtype=dt).reshape(x3.shape)
+    xv, nd = _bn_view(x3)
+    gv = g3.reshape(xv.shape)
+    nt = _threads(_units(x3))
+    _set_threads(nt)
+    sg = np.empty((nt, c))
+    sgx = np.empty((nt, c))
+    _run("bn_grad_sums" + nd, gv, xv, head, nt, sg, sgx)
+    sum_g = sg.sum(axis=0)
+    sum_gc = sgx.sum(axis=0) - tail * sum_g  # sum of g * (x - mean)
+    m = float(x3.size // c)
+    w = np.ones(c) if weight is None else weight.astype(np.float64)
+    a = w * inv_std
+    mean_gxhat = inv_std * sum_gc / m
+    bc = -a * inv_std * mean_gxhat
+    k = -a * (sum_g / m) - bc * tail
+    dx3 = np.empty_like(x3)
+    _run(
+        "bn_grad_apply" + nd,
+        gv,
+        xv,
+        head,
+        a.astype(dt),
+        bc.astype(dt),
+        k.astype(dt),
+        nt,
+        dx3.reshape(xv.shape),
+    )
+    return dx3.reshape(shape), (inv_std * sum_gc).astype(dt), sum_g.astype(dt)
+
+
+def _affine(v: np.ndarray | None, n: int, fill: float, dt: np.dtype) -> np.ndarray:
+    if v is None:
+        return np.full(n, fill, dt)
+    return np.ascontiguousarray(v, dtype=dt).reshape(n)
+
+
+def _rows_fwd(x2: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, centred: bool) -> tuple[Any, ...]:
+    rows = x2.shape[0]
+    nt = _threads(rows)
+    _set_threads(nt)
+    y2 = np.empty_like(x2)
+    mean = np.empty(rows)
+    inv = np.empty(rows)
+    _run("ln_forward", x2, w, b, float(eps), centred, nt, y2, mean, inv)
+    return y2, mean, inv
+
+
+def _rows_bwd(
+    g2: np.ndarray, x2: np.ndarray, w: np.ndarray, mean: Any, inv: Any, centred: bool
+) -> tuple[Any, ...]:
+    rows, d = x2.shape
+    nt = _threads(rows)
+    _set_threads(nt)
+    dx2 = np.empty_like(x2)
+    dw = np.empty((nt, d))
+    db = np.empty((nt, d))
+    _run("ln_backward", g2, x2, w, mean, inv, centred, nt, dx2, dw, db)
+    return dx2, dw.sum(axis=0), db.sum(axis=0)
+
+
+def layer_norm(
+    B: Backend,
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    axes: tuple[int, ...],
+    eps: float,
+) -> tuple[np.ndarray, Any]:
+    if not _use(x):
+        return _npk.layer_norm(B, x, weight, bias, axes, eps)
+    trailing = tuple(x.shape[x.ndim - len(axes) :])
+    d = int(np.prod(trailing))
+    dt = x.dtype
+    x2 = np.ascontiguousarray(x).reshape(-1, d)
+    w = _affine(weight, d, 1.0, dt)
+    b = _affine(bias, d, 0.0, dt)
+    y2, mean, inv = _rows_fwd(x2, w, b, eps, True)
+    return y2.reshape(x.shape), ("numba", x2, mean, inv, x.shape, trailing)
+
+
+def layer_norm_backward(
+    B: Backend, grad_y: np.ndarray, ctx: Any, weight: np.ndarray | None, axes: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if ctx[0] != "numba":
+        return _npk.layer_norm_backward(B, grad_y, ctx, weight, axes)
+    _, x2, mean, inv, shape, trailing = ctx
+    dt = x2.dtype
+    d = x2.shape[1]
+    g2 = np.ascontiguousarray(grad_y, dtype=dt).reshape(x2.shape)
+    dx2, dw, db = _rows_bwd(g2, x2, _affine(weight, d, 1.0, dt), mean, inv, True)
+    return dx2.reshape(shape), dw.astype(dt).reshape(trailing), db.astype(dt).reshape(trailing)
+
+
+def group_norm(
+    B: Backend,
+    x: np.ndarray,
+    num_groups: int,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+) -> tuple[np.ndarray, Any]:
+    if not _use(x):
+        return _npk.group_norm(B, x, num_groups, weight, bias, eps)
+    n, c = x.shape[0], x.shape[1]
+    dt = x.dtype
+    x3 = np.ascontiguousarray(x).reshape(n * num_groups, c // num_groups, -1)
+    units = x3.shape[0]
+    nt = _threads(units)
+    _set_threads(nt)
+    y3 = np.empty_like(x3)
+    mean = np.empty(units)
+    inv = np.empty(units)
+    w, b = _affine(weight, c, 1.0, dt), _affine(bias, c, 0.0, dt)
+    _run("gn_forward", x3, w, b, num_groups, float(eps), nt, y3, mean, inv)
+    return y3.reshape(x.shape), ("numba", x3, num_groups, mean, inv, x.shape)
+
+
+def group_norm_backward(
+    B: Backend, grad_y: np.ndarray, ctx: Any, weight: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if ctx[0] != "numba":
+        return _npk.group_norm_backward(B, grad_y, ctx, weight)
+    _, x3, num_groups, mean, inv, shape = ctx
+    c = shape[1]
+    dt = x3.dtype
+    g3 = np.ascontiguousarray(grad_y, dtype=dt).reshape(x3.shape)
+    nt = _threads(x3.shape[0])
+    _set_threads(nt)
+    dx3 = np.empty_like(x3)
+    dw = np.empty((nt, c))
+    db = np.empty((nt, c))
+    _run("gn_backward", g3, x3, _affine(weight, c, 1.0, dt), num_groups, mean, inv, nt, dx3, dw, db)
+    return dx3.reshape(shape), dw.sum(axis=0).astype(dt), db.sum(axis=0).astype(dt)
+
+
+KERNELS = {
+    "batch_norm_train": batch_norm_train,
+    "batch_norm_train_backward": batch_norm_train_backward,
+    "layer_norm": layer_norm,
+    "layer_norm_backward": layer_norm_backward,
+    "group_norm": group_norm,
+    "group_norm_backward": group_norm_backward,
+}
