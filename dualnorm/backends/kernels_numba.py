@@ -44,6 +44,7 @@ log = logging.getLogger("dualnorm")
 _listeners: list[Callable[[str], None]] = []
 _lock = threading.Lock()  # one parallel launch at a time (numba's workqueue layer is not re-entrant)
 _compiled: dict[str, Any] = {}
+_TAG = object()  # first item of a context made here (smaller arrays carry the NumPy kernels')
 _numba: Any = None
 
 
@@ -106,13 +107,12 @@ def _announce(message: str) -> None:
 def _run(name: str, *args: Any) -> Any:
     """Call kernel ``name``; a first call that compiles for more than a second is announced once."""
     fn = _kernel(name)
-    known = len(fn.signatures)
     timer = threading.Timer(
         NOTICE_AFTER_S,
         _announce,
         (f"dualnorm: compiling numba kernels (first run only; cached in {cache_dir()})",),
     )
-    compiling = known == 0 or not _seen(fn, args)
+    compiling = not _seen(fn, args)  # a new type signature: numba compiles (or loads from cache)
     if compiling:
         timer.daemon = True
         timer.start()
@@ -480,14 +480,14 @@ def batch_norm_train(
     y3 = np.empty_like(x3)
     yv = y3.reshape(xv.shape)
     _run("bn_apply" + nd, xv, head, a.astype(dt), b.astype(dt), nt, yv)
-    ctx = ("numba", x3, head, tail, inv_std, x.shape)
+    ctx = (_TAG, x3, head, tail, inv_std, x.shape)
     return y3.reshape(x.shape), mean.astype(dt), var.astype(dt), ctx
 
 
 def batch_norm_train_backward(
     B: Backend, grad_y: np.ndarray, ctx: Any, weight: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if ctx[0] != "numba":
+    if ctx[0] is not _TAG:
         return _npk.batch_norm_train_backward(B, grad_y, ctx, weight)
     _, x3, head, tail, inv_std, shape = ctx
     c = x3.shape[1]
@@ -570,13 +570,13 @@ def layer_norm(
     w = _affine(weight, d, 1.0, dt)
     b = _affine(bias, d, 0.0, dt)
     y2, mean, inv = _rows_fwd(x2, w, b, eps, True)
-    return y2.reshape(x.shape), ("numba", x2, mean, inv, x.shape, trailing)
+    return y2.reshape(x.shape), (_TAG, x2, mean, inv, x.shape, trailing)
 
 
 def layer_norm_backward(
     B: Backend, grad_y: np.ndarray, ctx: Any, weight: np.ndarray | None, axes: tuple[int, ...]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if ctx[0] != "numba":
+    if ctx[0] is not _TAG:
         return _npk.layer_norm_backward(B, grad_y, ctx, weight, axes)
     _, x2, mean, inv, shape, trailing = ctx
     dt = x2.dtype
@@ -607,13 +607,13 @@ def group_norm(
     inv = np.empty(units)
     w, b = _affine(weight, c, 1.0, dt), _affine(bias, c, 0.0, dt)
     _run("gn_forward", x3, w, b, num_groups, float(eps), nt, y3, mean, inv)
-    return y3.reshape(x.shape), ("numba", x3, num_groups, mean, inv, x.shape)
+    return y3.reshape(x.shape), (_TAG, x3, num_groups, mean, inv, x.shape)
 
 
 def group_norm_backward(
     B: Backend, grad_y: np.ndarray, ctx: Any, weight: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if ctx[0] != "numba":
+    if ctx[0] is not _TAG:
         return _npk.group_norm_backward(B, grad_y, ctx, weight)
     _, x3, num_groups, mean, inv, shape = ctx
     c = shape[1]
@@ -628,6 +628,36 @@ def group_norm_backward(
     return dx3.reshape(shape), dw.sum(axis=0).astype(dt), db.sum(axis=0).astype(dt)
 
 
+def rms_norm(
+    B: Backend, x: np.ndarray, weight: np.ndarray | None, axes: tuple[int, ...], eps: float
+) -> tuple[np.ndarray, Any]:
+    if not _use(x):
+        from dualnorm.nn.functional import rms_norm as reference
+
+        return reference.reference(B, x, weight, axes, eps)
+    trailing = tuple(x.shape[x.ndim - len(axes) :])
+    d = int(np.prod(trailing))
+    dt = x.dtype
+    x2 = np.ascontiguousarray(x).reshape(-1, d)
+    w = _affine(weight, d, 1.0, dt)
+    y2, mean, inv = _rows_fwd(x2, w, np.zeros(d, dt), eps, False)
+    return y2.reshape(x.shape), (_TAG, x2, mean, inv, x.shape, trailing)
+
+
+def rms_norm_backward(
+    B: Backend, grad_y: np.ndarray, ctx: Any, weight: np.ndarray | None, axes: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    if ctx[0] is not _TAG:
+        from dualnorm.nn.functional import rms_norm_backward as reference
+
+        return reference.reference(B, grad_y, ctx, weight, axes)
+    _, x2, mean, inv, shape, trailing = ctx
+    dt = x2.dtype
+    g2 = np.ascontiguousarray(grad_y, dtype=dt).reshape(x2.shape)
+    dx2, dw, _ = _rows_bwd(g2, x2, _affine(weight, x2.shape[1], 1.0, dt), mean, inv, False)
+    return dx2.reshape(shape), dw.astype(dt).reshape(trailing)
+
+
 KERNELS = {
     "batch_norm_train": batch_norm_train,
     "batch_norm_train_backward": batch_norm_train_backward,
@@ -635,4 +665,6 @@ KERNELS = {
     "layer_norm_backward": layer_norm_backward,
     "group_norm": group_norm,
     "group_norm_backward": group_norm_backward,
+    "rms_norm": rms_norm,
+    "rms_norm_backward": rms_norm_backward,
 }
