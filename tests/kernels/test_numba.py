@@ -261,3 +261,12 @@ def test_a_slow_compile_is_announced_once(monkeypatch):
         assert len(heard) == 1
     finally:
         remove()
+
+
+def test_the_cli_prints_compile_notices(monkeypatch, capsys):
+    from dualnorm import cli
+
+    monkeypatch.setattr(kernels_numba, "_listeners", [])
+    assert cli.main(["run", "dying-relu", "--steps", "2", "--quiet", "--backend", "numpy"]) == 0
+    kernels_numba._announce("dualnorm: compiling numba kernels (test)")
+    assert "dualnorm: compiling numba kernels (test)" in capsys.readouterr().err
