@@ -39,6 +39,7 @@ from dualnorm.backends.base import Backend
 # call is as fast as a parallel numba launch, so compiling would not pay.
 MIN_ELEMENTS = 1 << 15
 NOTICE_AFTER_S = 1.0
+PARALLEL_MIN = _npk.PARALLEL_MIN  # below this many elements, one thread
 
 log = logging.getLogger("dualnorm")
 _listeners: list[Callable[[str], None]] = []
@@ -137,12 +138,13 @@ def _seen(fn: Any, args: tuple[Any, ...]) -> bool:
     return False
 
 
-def _threads(units: int) -> int:
-    return max(1, min(_npk.get_num_threads(), units, _import_numba().config.NUMBA_NUM_THREADS))
-
-
-def _set_threads(nt: int) -> None:
-    _import_numba().set_num_threads(nt)
+def _threads(units: int, size: int) -> int:
+    """Threads for a launch, and tell numba: one below ``PARALLEL_MIN`` elements, where waking
+    the pool costs more than the work (and far more when the cores are busy)."""
+    numba = _import_numba()
+    nt = 1 if size < PARALLEL_MIN else max(1, min(_npk.get_num_threads(), units, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(nt)
+    return nt
 
 
 def _use(x: np.ndarray) -> bool:
@@ -462,8 +464,7 @@ def batch_norm_train(
     c = x3.shape[1]
     dt = x3.dtype
     xv, nd = _bn_view(x3)
-    nt = _threads(_units(x3))
-    _set_threads(nt)
+    nt = _threads(_units(x3), x3.size)
     shift = x3[0, :, 0].astype(np.float64)
     s1 = np.empty((nt, c))
     s2 = np.empty((nt, c))
@@ -495,8 +496,7 @@ def batch_norm_train_backward(
     g3 = np.ascontiguousarray(grad_y, dtype=dt).reshape(x3.shape)
     xv, nd = _bn_view(x3)
     gv = g3.reshape(xv.shape)
-    nt = _threads(_units(x3))
-    _set_threads(nt)
+    nt = _threads(_units(x3), x3.size)
     sg = np.empty((nt, c))
     sgx = np.empty((nt, c))
     _run("bn_grad_sums" + nd, gv, xv, head, nt, sg, sgx)
@@ -531,8 +531,7 @@ def _affine(v: np.ndarray | None, n: int, fill: float, dt: np.dtype) -> np.ndarr
 
 def _rows_fwd(x2: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, centred: bool) -> tuple[Any, ...]:
     rows = x2.shape[0]
-    nt = _threads(rows)
-    _set_threads(nt)
+    nt = _threads(rows, x2.size)
     y2 = np.empty_like(x2)
     mean = np.empty(rows)
     inv = np.empty(rows)
@@ -544,8 +543,7 @@ def _rows_bwd(
     g2: np.ndarray, x2: np.ndarray, w: np.ndarray, mean: Any, inv: Any, centred: bool
 ) -> tuple[Any, ...]:
     rows, d = x2.shape
-    nt = _threads(rows)
-    _set_threads(nt)
+    nt = _threads(rows, x2.size)
     dx2 = np.empty_like(x2)
     dw = np.empty((nt, d))
     db = np.empty((nt, d))
@@ -600,8 +598,7 @@ def group_norm(
     dt = x.dtype
     x3 = np.ascontiguousarray(x).reshape(n * num_groups, c // num_groups, -1)
     units = x3.shape[0]
-    nt = _threads(units)
-    _set_threads(nt)
+    nt = _threads(units, x3.size)
     y3 = np.empty_like(x3)
     mean = np.empty(units)
     inv = np.empty(units)
@@ -619,8 +616,7 @@ def group_norm_backward(
     c = shape[1]
     dt = x3.dtype
     g3 = np.ascontiguousarray(grad_y, dtype=dt).reshape(x3.shape)
-    nt = _threads(x3.shape[0])
-    _set_threads(nt)
+    nt = _threads(x3.shape[0], x3.size)
     dx3 = np.empty_like(x3)
     dw = np.empty((nt, c))
     db = np.empty((nt, c))
