@@ -14,7 +14,8 @@ as :mod:`kernels_numpy` does.
 
 Lazy: numba is imported and a kernel compiled the first time an array of at least
 ``MIN_ELEMENTS`` elements reaches it; smaller arrays (and float16) take the NumPy
-kernels, whose per-call cost is lower than a parallel launch there. Compiled code is
+kernels. Below ``PARALLEL_MIN`` elements a kernel runs on one thread (waking the pool
+costs more than the work). Compiled code is
 cached on disk (``NUMBA_CACHE_DIR``, default ``$XDG_CACHE_HOME/dualnorm/numba``). A
 compile that takes more than a second is announced to :func:`add_compile_listener`
 callbacks (the CLI prints them) and to the ``dualnorm`` logger.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -35,9 +37,10 @@ import numpy as np
 from dualnorm.backends import kernels_numpy as _npk
 from dualnorm.backends.base import Backend
 
-# Measured crossover (benchmarks/crossover.py): below this many elements a NumPy-kernel
-# call is as fast as a parallel numba launch, so compiling would not pay.
-MIN_ELEMENTS = 1 << 15
+# benchmarks/crossover.py: numba's forward+backward takes 0.36-0.39x the NumPy kernels' time
+# from 1 000 elements up (single-threaded below PARALLEL_MIN); smaller arrays (the documents'
+# worked examples) keep the NumPy kernels and never start the compiler.
+MIN_ELEMENTS = 1 << 10
 NOTICE_AFTER_S = 1.0
 PARALLEL_MIN = _npk.PARALLEL_MIN  # below this many elements, one thread
 
@@ -45,6 +48,8 @@ log = logging.getLogger("dualnorm")
 _listeners: list[Callable[[str], None]] = []
 _lock = threading.Lock()  # one parallel launch at a time (numba's workqueue layer is not re-entrant)
 _compiled: dict[str, Any] = {}
+_signatures: dict[str, set[Any]] = {}  # (dtype, ndim) keys each kernel has been called with
+_announced = False
 _TAG = object()  # first item of a context made here (smaller arrays carry the NumPy kernels')
 _numba: Any = None
 
@@ -72,10 +77,17 @@ def _import_numba() -> Any:
     global _numba
     if _numba is None:
         os.environ.setdefault("NUMBA_CACHE_DIR", cache_dir())
+        if "numba" not in sys.modules:
+            # OpenMP's spinning barriers cost up to 4x when the cores are shared (measured on a
+            # loaded 2-core VM: BatchNorm1d 4096x1024 forward 62 ms with omp, 17 ms with workqueue);
+            # workqueue is not re-entrant, which _lock covers for these kernels.
+            os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
         import numba
 
         _numba = numba
         globals()["prange"] = numba.prange
+        for helper in ("_bn_finish", "_bn_grad_finish"):  # called from inside the kernels
+            globals()[helper] = numba.njit(cache=True)(globals()[helper])
     return _numba
 
 
@@ -106,43 +118,43 @@ def _announce(message: str) -> None:
 
 
 def _run(name: str, *args: Any) -> Any:
-    """Call kernel ``name``; a first call that compiles for more than a second is announced once."""
-    fn = _kernel(name)
-    timer = threading.Timer(
-        NOTICE_AFTER_S,
-        _announce,
-        (f"dualnorm: compiling numba kernels (first run only; cached in {cache_dir()})",),
-    )
-    compiling = not _seen(fn, args)  # a new type signature: numba compiles (or loads from cache)
-    if compiling:
-        timer.daemon = True
-        timer.start()
+    """Call kernel ``name``; a compile that takes more than a second is announced (once a process)."""
+    fn = _compiled.get(name) or _kernel(name)
+    key = (args[0].dtype, args[0].ndim)  # what varies between a kernel's signatures in practice
+    seen = _signatures.setdefault(name, set())
+    if key in seen:
+        with _lock:
+            return fn(*args)
+    seen.add(key)
+    timer = threading.Timer(NOTICE_AFTER_S, _announce_once)
+    timer.daemon = True
+    timer.start()
     t0 = time.perf_counter()
     try:
         with _lock:
             return fn(*args)
     finally:
-        if compiling:
-            timer.cancel()
-            elapsed = time.perf_counter() - t0
-            if elapsed > NOTICE_AFTER_S:
-                log.info("numba kernel %s compiled or loaded in %.1f s", name, elapsed)
+        timer.cancel()
+        if time.perf_counter() - t0 > NOTICE_AFTER_S:
+            log.info("numba kernel %s compiled or loaded in %.1f s", name, time.perf_counter() - t0)
 
 
-def _seen(fn: Any, args: tuple[Any, ...]) -> bool:
-    key = tuple((a.dtype, a.ndim) if isinstance(a, np.ndarray) else type(a) for a in args)
-    seen = fn.__dict__.setdefault("_dualnorm_seen", set())
-    if key in seen:
-        return True
-    seen.add(key)
-    return False
+def _announce_once() -> None:
+    global _announced
+    if not _announced:
+        _announced = True
+        _announce(f"dualnorm: compiling numba kernels (first run only; cached in {cache_dir()})")
 
 
 def _threads(units: int, size: int) -> int:
     """Threads for a launch, and tell numba: one below ``PARALLEL_MIN`` elements, where waking
     the pool costs more than the work (and far more when the cores are busy)."""
     numba = _import_numba()
-    nt = 1 if size < PARALLEL_MIN else max(1, min(_npk.get_num_threads(), units, numba.config.NUMBA_NUM_THREADS))
+    nt = (
+        1
+        if size < PARALLEL_MIN
+        else max(1, min(_npk.get_num_threads(), units, numba.config.NUMBA_NUM_THREADS))
+    )
     numba.set_num_threads(nt)
     return nt
 
@@ -158,73 +170,135 @@ def _use(x: np.ndarray) -> bool:
 # sums (nt, ...) in float64, merged by the caller.
 
 
-def _bn_stats2(x, shift, nt, s1, s2):
+def _bn_finish(x, w, b, eps, m, shift, s1, s2):
+    """Per-channel statistics from the per-thread shifted sums, and the affine constants."""
+    c = shift.shape[0]
+    nt = s1.shape[0]
+    mean = np.empty(c)
+    var = np.empty(c)
+    inv = np.empty(c)
+    tail = np.empty(c)
+    head = np.empty(c, x.dtype)
+    a = np.empty(c, x.dtype)
+    bb = np.empty(c, x.dtype)
+    for j in range(c):
+        t1 = 0.0
+        t2 = 0.0
+        for t in range(nt):
+            t1 += s1[t, j]
+            t2 += s2[t, j]
+        d = t1 / m
+        v = max(t2 / m - d * d, 0.0)
+        mu = shift[j] + d
+        istd = 1.0 / np.sqrt(v + eps)
+        h = x.dtype.type(mu)
+        tl = mu - np.float64(h)
+        aj = istd * np.float64(w[j])
+        # y = (x - mean) * a + b = (x - head) * a + (b - tail * a): x - head is exact near the mean
+        head[j] = h
+        a[j] = aj
+        bb[j] = np.float64(b[j]) - tl * aj
+        mean[j] = mu
+        var[j] = v
+        inv[j] = istd
+        tail[j] = tl
+    return mean, var, inv, tail, head, a, bb
+
+
+def _bn_forward2(x, w, b, eps, nt, y):
     n, c = x.shape
+    shift = np.empty(c)
+    for j in range(c):
+        shift[j] = x[0, j]
+    s1 = np.zeros((nt, c))
+    s2 = np.zeros((nt, c))
     for t in prange(nt):
         a1 = s1[t]
         a2 = s2[t]
-        a1[:] = 0.0
-        a2[:] = 0.0
         for i in range(n * t // nt, n * (t + 1) // nt):
             xr = x[i]  # 1-D row views let LLVM vectorize along C
             for j in range(c):
                 d = np.float64(xr[j]) - shift[j]
                 a1[j] += d
                 a2[j] += d * d
-
-
-def _bn_stats3(x, shift, nt, s1, s2):
-    n, c, s = x.shape
-    units = n * c
-    for t in prange(nt):
-        a1 = s1[t]
-        a2 = s2[t]
-        a1[:] = 0.0
-        a2[:] = 0.0
-        for u in range(units * t // nt, units * (t + 1) // nt):
-            j = u % c
-            xr = x[u // c, j]
-            sh = shift[j]
-            a = 0.0
-            b = 0.0
-            for k in range(s):
-                d = np.float64(xr[k]) - sh
-                a += d
-                b += d * d
-            a1[j] += a
-            a2[j] += b
-
-
-def _bn_apply2(x, head, a, b, nt, y):
-    n, c = x.shape
+    mean, var, inv, tail, head, a, bb = _bn_finish(x, w, b, eps, n, shift, s1, s2)
     for t in prange(nt):
         for i in range(n * t // nt, n * (t + 1) // nt):
             xr = x[i]
             yr = y[i]
             for j in range(c):
-                yr[j] = (xr[j] - head[j]) * a[j] + b[j]
+                yr[j] = (xr[j] - head[j]) * a[j] + bb[j]
+    return mean, var, inv, tail, head
 
 
-def _bn_apply3(x, head, a, b, nt, y):
+def _bn_forward3(x, w, b, eps, nt, y):
     n, c, s = x.shape
     units = n * c
+    shift = np.empty(c)
+    for j in range(c):
+        shift[j] = x[0, j, 0]
+    s1 = np.zeros((nt, c))
+    s2 = np.zeros((nt, c))
+    for t in prange(nt):
+        a1 = s1[t]
+        a2 = s2[t]
+        for u in range(units * t // nt, units * (t + 1) // nt):
+            j = u % c
+            xr = x[u // c, j]
+            sh = shift[j]
+            p = 0.0
+            q = 0.0
+            for k in range(s):
+                d = np.float64(xr[k]) - sh
+                p += d
+                q += d * d
+            a1[j] += p
+            a2[j] += q
+    mean, var, inv, tail, head, a, bb = _bn_finish(x, w, b, eps, n * s, shift, s1, s2)
     for t in prange(nt):
         for u in range(units * t // nt, units * (t + 1) // nt):
             j = u % c
             xr = x[u // c, j]
             yr = y[u // c, j]
-            h, aj, bj = head[j], a[j], b[j]
+            h, aj, bj = head[j], a[j], bb[j]
             for k in range(s):
                 yr[k] = (xr[k] - h) * aj + bj
+    return mean, var, inv, tail, head
 
 
-def _bn_grad_sums2(g, x, head, nt, sg, sgx):
+def _bn_grad_finish(x, w, m, inv, tail, sg, sgx):
+    """dx = a * g + bc * (x - head) + k per channel, and the parameter gradients."""
+    c = inv.shape[0]
+    nt = sg.shape[0]
+    a = np.empty(c, x.dtype)
+    bc = np.empty(c, x.dtype)
+    k = np.empty(c, x.dtype)
+    gw = np.empty(c, x.dtype)
+    gb = np.empty(c, x.dtype)
+    for j in range(c):
+        sum_g = 0.0
+        sum_gt = 0.0
+        for t in range(nt):
+            sum_g += sg[t, j]
+            sum_gt += sgx[t, j]
+        sum_gc = sum_gt - tail[j] * sum_g  # sum of g * (x - mean)
+        aj = np.float64(w[j]) * inv[j]
+        bcj = -aj * inv[j] * inv[j] * sum_gc / m
+        a[j] = aj
+        bc[j] = bcj
+        k[j] = -aj * (sum_g / m) - bcj * tail[j]
+        gw[j] = inv[j] * sum_gc
+        gb[j] = sum_g
+    return a, bc, k, gw, gb
+
+
+def _bn_backward2(g, x, w, inv, tail, head, nt, dx):
     n, c = x.shape
+    sg = np.zeros((nt, c))
+    sgx = np.zeros((nt, c))
     for t in prange(nt):
         a1 = sg[t]
         a2 = sgx[t]
-        a1[:] = 0.0
-        a2[:] = 0.0
         for i in range(n * t // nt, n * (t + 1) // nt):
             xr = x[i]
             gr = g[i]
@@ -232,33 +306,7 @@ def _bn_grad_sums2(g, x, head, nt, sg, sgx):
                 gv = np.float64(gr[j])
                 a1[j] += gv
                 a2[j] += gv * np.float64(xr[j] - head[j])
-
-
-def _bn_grad_sums3(g, x, head, nt, sg, sgx):
-    n, c, s = x.shape
-    units = n * c
-    for t in prange(nt):
-        a1 = sg[t]
-        a2 = sgx[t]
-        a1[:] = 0.0
-        a2[:] = 0.0
-        for u in range(units * t // nt, units * (t + 1) // nt):
-            j = u % c
-            xr = x[u // c, j]
-            gr = g[u // c, j]
-            h = head[j]
-            a = 0.0
-            b = 0.0
-            for k in range(s):
-                gv = np.float64(gr[k])
-                a += gv
-                b += gv * np.float64(xr[k] - h)
-            a1[j] += a
-            a2[j] += b
-
-
-def _bn_grad_apply2(g, x, head, a, bc, k, nt, dx):
-    n, c = x.shape
+    a, bc, k, gw, gb = _bn_grad_finish(x, w, n, inv, tail, sg, sgx)
     for t in prange(nt):
         for i in range(n * t // nt, n * (t + 1) // nt):
             xr = x[i]
@@ -266,11 +314,31 @@ def _bn_grad_apply2(g, x, head, a, bc, k, nt, dx):
             dr = dx[i]
             for j in range(c):
                 dr[j] = a[j] * gr[j] + bc[j] * (xr[j] - head[j]) + k[j]
+    return gw, gb
 
 
-def _bn_grad_apply3(g, x, head, a, bc, k, nt, dx):
+def _bn_backward3(g, x, w, inv, tail, head, nt, dx):
     n, c, s = x.shape
     units = n * c
+    sg = np.zeros((nt, c))
+    sgx = np.zeros((nt, c))
+    for t in prange(nt):
+        a1 = sg[t]
+        a2 = sgx[t]
+        for u in range(units * t // nt, units * (t + 1) // nt):
+            j = u % c
+            xr = x[u // c, j]
+            gr = g[u // c, j]
+            h = head[j]
+            p = 0.0
+            q = 0.0
+            for k in range(s):
+                gv = np.float64(gr[k])
+                p += gv
+                q += gv * np.float64(xr[k] - h)
+            a1[j] += p
+            a2[j] += q
+    a, bc, k, gw, gb = _bn_grad_finish(x, w, n * s, inv, tail, sg, sgx)
     for t in prange(nt):
         for u in range(units * t // nt, units * (t + 1) // nt):
             j = u % c
@@ -280,6 +348,7 @@ def _bn_grad_apply3(g, x, head, a, bc, k, nt, dx):
             h, aj, bj, kj = head[j], a[j], bc[j], k[j]
             for q in range(s):
                 dr[q] = aj * gr[q] + bj * (xr[q] - h) + kj
+    return gw, gb
 
 
 def _ln_forward(x, w, b, eps, centred, nt, y, mean, inv):
@@ -423,14 +492,10 @@ def _gn_backward(g, x, w, groups, mean, inv, nt, dx, dw, db):
 
 
 _SOURCES: dict[str, tuple[Callable[..., Any], bool]] = {
-    "bn_stats2": (_bn_stats2, True),
-    "bn_stats3": (_bn_stats3, True),
-    "bn_apply2": (_bn_apply2, False),
-    "bn_apply3": (_bn_apply3, False),
-    "bn_grad_sums2": (_bn_grad_sums2, True),
-    "bn_grad_sums3": (_bn_grad_sums3, True),
-    "bn_grad_apply2": (_bn_grad_apply2, False),
-    "bn_grad_apply3": (_bn_grad_apply3, False),
+    "bn_forward2": (_bn_forward2, True),
+    "bn_forward3": (_bn_forward3, True),
+    "bn_backward2": (_bn_backward2, True),
+    "bn_backward3": (_bn_backward3, True),
     "ln_forward": (_ln_forward, True),
     "ln_backward": (_ln_backward, True),
     "gn_forward": (_gn_forward, True),
@@ -441,18 +506,15 @@ _SOURCES: dict[str, tuple[Callable[..., Any], bool]] = {
 # --- the KERNELS table: same signatures as dualnorm.nn.functional --------------------------
 
 
-def _bn3(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
-
-
 def _bn_view(x3: np.ndarray) -> tuple[np.ndarray, str]:
+    """(N, C, S) as (N, C) when S == 1 (loops along C), else unchanged; and the kernel suffix."""
     if x3.shape[2] == 1:
         return x3.reshape(x3.shape[0], x3.shape[1]), "2"
     return x3, "3"
 
 
-def _units(x3: np.ndarray) -> int:
-    return x3.shape[0] if x3.shape[2] == 1 else x3.shape[0] * x3.shape[1]
+def _units(xv: np.ndarray) -> int:
+    return xv.shape[0] if xv.ndim == 2 else xv.shape[0] * xv.shape[1]
 
 
 def batch_norm_train(
@@ -460,29 +522,18 @@ def batch_norm_train(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
     if not _use(x):
         return _npk.batch_norm_train(B, x, weight, bias, eps)
-    x3 = _bn3(x)
-    c = x3.shape[1]
-    dt = x3.dtype
+    n, c = x.shape[0], x.shape[1]
+    dt = x.dtype
+    x3 = np.ascontiguousarray(x).reshape(n, c, -1)
+    if c == 1:  # one channel: reduce the whole array as one contiguous run
+        x3 = x3.reshape(1, 1, -1) if x3.shape[2] == 1 else x3
     xv, nd = _bn_view(x3)
-    nt = _threads(_units(x3), x3.size)
-    shift = x3[0, :, 0].astype(np.float64)
-    s1 = np.empty((nt, c))
-    s2 = np.empty((nt, c))
-    _run("bn_stats" + nd, xv, shift, nt, s1, s2)
-    m = float(x3.size // c)
-    d = s1.sum(axis=0) / m
-    var = np.maximum(s2.sum(axis=0) / m - d * d, 0.0)
-    mean = shift + d
-    inv_std = 1.0 / np.sqrt(var + eps)
-    head = mean.astype(dt)
-    tail = mean - head
-    a = inv_std if weight is None else inv_std * weight.astype(np.float64)
-    b = -tail * a if bias is None else bias.astype(np.float64) - tail * a
-    y3 = np.empty_like(x3)
-    yv = y3.reshape(xv.shape)
-    _run("bn_apply" + nd, xv, head, a.astype(dt), b.astype(dt), nt, yv)
-    ctx = (_TAG, x3, head, tail, inv_std, x.shape)
-    return y3.reshape(x.shape), mean.astype(dt), var.astype(dt), ctx
+    nt = _threads(_units(xv), x3.size)
+    y = np.empty_like(xv)
+    w, b = _affine(weight, c, 1.0, dt), _affine(bias, c, 0.0, dt)
+    mean, var, inv, tail, head = _run("bn_forward" + nd, xv, w, b, float(eps), nt, y)
+    ctx = (_TAG, xv, nd, inv, tail, head, x.shape)
+    return y.reshape(x.shape), mean.astype(dt), var.astype(dt), ctx
 
 
 def batch_norm_train_backward(
@@ -490,42 +541,28 @@ def batch_norm_train_backward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if ctx[0] is not _TAG:
         return _npk.batch_norm_train_backward(B, grad_y, ctx, weight)
-    _, x3, head, tail, inv_std, shape = ctx
-    c = x3.shape[1]
-    dt = x3.dtype
-    g3 = np.ascontiguousarray(grad_y, dtype=dt).reshape(x3.shape)
-    xv, nd = _bn_view(x3)
-    gv = g3.reshape(xv.shape)
-    nt = _threads(_units(x3), x3.size)
-    sg = np.empty((nt, c))
-    sgx = np.empty((nt, c))
-    _run("bn_grad_sums" + nd, gv, xv, head, nt, sg, sgx)
-    sum_g = sg.sum(axis=0)
-    sum_gc = sgx.sum(axis=0) - tail * sum_g  # sum of g * (x - mean)
-    m = float(x3.size // c)
-    w = np.ones(c) if weight is None else weight.astype(np.float64)
-    a = w * inv_std
-    mean_gxhat = inv_std * sum_gc / m
-    bc = -a * inv_std * mean_gxhat
-    k = -a * (sum_g / m) - bc * tail
-    dx3 = np.empty_like(x3)
-    _run(
-        "bn_grad_apply" + nd,
-        gv,
-        xv,
-        head,
-        a.astype(dt),
-        bc.astype(dt),
-        k.astype(dt),
-        nt,
-        dx3.reshape(xv.shape),
-    )
-    return dx3.reshape(shape), (inv_std * sum_gc).astype(dt), sum_g.astype(dt)
+    _, xv, nd, inv, tail, head, shape = ctx
+    dt = xv.dtype
+    g = np.ascontiguousarray(grad_y, dtype=dt).reshape(xv.shape)
+    nt = _threads(_units(xv), xv.size)
+    dx = np.empty_like(xv)
+    gw, gb = _run("bn_backward" + nd, g, xv, _affine(weight, inv.shape[0], 1.0, dt), inv, tail, head, nt, dx)
+    return dx.reshape(shape), gw, gb
+
+
+_fills: dict[tuple[int, float, Any], np.ndarray] = {}
 
 
 def _affine(v: np.ndarray | None, n: int, fill: float, dt: np.dtype) -> np.ndarray:
+    """The parameter as a contiguous ``dt`` vector; ones / zeros (cached; never written) when absent."""
     if v is None:
-        return np.full(n, fill, dt)
+        key = (n, fill, dt)
+        arr = _fills.get(key)
+        if arr is None:
+            arr = _fills[key] = np.full(n, fill, dt)
+        return arr
+    if v.dtype == dt and v.flags.c_contiguous and v.ndim == 1:
+        return v
     return np.ascontiguousarray(v, dtype=dt).reshape(n)
 
 

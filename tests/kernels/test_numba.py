@@ -234,23 +234,25 @@ def test_cache_dir_follows_the_user(monkeypatch, tmp_path):
     assert kernels_numba.cache_dir() == str(tmp_path / "mine")
 
 
-class _SlowKernel:
+def _slow_kernel(seconds):
     """Stands in for a numba dispatcher whose first call compiles."""
+    calls = []
 
-    def __init__(self, seconds):
-        self.signatures = []
-        self.seconds = seconds
-
-    def __call__(self, *args):
-        time.sleep(self.seconds)
-        self.signatures.append("compiled")
+    def kernel(*args):
+        if not calls:
+            time.sleep(seconds)
+        calls.append(args)
         return "result"
+
+    return kernel
 
 
 def test_a_slow_compile_is_announced_once(monkeypatch):
     monkeypatch.setattr(kernels_numba, "NOTICE_AFTER_S", 0.01)
-    fake = _SlowKernel(0.3)
-    monkeypatch.setitem(kernels_numba._compiled, "fake", fake)
+    monkeypatch.setattr(kernels_numba, "_announced", False)
+    monkeypatch.setitem(kernels_numba._compiled, "fake", _slow_kernel(0.3))
+    monkeypatch.setitem(kernels_numba._compiled, "fake2", _slow_kernel(0.3))
+    monkeypatch.setattr(kernels_numba, "_signatures", {})
     heard = []
     remove = kernels_numba.add_compile_listener(heard.append)
     try:
@@ -258,6 +260,7 @@ def test_a_slow_compile_is_announced_once(monkeypatch):
         assert kernels_numba._run("fake", x) == "result"
         assert len(heard) == 1 and "compiling numba kernels" in heard[0]
         assert kernels_numba._run("fake", x) == "result"  # compiled: no second notice
+        assert kernels_numba._run("fake2", x) == "result"  # another slow compile: still one line
         assert len(heard) == 1
     finally:
         remove()
