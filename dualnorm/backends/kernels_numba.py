@@ -98,14 +98,21 @@ _REDUCE_MATH = {"reassoc", "contract"}
 
 
 def _kernel(name: str) -> Any:
+    """The compiled ``name``; ``name:serial`` is the same source without threads (``prange`` is
+    ``range``), for small arrays: no pool to wake, and it compiles in a fraction of the time."""
     fn = _compiled.get(name)
     if fn is None:
         numba = _import_numba()
-        py, reduces = _SOURCES[name]
+        base, _, variant = name.partition(":")
+        py, reduces = _SOURCES[base]
         fn = _compiled[name] = numba.njit(
-            parallel=True, cache=True, fastmath=_REDUCE_MATH if reduces else False, nogil=True
+            parallel=variant != "serial", cache=True, fastmath=_REDUCE_MATH if reduces else False, nogil=True
         )(py)
     return fn
+
+
+def _pick(name: str, nt: int) -> str:
+    return name if nt > 1 else name + ":serial"
 
 
 def _announce(message: str) -> None:
@@ -147,14 +154,12 @@ def _announce_once() -> None:
 
 
 def _threads(units: int, size: int) -> int:
-    """Threads for a launch, and tell numba: one below ``PARALLEL_MIN`` elements, where waking
-    the pool costs more than the work (and far more when the cores are busy)."""
+    """Threads for a launch: one (the serial kernels) below ``PARALLEL_MIN`` elements, where
+    waking a pool costs more than the work, and far more when the cores are busy."""
+    if size < PARALLEL_MIN:
+        return 1
     numba = _import_numba()
-    nt = (
-        1
-        if size < PARALLEL_MIN
-        else max(1, min(_npk.get_num_threads(), units, numba.config.NUMBA_NUM_THREADS))
-    )
+    nt = max(1, min(_npk.get_num_threads(), units, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(nt)
     return nt
 
@@ -531,7 +536,7 @@ def batch_norm_train(
     nt = _threads(_units(xv), x3.size)
     y = np.empty_like(xv)
     w, b = _affine(weight, c, 1.0, dt), _affine(bias, c, 0.0, dt)
-    mean, var, inv, tail, head = _run("bn_forward" + nd, xv, w, b, float(eps), nt, y)
+    mean, var, inv, tail, head = _run(_pick("bn_forward" + nd, nt), xv, w, b, float(eps), nt, y)
     ctx = (_TAG, xv, nd, inv, tail, head, x.shape)
     return y.reshape(x.shape), mean.astype(dt), var.astype(dt), ctx
 
@@ -546,7 +551,9 @@ def batch_norm_train_backward(
     g = np.ascontiguousarray(grad_y, dtype=dt).reshape(xv.shape)
     nt = _threads(_units(xv), xv.size)
     dx = np.empty_like(xv)
-    gw, gb = _run("bn_backward" + nd, g, xv, _affine(weight, inv.shape[0], 1.0, dt), inv, tail, head, nt, dx)
+    gw, gb = _run(
+        _pick("bn_backward" + nd, nt), g, xv, _affine(weight, inv.shape[0], 1.0, dt), inv, tail, head, nt, dx
+    )
     return dx.reshape(shape), gw, gb
 
 
@@ -572,7 +579,7 @@ def _rows_fwd(x2: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, centred:
     y2 = np.empty_like(x2)
     mean = np.empty(rows)
     inv = np.empty(rows)
-    _run("ln_forward", x2, w, b, float(eps), centred, nt, y2, mean, inv)
+    _run(_pick("ln_forward", nt), x2, w, b, float(eps), centred, nt, y2, mean, inv)
     return y2, mean, inv
 
 
@@ -584,7 +591,7 @@ def _rows_bwd(
     dx2 = np.empty_like(x2)
     dw = np.empty((nt, d))
     db = np.empty((nt, d))
-    _run("ln_backward", g2, x2, w, mean, inv, centred, nt, dx2, dw, db)
+    _run(_pick("ln_backward", nt), g2, x2, w, mean, inv, centred, nt, dx2, dw, db)
     return dx2, dw.sum(axis=0), db.sum(axis=0)
 
 
@@ -640,7 +647,7 @@ def group_norm(
     mean = np.empty(units)
     inv = np.empty(units)
     w, b = _affine(weight, c, 1.0, dt), _affine(bias, c, 0.0, dt)
-    _run("gn_forward", x3, w, b, num_groups, float(eps), nt, y3, mean, inv)
+    _run(_pick("gn_forward", nt), x3, w, b, num_groups, float(eps), nt, y3, mean, inv)
     return y3.reshape(x.shape), (_TAG, x3, num_groups, mean, inv, x.shape)
 
 
@@ -657,7 +664,9 @@ def group_norm_backward(
     dx3 = np.empty_like(x3)
     dw = np.empty((nt, c))
     db = np.empty((nt, c))
-    _run("gn_backward", g3, x3, _affine(weight, c, 1.0, dt), num_groups, mean, inv, nt, dx3, dw, db)
+    _run(
+        _pick("gn_backward", nt), g3, x3, _affine(weight, c, 1.0, dt), num_groups, mean, inv, nt, dx3, dw, db
+    )
     return dx3.reshape(shape), dw.sum(axis=0).astype(dt), db.sum(axis=0).astype(dt)
 
 
