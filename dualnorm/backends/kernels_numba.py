@@ -37,10 +37,12 @@ import numpy as np
 from dualnorm.backends import kernels_numpy as _npk
 from dualnorm.backends.base import Backend
 
-# benchmarks/crossover.py: numba's forward+backward takes 0.36-0.39x the NumPy kernels' time
-# from 1 000 elements up (single-threaded below PARALLEL_MIN); smaller arrays (the documents'
-# worked examples) keep the NumPy kernels and never start the compiler.
-MIN_ELEMENTS = 1 << 10
+# Per call numba takes 0.2-0.36x the NumPy kernels' time from 1 000 elements up
+# (benchmarks/crossover.py), but importing numba and loading the cached kernels adds about 1.2 s
+# to a warm start of `dualnorm run` (5 s cold, when it compiles), against ~0.15 ms saved per call
+# at demo sizes. From 2^17 elements a call saves about a millisecond; smaller arrays keep the
+# NumPy kernels, so the demos start exactly as fast as without numba. 0 = numba at every size.
+MIN_ELEMENTS = 1 << 17
 NOTICE_AFTER_S = 1.0
 PARALLEL_MIN = _npk.PARALLEL_MIN  # below this many elements, one thread
 
