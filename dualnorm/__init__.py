@@ -15,6 +15,7 @@ from dualnorm.backends import available_backends, get_backend, set_backend, to_n
 from dualnorm.checkpoint import CheckpointError, load, load_into, save
 from dualnorm.errors import BackendError, DualnormError, InputError, StateError
 from dualnorm.runlog import load_run, save_run
+from dualnorm.tracking import Run, list_runs, read_run, track
 
 __version__ = "0.1.0"
 
@@ -23,18 +24,22 @@ __all__ = [
     "CheckpointError",
     "DualnormError",
     "InputError",
+    "Run",
     "StateError",
     "__version__",
     "available_backends",
     "get_backend",
+    "list_runs",
     "load",
     "load_into",
     "load_run",
     "manual_seed",
     "nn",
+    "read_run",
     "save",
     "save_run",
     "set_backend",
     "to_numpy",
+    "track",
     "use_backend",
 ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -166,16 +167,19 @@ def dualnorm_impl(case: Case, backend: str, x: np.ndarray, g: np.ndarray) -> dic
         xb, gb = B.asarray(x), B.asarray(g)
         B.eval(xb, gb)
 
+    # on_device: an MLX layer runs on the device it was timed for (a no-op elsewhere)
     def fwd() -> Any:
-        y = layer(xb)
-        B.eval(y)
+        with B.on_device():
+            y = layer(xb)
+            B.eval(y)
         return y
 
     def fwdbwd() -> Any:
-        _zero_grads(layer)
-        y = layer(xb)
-        dx = layer.backward(gb)
-        B.eval(y, dx, *(p.grad for p in layer.parameters()))
+        with B.on_device():
+            _zero_grads(layer)
+            y = layer(xb)
+            dx = layer.backward(gb)
+            B.eval(y, dx, *(p.grad for p in layer.parameters()))
         return y, dx
 
     def outputs() -> tuple[np.ndarray, np.ndarray]:
@@ -183,18 +187,13 @@ def dualnorm_impl(case: Case, backend: str, x: np.ndarray, g: np.ndarray) -> dic
         return np.asarray(B.to_numpy(y)), np.asarray(B.to_numpy(dx))
 
     def floor() -> None:
-        B.eval(copy_fn())
+        with B.on_device():
+            B.eval(copy_fn())
 
-    if B.name == "numpy":
-        buf = np.empty_like(x)
+    buf = B.zeros_like(xb)
 
-        def copy_fn() -> Any:
-            np.copyto(buf, xb)
-            return buf
-    else:
-
-        def copy_fn() -> Any:
-            return xb + 0.0
+    def copy_fn() -> Any:
+        return B.copy_into(buf, xb)
 
     return {"fwd": fwd, "fwdbwd": fwdbwd, "outputs": outputs, "floor": floor}
 
@@ -227,6 +226,167 @@ def run_backends(
                 float(np.max(np.abs(outs[b][i] - ref[i]))) for b in backends[1:] for i in range(2)
             )
     return results, diffs
+
+
+# --- the sweep: where each backend wins ---------------------------------------------------------
+
+SWEEP_SIZES = (1_000, 10_000, 100_000, 1_000_000, 10_000_000)
+QUICK_SWEEP_SIZES = (1_000, 10_000, 100_000, 1_000_000)
+SWEEP_KINDS = ("batchnorm1d", "batchnorm2d", "layernorm", "groupnorm")
+
+
+def sweep_case(kind: str, elements: int) -> Case:
+    """A ``kind`` layer case with about ``elements`` input elements (at least 2 samples)."""
+    if kind in ("batchnorm1d", "layernorm"):  # (N, 128)
+        n = max(2, round(elements / 128))
+        return Case("batchnorm" if kind == "batchnorm1d" else "layernorm", (n, 128))
+    n = max(2, round(elements / 256))  # (N, 16, 4, 4)
+    if kind == "batchnorm2d":
+        return Case("batchnorm", (n, 16, 4, 4))
+    if kind == "groupnorm":
+        return Case("groupnorm", (n, 16, 4, 4), groups=4)
+    raise ValueError(f"unknown sweep layer {kind!r}; choose from {', '.join(SWEEP_KINDS)}")
+
+
+@dataclass
+class SweepPoint:
+    kind: str
+    case: str
+    elements: int
+    median_s: dict[str, float] = field(default_factory=dict)  # label -> median seconds (fwd+bwd)
+    first_call_s: dict[str, float] = field(default_factory=dict)  # label -> the first call, apart
+
+    def ratio(self, label: str, reference: str) -> float:
+        return self.median_s[label] / self.median_s[reference]
+
+
+def run_sweep(
+    labels: list[str],
+    sizes: tuple[int, ...] = SWEEP_SIZES,
+    kinds: tuple[str, ...] = SWEEP_KINDS,
+    repeats: int = 5,
+    progress: Callable[[str], None] | None = None,
+) -> list[SweepPoint]:
+    """Time forward+backward of every layer kind at every size on every backend label.
+
+    Per (layer, size): each backend's first call is timed alone (compile and first-shape
+    costs), one more warm-up call follows, then ``repeats`` calls round-robin across the
+    backends; the median is kept. Every MLX result is evaluated inside the timing.
+    """
+    points = []
+    for kind in kinds:
+        for size in sizes:
+            case = sweep_case(kind, size)
+            if progress is not None:
+                progress(f"{case.id}")
+            x, g = inputs(case)
+            point = SweepPoint(kind, case.id, int(np.prod(case.shape)))
+            fns = {}
+            for label in labels:
+                impl = dualnorm_impl(case, label, x, g)
+                t0 = time.perf_counter()
+                impl["fwdbwd"]()
+                point.first_call_s[label] = time.perf_counter() - t0
+                fns[label] = impl["fwdbwd"]
+            times = time_interleaved(fns, repeats=repeats, warmup=1)
+            point.median_s = {label: median(v) for label, v in times.items()}
+            points.append(point)
+            del fns
+            gc.collect()
+    return points
+
+
+def crossovers(points: list[SweepPoint], labels: list[str]) -> dict[str, dict[str, int | None]]:
+    """Per layer and backend (not the reference, the first label): the smallest size from which
+    it is faster than the reference at every larger size measured; None if it never is."""
+    out: dict[str, dict[str, int | None]] = {}
+    ref = labels[0]
+    for kind in dict.fromkeys(p.kind for p in points):
+        row = sorted((p for p in points if p.kind == kind), key=lambda p: p.elements)
+        out[kind] = {}
+        for label in labels[1:]:
+            start = None
+            for p in reversed(row):
+                if p.ratio(label, ref) < 1.0:
+                    start = p.elements
+                else:
+                    break
+            out[kind][label] = start
+    return out
+
+
+_MARKS = "●▲■◆x+"
+
+
+def text_plot(series: dict[str, list[tuple[float, float]]], width: int = 56, height: int = 12) -> str:
+    """A log-log scatter of (x, y) points per series, in text (the first letters are the legend)."""
+    pts = [(math.log10(x), math.log10(y)) for s in series.values() for x, y in s if x > 0 and y > 0]
+    if not pts:
+        return "(nothing to plot)"
+    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+    grid = [[" "] * width for _ in range(height)]
+    for mark, values in zip(_MARKS, series.values(), strict=False):
+        for x, y in values:
+            if x <= 0 or y <= 0:
+                continue
+            col = round((math.log10(x) - x0) / (x1 - x0) * (width - 1))
+            row = height - 1 - round((math.log10(y) - y0) / (y1 - y0) * (height - 1))
+            grid[row][col] = mark if grid[row][col] in (" ", mark) else "*"
+    left = [f"{10**y1 * 1e3:9.3g} ms", *[" " * 12] * (height - 2), f"{10**y0 * 1e3:9.3g} ms"]
+    lines = [f"{lab} |{''.join(r)}" for lab, r in zip(left, grid, strict=False)]
+    lines.append(" " * 13 + "+" + "-" * width)
+    lo, hi = f"{10**x0:.0e}", f"{10**x1:.0e} elements"
+    lines.append(" " * 14 + lo + " " * max(1, width - len(lo) - len(hi)) + hi)
+    legend = "   ".join(f"{m} {name}" for m, name in zip(_MARKS, series, strict=False))
+    lines.append(" " * 14 + legend + "   (* = overlap)")
+    return "\n".join(lines)
+
+
+def _sweep_report(console: Any, points: list[SweepPoint], labels: list[str]) -> dict[str, Any]:
+    from rich.table import Table
+
+    ref = labels[0]
+    cross = crossovers(points, labels)
+    for kind in dict.fromkeys(p.kind for p in points):
+        row = [p for p in points if p.kind == kind]
+        table = Table(title=f"{kind}: forward+backward, float32 (median ms; first call apart)")
+        table.add_column("input")
+        table.add_column("elements", justify="right")
+        for label in labels:
+            table.add_column(f"{label} ms", justify="right")
+            table.add_column(f"{label} 1st", justify="right")
+        for label in labels[1:]:
+            table.add_column(f"{label}/{ref}", justify="right")
+        for p in row:
+            cells = [p.case.split(" ", 1)[1], f"{p.elements:,}"]
+            for label in labels:
+                cells += [f"{p.median_s[label] * 1e3:.3g}", f"{p.first_call_s[label] * 1e3:.3g}"]
+            cells += [f"{p.ratio(label, ref):.2f}" for label in labels[1:]]
+            table.add_row(*cells)
+        console.print(table)
+        console.print(text_plot({label: [(p.elements, p.median_s[label]) for p in row] for label in labels}))
+        for label in labels[1:]:
+            start = cross[kind][label]
+            faster = [p for p in row if p.ratio(label, ref) < 1.0]
+            if not faster:
+                verdict = f"slower than {ref} at every size measured"
+            elif start == row[0].elements:
+                verdict = f"faster than {ref} at every size measured"
+            elif start is not None:
+                verdict = f"faster than {ref} from {start:,} elements up (the crossover)"
+            else:
+                sizes = ", ".join(f"{p.elements:,} ({p.ratio(label, ref):.2f})" for p in faster)
+                verdict = f"faster than {ref} only at {sizes}; slower at the largest size"
+            console.print(f"  {label}: {verdict}")
+        console.print()
+    return {
+        "reference": ref,
+        "labels": labels,
+        "points": [p.__dict__ for p in points],
+        "crossovers": cross,
+    }
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -264,21 +424,36 @@ def main(argv: list[str] | None = None) -> int:
         prog="dualnorm bench",
         description="Time batch/layer/group norm (forward, forward+backward) on the installed backends.",
     )
-    parser.add_argument("--backends", nargs="+", choices=list(dualnorm.backends.BACKEND_NAMES))
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        metavar="B",
+        help="numpy, mlx, mlx-cpu, mlx-gpu (default: all available here)",
+    )
+    parser.add_argument("--device", help="MLX device for 'mlx': gpu or cpu")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median)")
     parser.add_argument("--full", action="store_true", help="the README's large shapes (slower)")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="each layer from ~1e3 to ~1e7 elements on every backend and device; crossover sizes",
+    )
+    parser.add_argument("--quick", action="store_true", help="with --sweep: up to 1e6 elements, 3 repeats")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
     from rich.console import Console
 
     console = Console()
-    available = dualnorm.available_backends()
-    backends = args.backends or available
-    missing = [b for b in backends if b not in available]
-    if missing:
-        console.print(f"[red]not available here: {', '.join(missing)}[/] (installed: {', '.join(available)})")
+    backends, problem = _labels(args)
+    if problem:
+        console.print(f"[red]{problem}[/]")
         return 2
+    if args.sweep:
+        import sys
+
+        wide = Console(width=None if sys.stdout.isatty() else 140)  # the tables have a column per backend
+        return _main_sweep(args, backends, wide)
     cases = FULL_CASES if args.full else QUICK_CASES
     with console.status("measuring..."):
         results, diffs = run_backends(cases, backends, max(1, args.repeats))
@@ -291,6 +466,43 @@ def main(argv: list[str] | None = None) -> int:
             "results": [r.__dict__ for r in results],
             "max_abs_diff": diffs,
         }
+        with open(args.json, "w") as fh:
+            json.dump(payload, fh, indent=2)
+    return 0
+
+
+def _labels(args: argparse.Namespace) -> tuple[list[str], str | None]:
+    """The backends to time (names, or labels with a device), or an error naming the choices."""
+    from dualnorm.backends import available_labels, get_backend
+
+    here = available_labels() if args.sweep else dualnorm.available_backends()
+    chosen = args.backends or here
+    if args.device is not None:
+        chosen = [f"{b}-{args.device}" if b == "mlx" else b for b in chosen]
+    for label in chosen:
+        try:
+            get_backend(label)
+        except dualnorm.BackendError as exc:
+            return [], f"{exc} (available here: {', '.join(available_labels())})"
+    return list(dict.fromkeys(chosen)), None
+
+
+def _main_sweep(args: argparse.Namespace, labels: list[str], console: Any) -> int:
+    sizes = QUICK_SWEEP_SIZES if args.quick else SWEEP_SIZES
+    repeats = 3 if args.quick else max(1, args.repeats)
+    t0 = time.perf_counter()
+    with console.status("measuring...") as status:
+        points = run_sweep(
+            labels, sizes, repeats=repeats, progress=lambda what: status.update(f"measuring {what}")
+        )
+    payload = _sweep_report(console, points, labels)
+    info = machine()
+    console.print(
+        f"[dim]{time.perf_counter() - t0:.0f} s; {info['processor']}, {info['cpu_count']} CPUs, "
+        f"{info['platform']}; ratios < 1: faster than {labels[0]}[/]"
+    )
+    if args.json:
+        payload.update(machine=info, sizes=list(sizes), repeats=repeats)
         with open(args.json, "w") as fh:
             json.dump(payload, fh, indent=2)
     return 0

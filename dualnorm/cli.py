@@ -1,15 +1,20 @@
-"""The ``dualnorm`` command: list, run, tui and bench.
+"""The ``dualnorm`` command: list, run, compare, tui and bench.
 
 ::
 
     dualnorm list
     dualnorm run dying-relu --backend numpy --json runs/dying.jsonl
+    dualnorm run dying-relu --backend mlx --device cpu
+    dualnorm compare dying-relu --backends numpy,mlx-cpu --steps 500 --no-tui
     dualnorm run init-sweep --mnist ~/.keras/datasets/mnist.npz --variants s00-batchnorm,s00-plain
+    dualnorm run my_experiments.py:Wider --out runs/wider
     dualnorm tui --experiment sigmoid-depth
+    dualnorm tui runs/wider dualnorm-runs/dying-relu-20260101-120000
     dualnorm bench
 
-Exit codes: 0 success, 1 a run failed unexpectedly, 2 bad input (unknown experiment,
-backend, variant or option; a missing or malformed MNIST path), 130 interrupted.
+Exit codes: 0 success, 1 a run failed unexpectedly (``compare``: or the backends disagree
+beyond ``--tol``), 2 bad input (unknown experiment, backend, device, variant or option; a
+missing or malformed MNIST path), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -41,12 +46,16 @@ def _parser() -> argparse.ArgumentParser:
         prog="dualnorm",
         description="Normalization layers on NumPy and MLX: run the documents' experiments.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{list,run,tui,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{list,run,compare,tui,bench}")
     sub.required = True
     sub.add_parser("list", help="list the experiments and the backends available here")
 
     run = sub.add_parser("run", help="run an experiment headless, with a progress bar and a summary")
-    run.add_argument("experiment", choices=names, metavar="NAME", help=f"one of: {', '.join(names)}")
+    run.add_argument(
+        "experiment",
+        metavar="NAME",
+        help=f"one of: {', '.join(names)}; or your own: path/to/file.py:ClassName, or an installed entry point",
+    )
     run.add_argument("--backend", choices=BACKEND_NAMES, help="array backend (default: the active one)")
     run.add_argument("--steps", type=_positive_int, help="optimizer steps per variant")
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -56,11 +65,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--mnist", metavar="PATH", help="MNIST files (mnist.npz or the IDX files) instead of digits"
     )
-    run.add_argument("--json", metavar="FILE", help="write every record as JSON Lines to FILE")
+    run.add_argument("--json", metavar="FILE", help="also write every record as JSON Lines to FILE")
+    run.add_argument(
+        "--out",
+        metavar="DIR",
+        help="run directory (default ./dualnorm-runs/NAME-TIME); open it with dualnorm tui DIR",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_option(run)
+    _add_compare_parser(sub, names)
 
     # Listed for --help only; main() hands their arguments to tui.app.main / dualnorm.bench.main.
-    sub.add_parser("tui", help="the live terminal app: dualnorm tui [--experiment NAME] [--backend B]")
+    sub.add_parser(
+        "tui",
+        help="the live terminal app: dualnorm tui [RUN_DIR_OR_JSONL ...] [--experiment NAME|file.py:Class] [--backend B]",
+    )
     sub.add_parser("bench", help="benchmarks against PyTorch, MLX and NumPy")
     return parser
 
@@ -101,9 +120,6 @@ def _cmd_list() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from dualnorm.backends import get_backend
-    from dualnorm.errors import BackendError
-
     console = Console()
     table = Table(title="experiments", show_lines=False)
     for col in ("name", "variants", "steps", "summary"):
@@ -111,18 +127,12 @@ def _cmd_list() -> int:
     for exp in _experiments().values():
         variants = ", ".join(exp.variants) if len(exp.variants) <= 4 else f"{len(exp.variants)} variants"
         table.add_row(exp.name, variants, str(exp.default_steps), exp.summary)
+    from dualnorm.experiments.loading import ENTRY_POINT_GROUP, entry_points
+
+    for name, ep in sorted(entry_points().items()):  # installed packages' experiments, loaded on use
+        table.add_row(name, "-", "-", f"entry point {ep.value} ({ENTRY_POINT_GROUP})")
     console.print(table)
-    backends = Table(title="backends")
-    backends.add_column("name")
-    backends.add_column("available")
-    for name in BACKEND_NAMES:
-        try:
-            get_backend(name)
-            status = "yes"
-        except BackendError as exc:
-            status = f"no: {exc}"
-        backends.add_row(name, status)
-    console.print(backends)
+    console.print(_backends_table())
     return EXIT_OK
 
 
@@ -156,7 +166,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from dualnorm.errors import BackendError, InputError
     from dualnorm.experiments import RunConfig
 
-    exp = _experiments()[args.experiment]
+    exp, problem = _resolve_experiment(args.experiment)
+    if problem:
+        return _error(problem)
+    problem = apply_device(args.backend, args.device)
+    if problem:
+        return _error(problem)
     if args.backend is not None:
         try:
             get_backend(args.backend)
@@ -190,6 +205,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         variants=args.variants,
         options=options,
     )
+    problem = _check_outputs(args)
+    if problem:
+        return _error(problem)
     from dualnorm.backends.kernels_numba import add_compile_listener
 
     add_compile_listener(lambda message: print(message, file=sys.stderr))  # a first run's compile pause
@@ -197,26 +215,90 @@ def _cmd_run(args: argparse.Namespace) -> int:
         records = exp.run(config)
     except (InputError, DatasetError, BackendError) as exc:
         return _error(str(exc))
+    try:
+        run_dir = _open_run_dir(args, exp, config)
+    except (InputError, ValueError) as exc:
+        return _error(str(exc))
     writer = _JsonWriter(args.json) if args.json else None
     complete = False
+    status, failure = "failed", None
     summary: dict[str, dict[str, Any]] = {}
     try:
-        _drive(exp, config, records, writer, summary, quiet=args.quiet)
+        _drive(exp, config, records, _Tee(writer, run_dir), summary, quiet=args.quiet)
         complete = True
+        status = "finished"
     except KeyboardInterrupt:
+        status = "interrupted"
         print("dualnorm: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (InputError, DatasetError, BackendError) as exc:
+        failure = str(exc)
         return _error(str(exc))
     finally:
+        run_dir.finish(status, failure)
         if writer is not None:
             where = writer.finish(complete)
             if not complete:
                 print(f"dualnorm: the records so far are in {where}", file=sys.stderr)
+        if not complete:
+            print(f"dualnorm: the run directory is {run_dir.dir}", file=sys.stderr)
     _print_summary(exp, summary)
     if writer is not None:
         print(f"records written to {writer.path}")
+    print(f"run written to {run_dir.dir}  (view it: dualnorm tui {run_dir.dir})")
     return EXIT_OK
+
+
+def _resolve_experiment(spec: str) -> tuple[Any, str | None]:
+    """(experiment, None), or (None, one-line error) for an unknown name or a broken user file."""
+    from dualnorm.experiments.loading import ExperimentLoadError, load_experiment
+
+    try:
+        return load_experiment(spec), None
+    except ExperimentLoadError as exc:
+        if exc.details:
+            print(exc.details.rstrip(), file=sys.stderr)
+        return None, str(exc)
+
+
+def _check_outputs(args: argparse.Namespace) -> str | None:
+    """Every output path, checked before any work starts: one line naming the path and why."""
+    from dualnorm.tracking import OutputPathError, check_output_dir, check_output_file
+
+    try:
+        if args.json:
+            check_output_file(args.json)
+        if args.out:
+            check_output_dir(args.out)
+    except OutputPathError as exc:
+        return str(exc)
+    return None
+
+
+def _open_run_dir(args: argparse.Namespace, exp: Any, config: Any) -> Any:
+    from dualnorm.runlog import _config_to_dict
+    from dualnorm.tracking import RunWriter, default_run_dir
+
+    directory = args.out or default_run_dir(exp.name)
+    return RunWriter(
+        directory,
+        name=exp.name,
+        experiment=exp.name,
+        variants=list(config.variants or exp.variants),
+        backend=config.backend,
+        config=_config_to_dict(config),
+    )
+
+
+class _Tee:
+    """Writes every record to the run directory and, with --json, to the JSON Lines file."""
+
+    def __init__(self, *writers: Any) -> None:
+        self.writers = [w for w in writers if w is not None]
+
+    def write(self, record: Any) -> None:
+        for w in self.writers:
+            w.write(record)
 
 
 def _drive(exp: Any, config: Any, records: Any, writer: Any, summary: dict, *, quiet: bool) -> None:
@@ -295,6 +377,309 @@ def _print_summary(exp: Any, summary: dict[str, dict[str, Any]]) -> None:
     Console().print(table)
 
 
+# --- devices and compare -------------------------------------------------------------------
+
+#: compare's default --tol: the largest relative loss difference still called agreement. Float32
+#: rounding alone moves dying-relu's final 1e-4 loss by 0.4 % between NumPy and MLX (measured).
+COMPARE_TOL = 1e-2
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="MLX device: gpu or cpu (default: the GPU where MLX has one, else the CPU; or DUALNORM_DEVICE)",
+    )
+
+
+def apply_device(backend: str | None, device: str | None) -> str | None:
+    """``--device``: make (backend, device) this process's default, and child processes'.
+
+    Without ``backend``, the active backend if it has that device, else the first one
+    that does. Returns an error message, or None.
+    """
+    if device is None:
+        return None
+    from dualnorm.backends import DEVICE_ENV_VAR, available_backends, get_backend, set_backend
+    from dualnorm.errors import BackendError
+
+    try:
+        name = backend
+        if name is None:
+            name = get_backend().name
+            wanted = str(device).strip().lower()
+            if wanted not in type(get_backend(name)).devices:
+                name = next((b for b in available_backends() if wanted in type(get_backend(b)).devices), name)
+        chosen = set_backend(name, device=device)
+    except BackendError as exc:
+        return str(exc)
+    os.environ[DEVICE_ENV_VAR] = chosen.device  # training children (the TUI's runner) inherit it
+    return None
+
+
+def _backends_table() -> Any:
+    from rich.table import Table
+
+    from dualnorm.backends import backend_names, get_backend
+    from dualnorm.errors import BackendError
+
+    table = Table(title="backends")
+    table.add_column("name")
+    table.add_column("available")
+    table.add_column("devices here (default first)")
+    for name in backend_names():
+        try:
+            backend = get_backend(name)
+            status = "yes"
+            cls = type(backend)
+            default = cls.default_device()
+            devices = [default, *(d for d in cls.available_devices() if d != default)]
+            absent = [d for d in cls.devices if d not in devices]
+            where = ", ".join(devices) + (f" (no {', '.join(absent)} here)" if absent else "")
+        except BackendError as exc:
+            status, where = f"no: {exc}", "-"
+        table.add_row(name, status, where)
+    return table
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _add_compare_parser(sub: Any, names: list[str]) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="the same run on several backends side by side; exit 1 when they disagree beyond --tol",
+    )
+    p.add_argument("experiment", metavar="NAME", help=f"one of: {', '.join(names)}")
+    p.add_argument(
+        "--backends",
+        type=_csv,
+        help="comma-separated, the first is the reference: numpy, mlx-cpu, mlx-gpu "
+        "(default: every one available here)",
+    )
+    p.add_argument(
+        "--tol",
+        type=_nonneg_float,
+        default=COMPARE_TOL,
+        help=f"largest relative loss difference called agreement (default {COMPARE_TOL:g})",
+    )
+    p.add_argument("--steps", type=_positive_int, help="optimizer steps per variant")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--lr", type=_positive_float, help="learning rate")
+    p.add_argument("--record-every", type=_positive_int, help="record per-layer statistics every K steps")
+    p.add_argument("--variants", type=_csv, help="comma-separated subset of the experiment's variants")
+    p.add_argument("--no-tui", action="store_true", help="print the comparison as tables")
+    p.add_argument("--json", metavar="FILE", help="write the comparison as JSON to FILE")
+    p.add_argument(
+        "--out", metavar="DIR", help="keep each backend's records in DIR/<backend>.jsonl (default: discarded)"
+    )
+    p.add_argument(
+        "--concurrent",
+        action="store_true",
+        help="run the backends at the same time: sooner done, but they share the cores, so the "
+        "timings are not comparable (default: one after another)",
+    )
+
+
+def _child_command(args: argparse.Namespace, backend: Any, path: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "dualnorm", "run", args.experiment]
+    cmd += ["--backend", backend.name, "--device", backend.device, "--seed", str(args.seed)]
+    cmd += ["--json", str(path), "--quiet"]
+    for flag, value in (("--steps", args.steps), ("--lr", args.lr), ("--record-every", args.record_every)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    if args.variants:
+        cmd += ["--variants", ",".join(args.variants)]
+    return cmd
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import json
+    import subprocess
+    import tempfile
+
+    from rich.console import Console
+
+    from dualnorm.backends import available_labels, get_backend
+    from dualnorm.compare import LiveComparison
+    from dualnorm.errors import BackendError
+    from dualnorm.records import StepRecord
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    here = available_labels()
+    labels = list(dict.fromkeys(args.backends or here))
+    backends = {}
+    for label in labels:
+        try:
+            backends[label] = get_backend(label)
+        except BackendError as exc:
+            return _error(f"{exc} (backends available here: {', '.join(here)})")
+    if len(labels) < 2:
+        return _error(f"compare needs at least two backends; available here: {', '.join(here)}")
+    if args.experiment not in _experiments():
+        names = ", ".join(_experiments())
+        return _error(f"unknown experiment {args.experiment!r}; choose one of: {names}")
+    if args.json:
+        target = Path(args.json)
+        if target.is_dir() or not target.parent.exists():
+            return _error(f"--json {args.json}: not a file in an existing folder")
+    tmp = None
+    procs: dict[str, tuple[Any, float, Any]] = {}
+    if args.out:
+        out = Path(args.out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return _error(f"--out {args.out}: cannot create the folder ({exc})")
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="dualnorm-compare-")
+        out = Path(tmp.name)
+    try:
+        live = LiveComparison(labels, args.tol)
+        mode = "concurrent" if args.concurrent else "sequential"
+        console.print(f"[bold]dualnorm compare {args.experiment}[/]: {', '.join(labels)} ({mode})")
+        paths = {label: out / f"{label}.jsonl" for label in labels}
+        outcome: dict[str, tuple[int, str, float]] = {}
+        for label in labels:
+            cmd = _child_command(args, backends[label], paths[label])
+            # stderr to a file, not a pipe: a child that writes a lot cannot block on it
+            err = open(out / f"{label}.stderr", "w+", encoding="utf-8")  # noqa: SIM115 (closed in _wait)
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+            procs[label] = (proc, time.perf_counter(), err)
+            if not args.concurrent:
+                outcome.update(_wait({label: procs[label]}, console))
+                if outcome[label][0] == EXIT_USAGE:
+                    sys.stderr.write(outcome[label][1])
+                    return EXIT_USAGE
+        outcome.update(_wait({k: v for k, v in procs.items() if k not in outcome}, console))
+        for label in labels:
+            code, err, wall = outcome[label]
+            path = (
+                paths[label]
+                if paths[label].exists()
+                else paths[label].with_name(paths[label].name + ".partial")
+            )
+            if path.exists():
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    if line.strip():
+                        live.add(label, StepRecord.from_dict(json.loads(line)))
+            result = live.result().backends[label]
+            result.wall_s = wall
+            if code != 0:
+                result.error = f"exit {code}: " + (err.strip().splitlines() or ["(no message)"])[-1]
+        comparison = live.result()
+        _print_comparison(console, comparison)
+        if args.json:
+            payload = {"experiment": args.experiment, "seed": args.seed, "steps": args.steps, "mode": mode}
+            payload.update(comparison.to_dict())
+            partial = Path(args.json + ".partial")
+            partial.write_text(json.dumps(payload, indent=2, allow_nan=False), encoding="utf-8")
+            os.replace(partial, args.json)
+            console.print(f"comparison written to {args.json}")
+        if args.out:
+            console.print(f"records in {out}")
+    except KeyboardInterrupt:
+        for proc, _, _ in procs.values():
+            proc.kill()
+        print("dualnorm: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return EXIT_OK if comparison.agree else EXIT_FAILED
+
+
+def _wait(procs: dict[str, tuple[Any, float, Any]], console: Any) -> dict[str, tuple[int, str, float]]:
+    """Wait for every process; each one's wall time ends when *it* exits (exit code, stderr, seconds)."""
+    done: dict[str, tuple[int, str, float]] = {}
+    while len(done) < len(procs):
+        for label, (proc, start, err) in procs.items():
+            if label in done or proc.poll() is None:
+                continue
+            wall = time.perf_counter() - start
+            err.seek(0)
+            done[label] = (proc.returncode, err.read(), wall)
+            err.close()
+            console.print(f"  {label}: {wall:.1f} s (exit {proc.returncode})")
+        time.sleep(0.02)
+    return done
+
+
+def _fmt(value: float | None, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_comparison(console: Any, comparison: Any) -> None:
+    from rich.table import Table
+
+    ref = comparison.reference
+    results = comparison.backends
+    verdict = "[green]agree[/]" if comparison.agree else "[red]disagree[/]"
+    table = Table(title=f"backends vs {ref} (tol {comparison.tol:g}): {verdict}")
+    several = len(results[ref].variants) > 1  # then a mean final loss would mix unlike variants
+    loss_col = "final loss" + (" (per variant below)" if several else "")
+    acc_col = "final acc" + (" (mean)" if several else "")
+    for col in ("backend", "wall s", "train s", "steps/s", loss_col, acc_col, "max rel Δloss", "first > tol"):
+        table.add_column(col, justify="left" if col == "backend" else "right")
+    for label, r in results.items():
+        first = r.first_over_tol
+        where = "-" if first is None else f"step {first[1]} ({first[0]})"
+        diverged = f" ({len(r.diverged)} diverged)" if r.diverged else ""
+        table.add_row(
+            label + (f" [red]{r.error}[/]" if r.error else ""),
+            _fmt(r.wall_s, ".1f"),
+            _fmt(r.train_s, ".2f"),
+            _fmt(r.steps_per_s, ",.0f"),
+            ("-" if several else _fmt(r.final_loss)) + diverged,
+            _fmt(r.final_accuracy, ".3f"),
+            "(reference)" if label == ref else _fmt(r.max_rel_loss_diff, ".2e"),
+            "-" if label == ref else where,
+        )
+    console.print(table)
+    others = [label for label in results if label != ref]
+    stats = sorted({s for label in others for s in results[label].layer_diffs})
+    if stats:
+        layers = Table(title=f"largest per-layer statistic difference vs {ref}: |Δ| (relative), where")
+        layers.add_column("statistic")
+        for label in others:
+            layers.add_column(label, justify="right")
+            layers.add_column("where")
+        for stat in stats:
+            row = [stat]
+            for label in others:
+                value, rel, at = results[label].layer_diffs.get(stat, (None, None, "-"))
+                row += [f"{_fmt(value, '.2e')} ({_fmt(rel, '.1e')})", at]
+            layers.add_row(*row)
+        console.print(layers)
+    variants = list(results[ref].variants)
+    if len(variants) > 1:
+        per = Table(title="per variant: final loss (accuracy); max rel Δloss, first step > tol")
+        per.add_column("variant")
+        for label in results:
+            per.add_column(label, justify="right")
+        for label in others:
+            per.add_column(f"{label} Δ", justify="right")
+        for name in variants:
+            row = [name]
+            for label in results:
+                v = results[label].variants.get(name)
+                acc = "" if v is None or v.final_accuracy is None else f" ({v.final_accuracy:.2f})"
+                row.append("-" if v is None else _fmt(v.final_loss) + acc)
+            for label in others:
+                v = results[label].variants.get(name)
+                over = "" if v is None or v.first_over_tol is None else f" >tol@{v.first_over_tol}"
+                row.append("-" if v is None else f"{v.max_rel_loss_diff:.1e}{over}")
+            per.add_row(*row)
+        console.print(per)
+
+
 # --- tui / bench ---------------------------------------------------------------------------
 
 
@@ -330,6 +715,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_list()
     if args.command == "run":
         return _cmd_run(args)
+    if args.command == "compare":
+        return _cmd_compare(args)
     return EXIT_USAGE  # pragma: no cover (tui and bench are handled above)
 
 

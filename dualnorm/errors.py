@@ -23,6 +23,12 @@ class InputTypeError(InputError, TypeError):
     """An input has the wrong dtype or kind of object."""
 
 
+class RuntimeInputError(InputError, RuntimeError):
+    """Bad input that PyTorch reports as a ``RuntimeError`` (a LayerNorm input whose trailing shape
+    does not match, a weight reparametrized twice, a strict ``load_state_dict`` whose keys or
+    shapes differ); still a ``ValueError``, as it was before, so both ``except`` clauses work."""
+
+
 class StateError(DualnormError, RuntimeError, ValueError):
     """An operation is not valid in the module's current state (e.g. backward before forward)."""
 

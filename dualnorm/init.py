@@ -56,10 +56,10 @@ def _param(target: Parameter | Module) -> Parameter:
 
 
 def _assign(param: Parameter, host: np.ndarray) -> Parameter:
-    from dualnorm.backends import get_backend
+    from dualnorm.backends import backend_of
 
     data = param.data
-    backend = get_backend("numpy") if isinstance(data, np.ndarray) else get_backend("mlx")
+    backend = backend_of(data)
     param.data = backend.asarray(np.asarray(host, dtype=np.float64), data.dtype)
     return param
 

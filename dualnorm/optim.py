@@ -24,20 +24,11 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from dualnorm.backends import backend_of
 from dualnorm.errors import InputError
 from dualnorm.nn.module import Parameter
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer"]
-
-
-def _xp_of(array: Any) -> Any:
-    import numpy as np
-
-    if isinstance(array, np.ndarray):
-        return np
-    import mlx.core as mx
-
-    return mx
 
 
 class Optimizer:
@@ -202,7 +193,7 @@ class Adam(Optimizer):
             m = (1.0 - b1) * g if m is None else b1 * m + (1.0 - b1) * g
             v = (1.0 - b2) * (g * g) if v is None else b2 * v + (1.0 - b2) * (g * g)
             st["exp_avg"], st["exp_avg_sq"] = m, v
-            xp = _xp_of(v)
+            xp = backend_of(v).xp
             if d["amsgrad"]:
                 vmax = st.get("max_exp_avg_sq")
                 vmax = v if vmax is None else xp.maximum(vmax, v)

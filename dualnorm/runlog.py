@@ -73,6 +73,7 @@ def save_run(records: Iterable[StepRecord], config: RunConfig | None, path: str 
         "dualnorm_version": __version__,
         "records": len(records),
         "experiments": sorted({r.experiment for r in records}),
+        "backends": sorted({f"{r.backend}:{r.device}" if r.device else r.backend for r in records}),
         "config": None if config is None else _config_to_dict(config),
     }
     lines = [json.dumps(header, allow_nan=False)]

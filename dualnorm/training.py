@@ -31,7 +31,6 @@ Design choices (what a consumer can rely on):
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import time
@@ -41,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from dualnorm import nn
 from dualnorm.backends import Backend
 from dualnorm.nn import Sequential
 from dualnorm.nn.module import Module
@@ -52,17 +52,19 @@ HIST_BINS = 30
 SIGMOID_LOW, SIGMOID_HIGH = 0.01, 0.99
 TANH_LIMIT = 0.99
 
-_NORM_KINDS = (
-    "BatchNorm1d",
-    "BatchNorm2d",
-    "BatchNorm3d",
-    "BatchRenorm1d",
-    "BatchRenorm2d",
-    "LayerNorm",
-    "GroupNorm",
-    "RMSNorm",
-    "InstanceNorm1d",
-    "InstanceNorm2d",
+# The layers whose gamma/beta and running statistics are recorded (subclasses included).
+_NORM_CLASSES = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.BatchRenorm1d,
+    nn.BatchRenorm2d,
+    nn.SyncBatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
 )
 
 
@@ -88,6 +90,7 @@ class Task:
     extra: Callable[[int], dict[str, Any]] | None = None
     static_extra: dict[str, Any] = field(default_factory=dict)
     bins: int = HIST_BINS
+    context: dict[str, Any] = field(default_factory=dict)  # the experiment's own, for on_record
 
 
 def _children(model: Module) -> tuple[list[str], list[Module]]:
@@ -195,7 +198,7 @@ def layer_stats(
         param_grad_norm=None if p_sq is None else math.sqrt(p_sq),
         weight_norm=weight_norm,
     )
-    if kind in _NORM_KINDS:
+    if isinstance(module, _NORM_CLASSES):
         gamma = module._parameters.get("weight")
         beta = module._parameters.get("bias")
         if gamma is not None:
@@ -239,7 +242,7 @@ def train(task: Task, backend: Backend, stop: threading.Event | None = None) -> 
     names, children = _children(task.model)
     params = list(task.model.parameters())
     loss_fn, optimizer = task.loss_fn, task.optimizer
-    lazy = type(backend).eval is not Backend.eval
+    lazy = backend.lazy
     record_every = max(1, int(task.record_every))
     spe = max(1, int(task.steps_per_epoch))
     steps = int(task.steps)
@@ -249,7 +252,7 @@ def train(task: Task, backend: Backend, stop: threading.Event | None = None) -> 
     outside_s = 0.0  # time the consumer held the generator suspended
     losses: list[float] = []
     task.model.train()
-    quiet = (lambda: np.errstate(all="ignore")) if backend.name == "numpy" else contextlib.nullcontext
+    quiet = backend.compute  # on the backend's device; NumPy: no floating-point warnings
 
     def base_record(step: int, loss: float, **kw: Any) -> StepRecord:
         return StepRecord(
@@ -259,6 +262,7 @@ def train(task: Task, backend: Backend, stop: threading.Event | None = None) -> 
             epoch=(step - 1) // spe + 1 if step > 0 else 0,
             loss=loss,
             backend=backend.name,
+            device=backend.device,
             elapsed_s=time.perf_counter() - start,
             **kw,
         )

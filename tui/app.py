@@ -3,63 +3,45 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from textual.app import App
 from textual.binding import Binding, BindingType
 
+from tui.messages import BackToStart, OpenExperiment, OpenRuns, RestartRun, RunnerStarted, SetBackend
 from tui.runner import ProcessTrainingRunner, TrainingRunner
-from tui.screens import RunScreen, StartScreen
+from tui.screens import ErrorScreen, RunScreen, StartScreen, ViewScreen
 
 
 def load_experiments() -> dict[str, Any]:
-    """The library's registered experiments (empty while the library cannot be imported)."""
-    try:
-        from dualnorm.experiments import EXPERIMENTS
-    except Exception:
-        return {}
+    """The library's registered experiments."""
+    from dualnorm.experiments import EXPERIMENTS
+
     return dict(EXPERIMENTS)
 
 
 def default_experiment_name() -> str:
-    try:
-        from dualnorm.experiments import DEFAULT_EXPERIMENT
-    except Exception:
-        return "dying-relu"
+    from dualnorm.experiments import DEFAULT_EXPERIMENT
+
     return DEFAULT_EXPERIMENT
 
 
 def available_backends() -> list[str]:
-    try:
-        from dualnorm import available_backends as _available
+    from dualnorm import available_backends as _available
 
-        found = list(_available())
-        if found:
-            return found
-    except Exception:
-        pass
-    found = ["numpy"]
-    if importlib.util.find_spec("mlx") is not None:
-        found.append("mlx")
-    return found
+    return list(_available())
 
 
 def active_backend(backends: Sequence[str]) -> str:
-    try:
-        from dualnorm import get_backend
+    from dualnorm import get_backend
 
-        return str(get_backend().name)
-    except Exception:
-        return backends[0] if backends else "numpy"
+    return str(get_backend().name)
 
 
 def make_config(**kwargs: Any) -> Any:
-    try:
-        from dualnorm.experiments.base import RunConfig
-    except Exception:  # pragma: no cover - the contract module is part of the repo
-        raise
+    from dualnorm.experiments.base import RunConfig
+
     return RunConfig(**kwargs)
 
 
@@ -81,8 +63,16 @@ class DualnormApp(App[None]):
         start_paused: bool = False,
         export_dir: str | None = None,
         variants: Sequence[str] | None = None,
+        runs: Sequence[Any] | None = None,
+        runs_root: str | None = None,
+        load_error: tuple[str, str] | None = None,
     ) -> None:
         super().__init__()
+        from dualnorm.tracking import DEFAULT_RUNS_DIR
+
+        self.initial_runs = list(runs or [])
+        self.runs_root = runs_root or DEFAULT_RUNS_DIR
+        self.load_error = load_error
         self.experiments = dict(experiments) if experiments is not None else load_experiments()
         self.backends = list(backends) if backends is not None else available_backends()
         if backend is not None and backend not in self.backends:
@@ -110,6 +100,22 @@ class DualnormApp(App[None]):
         self.push_screen(StartScreen())
         if self.initial_experiment:
             self.open_run(self.initial_experiment)
+        if self.initial_runs:
+            self.open_runs(self.initial_runs)
+        if self.load_error:
+            self.push_screen(ErrorScreen(*self.load_error))
+
+    def open_runs(self, paths: Sequence[Any], *, paused: bool = False) -> ViewScreen | None:
+        """Show run directories / JSON Lines files, overlaid, followed while they are written."""
+        from dualnorm.errors import DualnormError
+
+        try:
+            screen = ViewScreen(list(paths), paused=paused)
+        except (DualnormError, OSError) as exc:
+            self.notify(str(exc), title="cannot open run", severity="error", timeout=10)
+            return None
+        self.push_screen(screen)
+        return screen
 
     # -- runs ------------------------------------------------------------------------------------
 
@@ -152,6 +158,28 @@ class DualnormApp(App[None]):
             runner.stop()
         self._runners = [r for r in self._runners if r.alive]
 
+    # -- what the screens ask for (tui/messages.py) -------------------------------------------------
+
+    def on_open_experiment(self, message: OpenExperiment) -> None:
+        self.open_run(message.name)
+
+    def on_open_runs(self, message: OpenRuns) -> None:
+        self.open_runs(message.paths)
+
+    def on_restart_run(self, message: RestartRun) -> None:
+        if message.screen is self.screen:
+            self.restart_run(message.screen, message.config)
+
+    def on_back_to_start(self, message: BackToStart) -> None:
+        if isinstance(self.screen, (RunScreen, ViewScreen)):
+            self.pop_to_start()
+
+    def on_set_backend(self, message: SetBackend) -> None:
+        self.backend = message.backend
+
+    def on_runner_started(self, message: RunnerStarted) -> None:
+        self.register_runner(message.runner)
+
     @property
     def run_screen(self) -> RunScreen | None:
         return self.screen if isinstance(self.screen, RunScreen) else None
@@ -168,8 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dualnorm tui", description="Watch normalization layers train, live."
     )
-    parser.add_argument("--experiment", "-x", default=None, help="open this experiment directly")
+    parser.add_argument(
+        "paths", nargs="*", metavar="PATH", help="run directories or JSON Lines files to show (followed live)"
+    )
+    parser.add_argument(
+        "--experiment",
+        "-x",
+        default=None,
+        help="open this experiment directly: a demo's name, path/to/file.py:ClassName, or an entry point",
+    )
+    parser.add_argument(
+        "--runs-dir", default=None, help="where the start screen looks for runs (./dualnorm-runs)"
+    )
     parser.add_argument("--backend", "-b", default=None, help="array backend: numpy or mlx")
+    parser.add_argument("--device", default=None, help="MLX device: gpu or cpu (default: the GPU if any)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per variant")
     parser.add_argument("--lr", type=float, default=None, help="learning rate")
     parser.add_argument("--seed", type=int, default=0)
@@ -182,8 +222,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from dualnorm.cli import apply_device
+
+    problem = apply_device(args.backend, args.device)  # also sets DUALNORM_DEVICE for the runner's child
+    if problem:
+        print(f"dualnorm tui: {problem}")
+        return 2
+    experiments = load_experiments()
+    load_error = None
+    if args.experiment is not None and args.experiment not in experiments:
+        from dualnorm.experiments.loading import ExperimentLoadError, is_file_spec, load_experiment
+
+        try:
+            exp = load_experiment(args.experiment)
+            experiments[exp.name] = exp
+            args.experiment = exp.name
+        except ExperimentLoadError as exc:
+            if not (exc.details or is_file_spec(args.experiment)):
+                print(f"dualnorm tui: {exc}")
+                return 2
+            load_error = (str(exc), exc.details or str(exc))  # shown in the UI, which stays up
+            args.experiment = None
+    problem = check_paths(args.paths, args.export_dir)
+    if problem:
+        print(f"dualnorm tui: {problem}")
+        return 2
     try:
         app = DualnormApp(
+            experiments,
+            runs=args.paths,
+            runs_root=args.runs_dir,
+            load_error=load_error,
             experiment=args.experiment,
             backend=args.backend,
             steps=args.steps,
@@ -200,3 +269,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         app.stop_all()
     return 0
+
+
+def check_paths(paths: Sequence[str], export_dir: str | None) -> str | None:
+    """Every run to open is a run, and the export directory is writable: one line naming the path, or None."""
+    from dualnorm.errors import DualnormError
+    from dualnorm.tracking import RunReader, check_output_dir
+
+    try:
+        for path in paths:
+            RunReader(path)
+        if export_dir:
+            check_output_dir(export_dir)
+    except DualnormError as exc:
+        return str(exc)
+    return None

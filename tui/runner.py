@@ -33,6 +33,7 @@ class TrainingRunner:
         self._credits = 0  # records allowed through while paused
         self.finished = threading.Event()
         self.error: str | None = None
+        self.traceback: str | None = None
         self.records_pulled = 0
         self.started_at: float | None = None  # perf_counter() when the generator was created
         self.finished_at: float | None = None
@@ -92,30 +93,19 @@ class TrainingRunner:
             return True
 
     def _loop(self) -> None:
-        gen = None
-        try:
-            if not self._wait_turn():
-                return
+        drive(lambda: self.experiment, self.config, self.stop_event, self._wait_turn, self._emit)
+
+    def _emit(self, kind: str, payload: Any) -> None:
+        if kind == "record":
+            self.records_pulled += 1
+            self.buffer.append(payload)
+        elif kind == "started":
             self.started_at = time.perf_counter()
-            gen = self.experiment.run(self.config, self.stop_event)
-            first = True
-            while True:
-                if not first and not self._wait_turn():
-                    return
-                first = False
-                try:
-                    rec = next(gen)
-                except StopIteration:
-                    return
-                self.records_pulled += 1
-                self.buffer.append(rec)
-        except Exception as exc:  # shown in the UI, never raised into it
-            self.error = f"{type(exc).__name__}: {exc}"
-            self._traceback = traceback.format_exc()
-        finally:
-            if gen is not None:
-                with contextlib.suppress(Exception):
-                    gen.close()
+        elif kind == "error":
+            # traceback before error: the UI reads both once it sees error set
+            self.traceback = payload[1]
+            self.error = payload[0]
+        elif kind == "done":
             self.finished_at = time.perf_counter()
             self.finished.set()
 
@@ -142,6 +132,7 @@ class ProcessTrainingRunner:
         self.buffer = buffer
         self.finished = threading.Event()
         self.error: str | None = None
+        self.traceback: str | None = None
         self.records_pulled = 0
         self.started_at: float | None = None
         self.finished_at: float | None = None
@@ -225,7 +216,8 @@ class ProcessTrainingRunner:
         elif kind == "started":
             self.started_at = time.perf_counter()
         elif kind == "error":
-            self.error = payload
+            self.traceback = payload[1]
+            self.error = payload[0]
         return kind == "done"
 
     def _relay(self) -> None:
@@ -269,6 +261,39 @@ def _real_stdio() -> Any:
         sys.stdout, sys.stderr = saved
 
 
+def drive(get_experiment: Any, config: Any, stop: Any, wait_turn: Any, emit: Any) -> None:
+    """The one run loop, in a thread (TrainingRunner) or a child process (ProcessTrainingRunner).
+
+    Pulls one record per turn (``wait_turn()`` blocks while paused; False means stop) and hands
+    each on as ``emit(kind, payload)``: "started", "record" (a StepRecord), "error" (message,
+    traceback) and, always last, "done". An exception of the experiment is reported, never raised.
+    """
+    gen = None
+    try:
+        experiment = get_experiment()
+        if not wait_turn():
+            return
+        emit("started", None)
+        gen = experiment.run(config, stop)
+        first = True
+        while True:
+            if not first and not wait_turn():
+                return
+            first = False
+            try:
+                record = next(gen)
+            except StopIteration:
+                return
+            emit("record", record)
+    except Exception as exc:  # shown in the UI, never raised into it
+        emit("error", (f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+    finally:
+        if gen is not None:
+            with contextlib.suppress(Exception):
+                gen.close()
+        emit("done", None)
+
+
 def _child_main(name: str, config: Any, out: Any, running: Any, credits: Any, stop: Any) -> None:
     """The training process: run experiment ``name``, one record per turn, until done or stopped."""
     import signal
@@ -281,32 +306,12 @@ def _child_main(name: str, config: Any, out: Any, running: Any, credits: Any, st
                 return True
         return False
 
-    gen = None
-    try:
+    def experiment() -> Any:
         from dualnorm.experiments import get_experiment
 
-        experiment = get_experiment(name)
-        if not wait_turn():
-            return
-        out.put(("started", None))
-        gen = experiment.run(config, stop)
-        first = True
-        while True:
-            if not first and not wait_turn():
-                return
-            first = False
-            try:
-                record = next(gen)
-            except StopIteration:
-                return
-            out.put(("record", record))
-    except Exception as exc:  # shown in the UI, never raised into it
-        out.put(("error", f"{type(exc).__name__}: {exc}"))
-    finally:
-        if gen is not None:
-            with contextlib.suppress(Exception):
-                gen.close()
-        out.put(("done", None))
+        return get_experiment(name)
+
+    drive(experiment, config, stop, wait_turn, lambda kind, payload: out.put((kind, payload)))
 
 
 def make_runner(experiment: Any, config: Any, buffer: RecordBuffer, *, paused: bool = False) -> Any:

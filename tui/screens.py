@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import on
@@ -16,12 +16,19 @@ from textual.widgets import Button, Footer, Input, Label, Markdown, OptionList, 
 from textual.widgets.option_list import Option
 
 from tui.export import default_export_dir, export_run
+from tui.follow import RunFollower
+from tui.messages import (
+    BackToStart,
+    OpenExperiment,
+    OpenRuns,
+    RestartRun,
+    RunnerStarted,
+    SetBackend,
+    next_backend,
+)
 from tui.runner import make_runner
 from tui.state import DEFAULT_SMOOTHING, Changes, RecordBuffer, RunState, fmt
 from tui.widgets import HistogramPanel, LayerTable, LossPlot, ProbeTable, StatusLine, SweepGrid
-
-if TYPE_CHECKING:
-    from tui.app import DualnormApp
 
 HELP_TEXT = """\
 # What you are looking at
@@ -86,6 +93,30 @@ class HelpScreen(ModalScreen[None]):
         self.dismiss(None)
 
 
+class ErrorScreen(ModalScreen[None]):
+    """A traceback (a user experiment that failed to import or raised), shown; the app stays up."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "close", "Close"),
+        Binding("enter", "close", "Close", show=False),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def __init__(self, title: str, details: str) -> None:
+        super().__init__()
+        self.title_text = title
+        self.details = details
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="error-panel"):
+            yield Static(Text(self.title_text, style="bold red"), id="error-title")
+            yield Static(Text(self.details), id="error-details")
+        yield Footer()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
 class ConfigModal(ModalScreen[dict[str, Any] | None]):
     """Change the learning rate and seed, then restart."""
 
@@ -136,14 +167,18 @@ class StartScreen(Screen[None]):
         Binding("q", "app.quit", "Quit"),
     ]
 
-    app: DualnormApp
-
     def compose(self) -> ComposeResult:
         yield Static(Text("dualnorm — watch normalization train", style="bold"), id="title")
         yield Static(id="backend-line")
         yield OptionList(id="experiments")
+        yield Static(id="runs-title")
+        yield OptionList(id="runs")
         yield Static(
-            Text("Enter: run the highlighted demo · ↑/↓ choose · b: switch backend · q: quit", style="dim"),
+            Text(
+                "Enter: run the highlighted demo / open the highlighted run · tab: demos ⇄ runs · "
+                "↑/↓ choose · b: switch backend · q: quit",
+                style="dim",
+            ),
             id="start-hint",
         )
         yield Footer()
@@ -167,33 +202,70 @@ class StartScreen(Screen[None]):
             options.highlighted = 0
         options.focus()
         self.update_backend_line()
+        self.list_runs()
 
-    def update_backend_line(self) -> None:
+    def list_runs(self) -> None:
+        """The recent runs under the runs directory (name, experiment, backend, steps, status, date)."""
+        from dualnorm.tracking import list_runs
+
+        root = self.app.runs_root
+        runs = list_runs(root)
+        self.query_one("#runs-title", Static).update(
+            Text.assemble(
+                ("recent runs", "bold"), (f"  in {root}", "dim"), ("  (none yet)" if not runs else "", "dim")
+            )
+        )
+        options = self.query_one("#runs", OptionList)
+        options.clear_options()
+        colors = {"finished": "green", "running": "yellow", "failed": "red", "interrupted": "red"}
+        for meta in runs:
+            date = str(meta.get("started_at", ""))[:16].replace("T", " ")
+            prompt = Text.assemble(
+                (f"{Path(meta['path']).name:<34}", "bold"),
+                (f"{str(meta.get('experiment', '?'))[:17]:<18}", "cyan"),
+                f"{meta.get('backend', '?'):<7}",
+                f"{meta.get('steps', 0):>8,} steps  ",
+                (f"{meta['status']:<12}", colors.get(meta["status"], "")),
+                (date, "dim"),
+            )
+            options.add_option(Option(prompt, id=f"run:{meta['path']}"))
+        options.display = bool(runs)
+        if runs:
+            options.highlighted = 0
+
+    def update_backend_line(self, backend: str | None = None) -> None:
         backends = self.app.backends
         others = "  (b: switch; installed: " + ", ".join(backends) + ")" if len(backends) > 1 else ""
         self.query_one("#backend-line", Static).update(
-            Text.assemble("backend: ", (self.app.backend, "bold green"), (others, "dim"))
+            Text.assemble("backend: ", (backend or self.app.backend, "bold green"), (others, "dim"))
         )
 
     def action_backend(self) -> None:
-        self.app.cycle_backend()
-        self.update_backend_line()
+        backend = next_backend(self.app.backends, self.app.backend)
+        self.post_message(SetBackend(backend))
+        self.update_backend_line(backend)
 
     def action_help(self) -> None:
         self.app.push_screen(HelpScreen())
 
     def action_start(self) -> None:
-        options = self.query_one("#experiments", OptionList)
+        runs = self.query_one("#runs", OptionList)
+        options = runs if runs.has_focus else self.query_one("#experiments", OptionList)
         if options.highlighted is None:
             return
-        option = options.get_option_at_index(options.highlighted)
-        if option.id:
-            self.app.open_run(option.id)
+        self._open(options.get_option_at_index(options.highlighted).id)
 
     @on(OptionList.OptionSelected)
     def selected(self, event: OptionList.OptionSelected) -> None:
-        if event.option.id:
-            self.app.open_run(event.option.id)
+        self._open(event.option.id)
+
+    def _open(self, option_id: str | None) -> None:
+        if not option_id:
+            return
+        if option_id.startswith("run:"):
+            self.post_message(OpenRuns([option_id[4:]]))
+        else:
+            self.post_message(OpenExperiment(option_id))
 
 
 class RunScreen(Screen[None]):
@@ -209,6 +281,8 @@ class RunScreen(Screen[None]):
         Binding("l", "toggle_log", "Log y"),
         Binding("s", "toggle_smooth", "Smooth"),
         Binding("e", "export", "Export"),
+        Binding("v", "focus_next", "Focus variant"),
+        Binding("V", "focus_prev", "Focus variant", show=False),
         Binding("question_mark", "help", "Help"),
         Binding("escape", "back", "Experiments"),
         Binding("q", "app.quit", "Quit"),
@@ -221,15 +295,13 @@ class RunScreen(Screen[None]):
     TABLE_INTERVAL = 0.5
     STATUS_INTERVAL = 0.25
 
-    app: DualnormApp
-
     def __init__(self, experiment: Any, config: Any, *, paused: bool = False) -> None:
         super().__init__()
         self.experiment = experiment
         self.config = config
         self.state = RunState(experiment.variants)
         self.buffer = RecordBuffer()
-        self.runner = make_runner(experiment, config, self.buffer, paused=paused)
+        self.runner = self.make_runner(paused)
         self.log_y = False
         self.smoothing = False
         self._pending = Changes()
@@ -237,6 +309,7 @@ class RunScreen(Screen[None]):
         self._last_table = 0.0
         self._last_status = 0.0
         self._leaving = False
+        self._going_back = False
         self._error_shown = False
         self._started = time.perf_counter()
         self.last_export: Path | None = None
@@ -248,24 +321,30 @@ class RunScreen(Screen[None]):
         with Horizontal(id="top"):
             yield LossPlot(id="loss")
             yield ProbeTable(id="probe")
+        with VerticalScroll(id="traceback-panel"):
+            yield Static(id="traceback")
         yield LayerTable(id="layers")
         with Horizontal(id="detail"):
             yield HistogramPanel(id="hist")
             yield SweepGrid(id="sweep")
         yield Footer()
 
+    def make_runner(self, paused: bool) -> Any:
+        return make_runner(self.experiment, self.config, self.buffer, paused=paused)
+
     def on_mount(self) -> None:
         self.query_one("#loss").border_title = f"loss — {self.experiment.title}"
-        self.query_one("#layers").border_title = "per-layer statistics (latest step)"
+        self.update_layer_title()
         self.query_one("#hist").border_title = "activation histograms per layer"
         self.query_one("#probe").border_title = "probe inputs 1..5 through the network"
         self.query_one(
             "#sweep"
         ).border_title = "init-sweep: training accuracy, BN (solid green) vs plain (dotted red)"
         self.query_one("#probe").display = False
+        self.query_one("#traceback-panel").display = False
         self.query_one("#sweep").display = False
         self.query_one("#detail").display = False
-        self.app.register_runner(self.runner)
+        self.post_message(RunnerStarted(self.runner))
         self.runner.start()
         self.set_interval(self.POLL_INTERVAL, self.poll)
         self.update_status()
@@ -276,6 +355,9 @@ class RunScreen(Screen[None]):
     # -- the UI timer: drain the buffer, redraw what changed ---------------------------------------
 
     def poll(self, force: bool = False) -> None:
+        feed = getattr(self.runner, "poll", None)  # a runner without a thread (a followed file) reads here
+        if feed is not None:
+            feed()
         records = self.buffer.drain()
         if records:
             self._pending.merge(self.state.apply(records))
@@ -378,6 +460,33 @@ class RunScreen(Screen[None]):
         if self.runner.error and not self._error_shown:
             self._error_shown = True
             self.notify(self.runner.error, title="experiment failed", severity="error", timeout=10)
+            details = getattr(self.runner, "traceback", None)
+            if details:  # e.g. a user experiment that raised: its traceback, on this screen
+                panel = self.query_one("#traceback-panel")
+                self.query_one("#traceback", Static).update(Text(details, style="red"))
+                panel.border_title = f"{self.experiment.name} raised (the records before it are shown)"
+                panel.display = True
+
+    def update_layer_title(self) -> None:
+        focus = self.state.focus
+        n = len(self.state.variants)
+        shown = f"showing {focus}" if focus else "showing the latest variant(s)"
+        self.query_one("#layers").border_title = f"per-layer statistics (latest step) — {shown}"
+        self.query_one("#layers").border_subtitle = f"v/V: focus one of {n} variants" if n > 1 else ""
+        self.query_one("#hist").border_title = f"activation histograms per layer — {shown}"
+
+    def action_focus_next(self, step: int = 1) -> None:
+        focus = self.state.cycle_focus(step)
+        self.update_layer_title()
+        self.notify(f"showing {focus or 'the latest variant(s)'}", timeout=2)
+        self.query_one(LayerTable).redraw(self.state)
+        hist = self.query_one(HistogramPanel)
+        if hist.display:
+            hist.set_data(self.state.hist_variants())
+        self.redraw_loss()
+
+    def action_focus_prev(self) -> None:
+        self.action_focus_next(-1)
 
     # -- actions -----------------------------------------------------------------------------------
 
@@ -397,7 +506,7 @@ class RunScreen(Screen[None]):
         if self._leaving:
             return
         self._leaving = True
-        self.app.restart_run(self, self.config.with_changes(**changes) if changes else self.config)
+        self.post_message(RestartRun(self, self.config.with_changes(**changes) if changes else self.config))
 
     def action_restart(self) -> None:
         self._restart()
@@ -405,7 +514,7 @@ class RunScreen(Screen[None]):
     def action_switch_backend(self) -> None:
         if self._leaving:
             return
-        backend = self.app.cycle_backend()
+        backend = next_backend(self.app.backends, self.config.backend or self.app.backend)
         self.notify(f"backend: {backend} (restarting)")
         self._restart(backend=backend)
 
@@ -434,17 +543,25 @@ class RunScreen(Screen[None]):
         self.app.push_screen(HelpScreen())
 
     def action_back(self) -> None:
-        if self._leaving:
+        # also while a restart is pending: the app handles both in order, so esc still wins
+        if self._going_back:
             return
-        self._leaving = True
+        self._going_back = self._leaving = True
         self.runner.stop()
-        self.app.pop_to_start()
+        self.post_message(BackToStart())
 
     def action_export(self) -> None:
         directory = Path(self.app.export_dir) if self.app.export_dir else None
         target = directory / f"{self.experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}" if directory else None
         target = target or default_export_dir(self.experiment.name)
-        records = list(self.state.records)
+        from dualnorm.tracking import OutputPathError, check_output_dir
+
+        try:  # before the screenshot and the records are taken: one line naming the path and why
+            check_output_dir(target)
+        except OutputPathError as exc:
+            self.notify(str(exc), title="cannot export", severity="error", timeout=10)
+            return
+        records = list(self.state.records)  # the latest RunState.RECENT_RECORDS
         svg = self.app.export_screenshot(title=f"dualnorm {self.experiment.name}")
         meta = {
             "experiment": self.experiment.name,
@@ -470,3 +587,96 @@ class RunScreen(Screen[None]):
         self.app.call_from_thread(
             self.notify, f"{len(records)} records → {target}", title="exported", timeout=8
         )
+
+
+class ViewedRuns:
+    """What a :class:`ViewScreen` shows in place of an experiment: runs read from files."""
+
+    default_lr = float("nan")
+
+    def __init__(self, follower: RunFollower) -> None:
+        metas = [src.meta or {} for src in follower.sources]
+        experiments = sorted({str(m.get("experiment", "")) for m in metas if m.get("experiment")})
+        self.name = ", ".join(src.label for src in follower.sources)
+        self.title = f"{len(follower.sources)} runs overlaid" if follower.multi else f"run {self.name}"
+        self.summary = follower.describe()
+        self.experiments = experiments
+        self.variants: tuple[str, ...] = ()
+
+
+class ViewScreen(RunScreen, inherit_bindings=False):
+    """Runs read from run directories or JSON Lines files: shown whole, followed while written."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("space", "toggle_pause", "Freeze/Follow"),
+        Binding("n", "step", "Step", show=False),
+        Binding("l", "toggle_log", "Log y"),
+        Binding("s", "toggle_smooth", "Smooth"),
+        Binding("v", "focus_next", "Focus variant"),
+        Binding("V", "focus_prev", "Focus variant", show=False),
+        Binding("e", "export", "Export"),
+        Binding("question_mark", "help", "Help"),
+        Binding("escape", "back", "Back"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    POLL_INTERVAL = 0.2  # new records on screen well within a second
+
+    def __init__(self, sources: Any, *, paused: bool = False) -> None:
+        self._sources = sources
+        from dualnorm.experiments.base import RunConfig
+
+        super().__init__(_Pending(), RunConfig(), paused=paused)
+        self.experiment = ViewedRuns(self.runner)
+        self.state.styles = self.runner.styles  # per-run line colours, filled in as records arrive
+        self._warned = 0
+
+    def make_runner(self, paused: bool) -> Any:
+        return RunFollower(self._sources, self.buffer, paused=paused)
+
+    def poll(self, force: bool = False) -> None:
+        super().poll(force)
+        for message in self.runner.warnings[self._warned :]:
+            self.notify(message, title="run file", severity="warning", timeout=8)
+        self._warned = len(self.runner.warnings)
+
+    def status_text(self) -> Text:
+        st, runner = self.state, self.runner
+        if runner.error:
+            word = ("error", "bold red")
+        elif runner.paused:
+            word = ("frozen", "bold yellow")
+        elif runner.live:
+            word = ("following", "bold green")
+        else:
+            word = ("finished", "bold green")
+        current = st.current_variant or "-"
+        cur = st.variants.get(current)
+        text = Text.assemble(
+            word,
+            f"  {self.experiment.title}",
+            ("  records ", "dim"),
+            f"{st.records_seen:,}",
+            ("  variant ", "dim"),
+            current,
+            ("  loss ", "dim"),
+            fmt(cur.last_loss) if cur else "-",
+            ("  focus ", "dim"),
+            st.focus or "latest",
+            ("  log-y" if self.log_y else "", "magenta"),
+            ("  smoothed" if self.smoothing else "", "magenta"),
+        )
+        text.append("\n")
+        if runner.error:
+            text.append(f"✖ {runner.error}", style="bold red")
+        else:
+            text.append(runner.describe(), style="dim")
+        return text
+
+
+class _Pending:
+    """Placeholder experiment while a ViewScreen is being built (replaced in __init__)."""
+
+    name = title = summary = "runs"
+    variants: tuple[str, ...] = ()
+    default_lr = float("nan")

@@ -78,7 +78,7 @@ def ema_debiased(values: Sequence[float], weight: float = DEFAULT_SMOOTHING) -> 
 
 
 def downsample_minmax(
-    xs: Sequence[float], ys: Sequence[float], buckets: int
+    xs: Sequence[float], ys: Sequence[float], buckets: int, *, keep_nonfinite: bool = False
 ) -> tuple[list[float], list[float]]:
     """Reduce a curve to at most ``2 * buckets`` points, keeping each bucket's min and max.
 
@@ -87,7 +87,11 @@ def downsample_minmax(
     cannot draw them). Curves already short enough come back unchanged (minus
     non-finite points).
     """
-    pts = [(float(x), float(y)) for x, y in zip(xs, ys, strict=False) if math.isfinite(float(y))]
+    pts = [
+        (float(x), float(y))
+        for x, y in zip(xs, ys, strict=False)
+        if keep_nonfinite or math.isfinite(float(y))
+    ]
     if buckets <= 0 or len(pts) <= 2 * buckets:
         return [p[0] for p in pts], [p[1] for p in pts]
     n = len(pts)
@@ -216,6 +220,21 @@ class VariantState:
     extra: dict[str, Any] = field(default_factory=dict)
     seen: int = -1  # sequence number of the latest record of this variant
 
+    RECENT_POINTS = 4_096  # the latest points of a curve, at full resolution
+    MAX_POINTS = 8_192  # beyond this, the older part is halved (min/max per pair of buckets)
+
+    def compact(self) -> None:
+        """Keep the curves bounded: past MAX_POINTS, downsample all but the latest RECENT_POINTS."""
+        for xs_name, ys_name in (("steps", "losses"), ("acc_steps", "accuracies")):
+            xs, ys = getattr(self, xs_name), getattr(self, ys_name)
+            if len(xs) <= self.MAX_POINTS:
+                continue
+            cut = len(xs) - self.RECENT_POINTS
+            # the first point stays, so the plot's x range still starts where the run did
+            old_x, old_y = downsample_minmax(xs[1:cut], ys[1:cut], max(1, cut // 4), keep_nonfinite=True)
+            setattr(self, xs_name, [xs[0], *old_x, *xs[cut:]])
+            setattr(self, ys_name, [ys[0], *old_y, *ys[cut:]])
+
 
 @dataclass
 class Changes:
@@ -241,13 +260,22 @@ class Changes:
 
 
 class RunState:
-    """Everything the run screen shows, built up from step records."""
+    """Everything the run screen shows, built up from step records.
+
+    Memory stays bounded however long the run: ``records`` keeps the latest
+    ``RECENT_RECORDS``, and each variant's curves keep the latest ``RECENT_POINTS`` points at
+    full resolution plus a min/max-downsampled history (see :meth:`VariantState.compact`).
+    """
 
     GRAD_HISTORY = 24
+    RECENT_RECORDS = 5_000
 
     def __init__(self, variants: Sequence[str] = ()) -> None:
         self.variants: dict[str, VariantState] = {v: VariantState(v) for v in variants}
-        self.records: list[Any] = []
+        self.records: deque[Any] = deque(maxlen=self.RECENT_RECORDS)  # the latest, for export
+        self.records_seen = 0  # all records ever applied (records holds only the latest)
+        self.focus: str | None = None  # the variant the layer table and histograms show; None: latest
+        self.styles: dict[str, str] = {}  # variant -> line colour (set by a multi-run view)
         self.total_steps = 0
         self.backend = ""
         self.current_variant: str | None = None
@@ -268,9 +296,10 @@ class RunState:
         n_before = self.total_steps
         for rec in records:
             self.records.append(rec)
+            self.records_seen += 1
             v = self.variant(rec.variant)
             self.current_variant = rec.variant
-            v.seen = len(self.records)
+            v.seen = self.records_seen
             if rec.backend:
                 self.backend = rec.backend
             if rec.step > v.last_step:
@@ -285,7 +314,8 @@ class RunState:
                 v.status = rec.status
                 v.message = rec.message
                 changes.status = True
-            if (rec.status == "diverged" or not math.isfinite(loss)) and v.diverged_at is None:
+            no_loss = bool(rec.extra and rec.extra.get("no_loss"))  # a tracked scalar-only step
+            if (rec.status == "diverged" or not (math.isfinite(loss) or no_loss)) and v.diverged_at is None:
                 v.diverged_at = rec.step
                 if not v.message:
                     v.message = rec.message or f"loss became {loss} at step {rec.step}"
@@ -293,6 +323,7 @@ class RunState:
             if rec.accuracy is not None:
                 v.acc_steps.append(float(rec.epoch if rec.epoch else rec.step))
                 v.accuracies.append(float(rec.accuracy))
+            v.compact()
             if rec.layers:
                 v.layers = list(rec.layers)
                 v.layers_step = rec.step
@@ -360,9 +391,9 @@ class RunState:
         return downsample_minmax(v.steps, ys, max(1, width))
 
     def layer_rows(self, max_variants: int = 2) -> list[tuple[str, Any, str]]:
-        """(variant, LayerStats, grad sparkline) for the most recent ``max_variants`` variants."""
+        """(variant, LayerStats, grad sparkline) for the focused variant, else the most recent ``max_variants``."""
         with_layers = [v for v in self.variants.values() if v.layers]
-        recent = self._most_recent(with_layers, max_variants)
+        recent = self._focused(with_layers) or self._most_recent(with_layers, max_variants)
         rows = []
         for v in recent:
             for layer in v.layers:
@@ -371,7 +402,29 @@ class RunState:
 
     def hist_variants(self, max_variants: int = 2) -> list[VariantState]:
         with_hist = [v for v in self.variants.values() if any(layer.hist_counts for layer in v.layers)]
-        return self._most_recent(with_hist, max_variants)
+        return self._focused(with_hist) or self._most_recent(with_hist, max_variants)
+
+    def _focused(self, states: list[VariantState]) -> list[VariantState]:
+        return [v for v in states if v.name == self.focus] if self.focus is not None else []
+
+    def cycle_focus(self, step: int = 1) -> str | None:
+        """Move the focus through the variants (and "latest", None) in display order; returns it."""
+        choices: list[str | None] = [None, *self.variants]
+        i = choices.index(self.focus) if self.focus in choices else 0
+        self.focus = choices[(i + step) % len(choices)]
+        return self.focus
+
+    def plotted(self, limit: int) -> tuple[list[str], int]:
+        """The variants the loss plot draws (at most ``limit``: the focus first, then the most recent)
+        and how many curves there are in all."""
+        names = [v.name for v in self.variants.values() if v.steps]
+        if len(names) <= limit:
+            return names, len(names)
+        recent = sorted((self.variants[n] for n in names), key=lambda v: v.seen, reverse=True)
+        chosen = [self.focus] if self.focus in names else []
+        chosen += [v.name for v in recent if v.name not in chosen][: limit - len(chosen)]
+        order = {name: i for i, name in enumerate(self.variants)}
+        return sorted(chosen, key=order.__getitem__), len(names)
 
     def _most_recent(self, states: list[VariantState], k: int) -> list[VariantState]:
         if len(states) <= k:

@@ -91,9 +91,8 @@ class LossPlot(Plot):
         return max(8, self.size.width - self.margin_left - 2)
 
     def redraw(self, state: RunState, *, log_y: bool, smoothing: float | None) -> None:
-        names = [v.name for v in state.variants.values() if v.steps]
-        if len(names) > MAX_CURVES:  # init-sweep: the current pair only (the grid shows the rest)
-            names = [v.name for v in sorted(state.variants.values(), key=lambda v: v.seen)[-2:]]
+        # init-sweep has 32 curves: draw the focus and the most recent, and say how many are hidden
+        names, total = state.plotted(MAX_CURVES if not state.sweep else 2)
         width = self.plot_width() * 2  # braille: two dots per cell
         self.clear()
         self.set_y_formatter(LogAxisFormatter() if log_y else NumericAxisFormatter())
@@ -103,13 +102,15 @@ class LossPlot(Plot):
         for name in names:
             xs, ys = state.curve(name, width=width, smoothing=smoothing, log_y=log_y)
             if xs:
-                color = variant_color(name, order.index(name))
+                color = state.styles.get(name) or variant_color(name, order.index(name))
                 self.plot(xs, ys, line_style=color, hires_mode=HiResMode.BRAILLE, label=name)
                 legend.append(" ━━ ", style=f"bold {color}").append(name)
         for v in state.diverged():
             if v.name in names:
                 self.add_v_line(float(v.diverged_at or 0), "bold red", f"{v.name} diverged @{v.diverged_at}")
                 legend.append(" │ ", style="bold red").append(f"{v.name} diverged @{v.diverged_at}")
+        if total > len(names):
+            legend.append(f"  (+{total - len(names)} more; v/V: focus one)", style="dim")
         if legend.plain and legend != self.legend_text:
             self.legend_text = legend
             self.border_subtitle = legend.markup + " "

@@ -1,11 +1,17 @@
 """The backend interface: the one place where NumPy and MLX differ.
 
 Layer math is written once against ``backend.xp``, the array namespace (``numpy`` or
-``mlx.core``), using only functions that exist with the same meaning in both:
-``sum mean max min sqrt exp log tanh abs maximum minimum where clip pad cumsum
-reshape transpose zeros ones`` and the arithmetic operators. Everything else that
-differs lives here as a method, so a newcomer finds every backend-specific line in
-``numpy_backend.py`` and ``mlx_backend.py``.
+``mlx.core``), using only functions that exist with the same meaning in both (the *xp
+contract*): ``sum mean max min sqrt exp log tanh abs maximum minimum where clip pad
+cumsum reshape transpose zeros ones concatenate stack array arange`` and the arithmetic
+and comparison operators, indexing, ``.shape .dtype .reshape .astype .T``. Everything
+else that differs lives here as a method, so a newcomer finds every backend-specific
+line in ``<name>_backend.py``.
+
+A backend is one file: ``dualnorm/backends/<name>_backend.py`` defines a ``Backend``
+subclass and calls ``register_backend(name, TheClass)``; ``get_backend(name)`` imports
+that module the first time the name is asked for. Its fast paths live in the modules
+that :meth:`Backend.kernel_modules` names (by default ``kernels_<name>.py``).
 
 A backend may also register faster versions of named hot operations in
 ``kernels`` (see :func:`dualnorm.nn.functional.overridable`); parity tests pin every
@@ -15,8 +21,9 @@ override to the shared reference implementation.
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -32,9 +39,52 @@ class Backend(abc.ABC):
     float64: Any
     int64: Any
     kernels: dict[str, Callable[..., Any]]
+    #: arrays are computed only when asked (``eval``): the training loop evaluates once per step
+    lazy: ClassVar[bool] = False
+    #: every device this backend knows; ``available_devices()`` says which exist here
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
 
-    def __init__(self) -> None:
+    def __init__(self, device: str | None = None) -> None:
         self.kernels = {}
+        self.device = self.default_device() if device is None else device
+
+    # --- identity and devices ----------------------------------------------------
+    @classmethod
+    def available_devices(cls) -> tuple[str, ...]:
+        """The devices of ``devices`` that exist on this machine."""
+        return cls.devices
+
+    @classmethod
+    def default_device(cls) -> str:
+        return cls.available_devices()[0]
+
+    @classmethod
+    def device_hint(cls, device: str) -> str:
+        """What to do when ``device`` is known but absent here."""
+        return ""
+
+    @classmethod
+    def kernel_modules(cls) -> tuple[str, ...]:
+        """Modules whose ``KERNELS`` tables hold this backend's fast paths, preferred first."""
+        return (f"dualnorm.backends.kernels_{cls.name}",)
+
+    @property
+    def key(self) -> str:
+        """``name:device``, the cache key of this instance."""
+        return f"{self.name}:{self.device}"
+
+    @property
+    def label(self) -> str:
+        """What people call it: ``numpy``, ``mlx-cpu``, ``mlx-gpu``."""
+        return self.name if len(self.devices) == 1 else f"{self.name}-{self.device}"
+
+    def check(self) -> None:
+        """Run one op: a wheel for the wrong platform may import and still fail here."""
+        with self.on_device():
+            self.eval(self.xp.sum(self.xp.ones((2,))))
+
+    def _check_dtype(self, dtype: Any) -> None:  # noqa: B027 (every dtype is fine by default)
+        """Raise :class:`BackendError` if ``dtype`` cannot be computed on this device."""
 
     # --- arrays in and out -------------------------------------------------------
     @abc.abstractmethod
@@ -96,6 +146,7 @@ class Backend(abc.ABC):
         key = str(name).rsplit(".", 1)[-1]
         if key not in table:
             raise InputError(f"dtype {name!r} is not supported; use 'float32' or 'float64'")
+        self._check_dtype(table[key])
         return table[key]
 
     def eps(self, dtype: Any) -> float:
@@ -108,6 +159,37 @@ class Backend(abc.ABC):
 
     def item(self, array: Any) -> float:
         return float(self.to_numpy(array))
+
+    def on_device(self) -> contextlib.AbstractContextManager[Any]:
+        """Run the block's operations on this backend's device (MLX); nothing to do elsewhere."""
+        return contextlib.nullcontext()
+
+    def compute(self) -> contextlib.AbstractContextManager[Any]:
+        """The context a training step runs in: on this device, floating-point warnings off.
+
+        Overflow on the way to a NaN is reported as divergence by the training loop, not
+        as warnings.
+        """
+        return self.on_device()
+
+    def make_default(self) -> None:  # noqa: B027 (only MLX has a process-wide device to set)
+        """Called by ``set_backend``: make this device the process default where that exists."""
+
+    # --- helpers the optimizers, initializers, data and collectives need ----------
+    def zeros_like(self, array: Any) -> Any:
+        return self.xp.zeros(tuple(array.shape), dtype=array.dtype)
+
+    def from_host(self, host: np.ndarray, dtype: Any) -> Any:
+        """A native array of ``dtype`` from a NumPy array (no input checks: trusted data)."""
+        return self._from_numpy(np.asarray(host), dtype)
+
+    def indices(self, host: np.ndarray) -> Any:
+        """Integer indices (a NumPy array) in the form this backend's ``array[idx]`` takes."""
+        return self._from_numpy(np.asarray(host, dtype=np.int64), self.int64)
+
+    def copy_into(self, out: Any, array: Any) -> Any:
+        """``array`` copied into ``out`` where arrays are mutable; else a fresh copy."""
+        return array + 0
 
     # --- ops that differ between array libraries ---------------------------------
     def rsqrt(self, x: Any) -> Any:
@@ -131,4 +213,6 @@ class Backend(abc.ABC):
         return self._from_numpy(np.full(shape, value, dtype=self.numpy_dtype(dtype)), dtype)
 
     def __repr__(self) -> str:
-        return f"<dualnorm backend {self.name!r}>"
+        if self.label == self.name:
+            return f"<dualnorm backend {self.name!r}>"
+        return f"<dualnorm backend {self.name!r} device={self.device!r}>"

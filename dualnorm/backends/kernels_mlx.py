@@ -9,7 +9,9 @@
 
 Nothing here leaves the device: no ``.item()``, no NumPy conversion; arrays stay lazy
 until the caller evaluates them. The variance is the reference's corrected two-pass
-(never E[x^2] - E[x]^2), so float32 data far from zero stay accurate.
+(never E[x^2] - E[x]^2), so float32 data far from zero stay accurate, and every sum is
+the reference's blocked sum (:func:`dualnorm.nn.functional.accurate_sum`: float32 only,
+so it also runs on a GPU), so long rows stay accurate too.
 """
 
 from __future__ import annotations
@@ -29,29 +31,44 @@ def _moments(x: mx.array, axes: tuple[int, ...]) -> tuple[mx.array, mx.array, mx
     The mean is ``mean0 + correction``; keep them apart when centring
     (``(x - mean0) - correction``): their float32 sum would round away the correction.
     """
-    mean0 = mx.mean(x, axis=axes, keepdims=True)
+    mean0 = _mean(x, axes)
     centred = x - mean0
-    corr = mx.mean(centred, axis=axes, keepdims=True)
-    var = mx.maximum(mx.mean(centred * centred, axis=axes, keepdims=True) - corr * corr, 0.0)
-    return mean0, corr, var
+    corr = _mean(centred, axes)
+    return mean0, corr, F._var_of(mx, _mean(centred * centred, axes), corr)
+
+
+def _sum(x: mx.array, axes: tuple[int, ...]) -> mx.array:
+    return F.accurate_sum(_MLX, x, axes)
+
+
+def _mean(x: mx.array, axes: tuple[int, ...]) -> mx.array:
+    return F.accurate_mean(_MLX, x, axes)
+
+
+class _XP:
+    """Just enough of a backend for F.accurate_sum inside compiled functions."""
+
+    xp = mx
+
+
+_MLX: Any = _XP()
 
 
 # --- batch norm ------------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=64)
-def _bn_forward(ndim: int, eps: float, affine: bool) -> Any:
+def _bn_forward(ndim: int, eps: float, has_w: bool, has_b: bool) -> Any:
     axes = (0, *range(2, ndim))
     shape = (1, -1) + (1,) * (ndim - 2)
 
     def fwd(x: mx.array, *params: mx.array) -> tuple[mx.array, ...]:
         mean0, corr, var = _moments(x, axes)
         inv_std = mx.rsqrt(var + eps)
-        if affine:
-            w, b = params
-            y = ((x - mean0) - corr) * (inv_std * w.reshape(shape)) + b.reshape(shape)
-        else:
-            y = ((x - mean0) - corr) * inv_std
+        scale = inv_std * params[0].reshape(shape) if has_w else inv_std
+        y = ((x - mean0) - corr) * scale
+        if has_b:
+            y = y + params[-1].reshape(shape)
         return y, mean0, corr, var, inv_std
 
     return mx.compile(fwd)
@@ -66,8 +83,8 @@ def _bn_backward(ndim: int, affine: bool) -> Any:
         g: mx.array, x: mx.array, mean0: mx.array, corr: mx.array, inv_std: mx.array, *params: mx.array
     ) -> Any:
         x_hat = ((x - mean0) - corr) * inv_std
-        grad_b = mx.sum(g, axis=axes)
-        grad_w = mx.sum(g * x_hat, axis=axes)
+        grad_b = _sum(g, axes).reshape(-1)
+        grad_w = _sum(g * x_hat, axes).reshape(-1)
         m = x.size // x.shape[1]
         scale = inv_std * params[0].reshape(shape) if affine else inv_std
         mean_g = (grad_b / m).reshape(shape)
@@ -81,10 +98,11 @@ def _bn_backward(ndim: int, affine: bool) -> Any:
 def batch_norm_train(
     B: Backend, x: mx.array, weight: mx.array | None, bias: mx.array | None, eps: float
 ) -> tuple[mx.array, mx.array, mx.array, Any]:
-    affine = weight is not None
-    params = (weight, bias) if affine else ()
-    y, mean0, corr, var, inv_std = _bn_forward(x.ndim, float(eps), affine)(x, *params)
-    return y, (mean0 + corr).reshape(-1), var.reshape(-1), (x, mean0, corr, inv_std)
+    params = tuple(p for p in (weight, bias) if p is not None)
+    y, mean0, corr, var, inv_std = _bn_forward(x.ndim, float(eps), weight is not None, bias is not None)(
+        x, *params
+    )
+    return y, F._mean_of(mx, mean0, corr).reshape(-1), var.reshape(-1), (x, mean0, corr, inv_std)
 
 
 def batch_norm_train_backward(
@@ -100,16 +118,17 @@ def batch_norm_train_backward(
 
 
 @functools.lru_cache(maxsize=64)
-def _gn_forward(groups: int, eps: float, affine: bool) -> Any:
+def _gn_forward(groups: int, eps: float, has_w: bool, has_b: bool) -> Any:
     def fwd(x: mx.array, *params: mx.array) -> tuple[mx.array, ...]:
         n, c = x.shape[0], x.shape[1]
         xg = x.reshape(n, groups, -1)
         mean0, corr, var = _moments(xg, (2,))
         inv_std = mx.rsqrt(var + eps)
         x_hat = (((xg - mean0) - corr) * inv_std).reshape(n, c, -1)
-        if affine:
-            w, b = params
-            x_hat = x_hat * w.reshape(1, c, 1) + b.reshape(1, c, 1)
+        if has_w:
+            x_hat = x_hat * params[0].reshape(1, c, 1)
+        if has_b:
+            x_hat = x_hat + params[-1].reshape(1, c, 1)
         return x_hat.reshape(x.shape), mean0, corr, inv_std
 
     return mx.compile(fwd)
@@ -123,14 +142,12 @@ def _gn_backward(groups: int, affine: bool) -> Any:
         n, c = x.shape[0], x.shape[1]
         x_hat = (((x.reshape(n, groups, -1) - mean0) - corr) * inv_std).reshape(n, c, -1)
         g3 = g.reshape(n, c, -1)
-        grad_w = mx.sum(g3 * x_hat, axis=(0, 2))
-        grad_b = mx.sum(g3, axis=(0, 2))
+        grad_w = _sum(g3 * x_hat, (0, 2)).reshape(-1)
+        grad_b = _sum(g3, (0, 2)).reshape(-1)
         gx = g3 * params[0].reshape(1, c, 1) if affine else g3
         gx = gx.reshape(n, groups, -1)
         xh = x_hat.reshape(n, groups, -1)
-        dx = inv_std * (
-            gx - mx.mean(gx, axis=2, keepdims=True) - xh * mx.mean(gx * xh, axis=2, keepdims=True)
-        )
+        dx = inv_std * (gx - _mean(gx, (2,)) - xh * _mean(gx * xh, (2,)))
         return dx.reshape(x.shape), grad_w, grad_b
 
     return mx.compile(bwd)
@@ -139,9 +156,10 @@ def _gn_backward(groups: int, affine: bool) -> Any:
 def group_norm(
     B: Backend, x: mx.array, num_groups: int, weight: mx.array | None, bias: mx.array | None, eps: float
 ) -> tuple[mx.array, Any]:
-    affine = weight is not None
-    params = (weight, bias) if affine else ()
-    y, mean0, corr, inv_std = _gn_forward(num_groups, float(eps), affine)(x, *params)
+    params = tuple(p for p in (weight, bias) if p is not None)
+    y, mean0, corr, inv_std = _gn_forward(num_groups, float(eps), weight is not None, bias is not None)(
+        x, *params
+    )
     return y, (x, mean0, corr, inv_std, num_groups)
 
 
@@ -159,14 +177,20 @@ def group_norm_backward(
 # mx.fast.layer_norm computes its statistics in one float32 pass: on 1e4 + N(0, 1e-2) data
 # it is off by ~0.15 (so is mlx.nn.LayerNorm). Layer norm is invariant to a per-row shift,
 # so the kernel first subtracts each row's first element (exact for nearby values); the
-# fused kernel then sees data centred near zero. Gradients are unchanged by the shift
-# (the per-row sum of layer norm's input gradient is zero).
+# fused kernel then sees data centred near zero. The shift is a constant to the gradient
+# (stop_gradient): through it, the gradient would be -sum(dx), zero only in exact
+# arithmetic, and column 0 would collect every row's rounding error.
+# Its single pass also drifts on long rows (output 1.8e-5 from float64 at 65536 elements,
+# 2.6e-3 at 4M; input gradient 1.5e-5 at 8192, 4e-6 at 4096), so rows longer than
+# FAST_LN_MAX take the reference (blocked sums).
+
+FAST_LN_MAX = 4096
 
 
 @functools.lru_cache(maxsize=64)
 def _ln(eps: float) -> Any:
     def fwd(x: mx.array, w: mx.array | None, b: mx.array | None) -> mx.array:
-        return mx.fast.layer_norm(x - x[:, :1], w, b, eps)
+        return mx.fast.layer_norm(x - mx.stop_gradient(x[:, :1]), w, b, eps)
 
     return fwd
 
@@ -183,13 +207,13 @@ def layer_norm(
     axes: tuple[int, ...],
     eps: float,
 ) -> tuple[mx.array, Any]:
-    if x.dtype != mx.float32:
-        # mx.fast.layer_norm computes in float32 precision even for float64 input.
-        return F.layer_norm.reference(B, x, weight, bias, axes, eps)
     trailing = tuple(x.shape[x.ndim - len(axes) :])
     d = 1
     for s in trailing:
         d *= s
+    if x.dtype != mx.float32 or d > FAST_LN_MAX:
+        # mx.fast.layer_norm computes in float32 precision even for float64 input.
+        return F.layer_norm.reference(B, x, weight, bias, axes, eps)
     x2 = x.reshape(-1, d)
     w = None if weight is None else weight.reshape(d)
     b = None if bias is None else bias.reshape(d)

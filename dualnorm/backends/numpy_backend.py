@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
 
+from dualnorm.backends import register_backend
 from dualnorm.backends.base import Backend
 
 
@@ -33,3 +35,19 @@ class NumPyBackend(Backend):
 
     def all_finite(self, x: Any) -> bool:
         return bool(np.isfinite(x).all())
+
+    def compute(self) -> contextlib.AbstractContextManager[Any]:
+        return np.errstate(all="ignore")
+
+    def zeros_like(self, array: Any) -> np.ndarray:
+        return np.zeros_like(array)
+
+    def indices(self, host: np.ndarray) -> np.ndarray:
+        return host
+
+    def copy_into(self, out: Any, array: Any) -> Any:
+        np.copyto(out, array)
+        return out
+
+
+register_backend("numpy", NumPyBackend)

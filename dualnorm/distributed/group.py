@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from dualnorm.backends import backend_of
 from dualnorm.errors import DualnormError
 
 __all__ = [
@@ -237,7 +238,7 @@ class ProcessGroup(abc.ABC):
             raise DistributedError(f"broadcast: root {root} is not a rank of a group of size {self.size}")
         if self.size == 1:
             return array
-        contribution = array if self.rank == root else _zeros_like(array)
+        contribution = array if self.rank == root else backend_of(array).zeros_like(array)
         return self.allreduce_sum(contribution)
 
     def barrier(self) -> None:
@@ -261,14 +262,6 @@ class SingleProcessGroup(ProcessGroup):
 
     def _allgather(self, array: Any) -> Any:
         return array.reshape((1, *tuple(array.shape)))
-
-
-def _zeros_like(array: Any) -> Any:
-    if isinstance(array, np.ndarray):
-        return np.zeros_like(array)
-    import mlx.core as mx  # the only other array type a group accepts
-
-    return mx.zeros_like(array)
 
 
 def _describe(array: Any) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from dualnorm.backends import backend_of
 from dualnorm.distributed.group import DistributedError, ProcessGroup, watch_from_outside
 
 __all__ = ["MPIProcessGroup", "mpi_available"]
@@ -92,17 +93,11 @@ class MPIProcessGroup(ProcessGroup):
 
 
 def _to_host(array: Any) -> np.ndarray:
-    if isinstance(array, np.ndarray):
-        return array
-    return np.asarray(array)
+    return backend_of(array).to_numpy(array)
 
 
 def _like(result: np.ndarray, template: Any) -> Any:
-    if isinstance(template, np.ndarray):
-        return result
-    import mlx.core as mx
-
-    return mx.array(result, dtype=template.dtype)
+    return backend_of(template).from_host(result, template.dtype)
 
 
 _hook_installed = False

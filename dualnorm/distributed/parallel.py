@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from dualnorm.backends import backend_of
 from dualnorm.distributed.group import DistributedError, ProcessGroup
 
 __all__ = [
@@ -98,14 +99,6 @@ def _parameters(module_or_params: Any) -> list[Any]:
     return list(module_or_params)
 
 
-def _xp_of(array: Any) -> Any:
-    if isinstance(array, np.ndarray):
-        return np
-    import mlx.core as mx
-
-    return mx
-
-
 def allreduce_gradients(
     module_or_params: Any, group: ProcessGroup | None = None, *, average: bool = True
 ) -> None:
@@ -118,7 +111,7 @@ def allreduce_gradients(
     params = _parameters(module_or_params)
     if g.size == 1 or not params:
         return
-    xp = _xp_of(params[0].data)
+    xp = backend_of(params[0].data).xp
     flat = [
         (p.grad if p.grad is not None else xp.zeros(p.data.shape, dtype=p.data.dtype)).reshape(-1)
         for p in params

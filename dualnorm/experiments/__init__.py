@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from dualnorm.experiments.base import Experiment, RunConfig
+from dualnorm.experiments.base import Experiment, RunConfig, Setup
 from dualnorm.experiments.dying_relu import DyingReLU
 from dualnorm.experiments.init_sweep import InitSweep
 from dualnorm.experiments.norm_zoo import NormZoo
@@ -27,4 +27,4 @@ def get_experiment(name: str) -> Experiment:
         ) from None
 
 
-__all__ = ["DEFAULT_EXPERIMENT", "EXPERIMENTS", "Experiment", "RunConfig", "get_experiment"]
+__all__ = ["DEFAULT_EXPERIMENT", "EXPERIMENTS", "Experiment", "RunConfig", "Setup", "get_experiment"]

@@ -16,19 +16,15 @@ layers *in eval mode* (running statistics): ``{"input", "after_linear", "after_b
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-
 import numpy as np
 
 from dualnorm import nn
-from dualnorm.backends import Backend, use_backend
-from dualnorm.experiments._common import BaseExperiment, host_list, seed_everything, to_backend
-from dualnorm.experiments.base import RunConfig
+from dualnorm.backends import Backend
+from dualnorm.experiments._common import BaseExperiment, host_list, to_backend
+from dualnorm.experiments.base import Setup
 from dualnorm.losses import MSELoss
 from dualnorm.optim import SGD
-from dualnorm.records import StepRecord
-from dualnorm.training import Task, train
+from dualnorm.training import Task
 
 PROBE = (1.0, 2.0, 3.0, 4.0, 5.0)
 N_SAMPLES = 10_000
@@ -77,29 +73,20 @@ class DyingReLU(BaseExperiment):
     default_lr = 1e-3
     default_record_every = 50
 
-    def _run(
-        self, config: RunConfig, backend: Backend, variants: tuple[str, ...], stop: threading.Event | None
-    ) -> Iterator[StepRecord]:
-        steps, lr, every = self.steps(config), self.lr(config), self.record_every(config)
+    def build_task(self, variant: str, setup: Setup) -> Task:
+        backend = setup.backend
         x_host, y_host = dataset()
-        for variant in variants:
-            if stop is not None and stop.is_set():
-                return
-            seed_everything(config.seed)
-            with use_backend(backend.name):
-                model = build_model(variant)
-                loss_fn = MSELoss()
-            x, y = to_backend(backend, x_host), to_backend(backend, y_host)
-            task = Task(
-                experiment=self.name,
-                variant=variant,
-                model=model,
-                loss_fn=loss_fn,
-                optimizer=SGD(model.parameters(), lr=lr),
-                batch=lambda step, x=x, y=y: (x, y),
-                steps=steps,
-                record_every=every,
-                extra=lambda step, model=model: {"probe": trace_probe(backend, model)},
-                static_extra={"normalization": "batchnorm" if variant == "batchnorm" else "none"},
-            )
-            yield from train(task, backend, stop)
+        model = build_model(variant)
+        x, y = to_backend(backend, x_host), to_backend(backend, y_host)
+        return Task(
+            experiment=self.name,
+            variant=variant,
+            model=model,
+            loss_fn=MSELoss(),
+            optimizer=SGD(model.parameters(), lr=setup.lr),
+            batch=lambda step: (x, y),
+            steps=setup.steps,
+            record_every=setup.record_every,
+            extra=lambda step: {"probe": trace_probe(backend, model)},
+            static_extra={"normalization": "batchnorm" if variant == "batchnorm" else "none"},
+        )

@@ -26,21 +26,18 @@ measures what the network has learned rather than how far its running averages h
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from dualnorm.backends import Backend, use_backend
+from dualnorm.backends import Backend
 from dualnorm.errors import InputError
-from dualnorm.experiments._common import BaseExperiment, dataset_from, sampler, seed_everything, to_backend
-from dualnorm.experiments.base import RunConfig
+from dualnorm.experiments._common import BaseExperiment, dataset_from, sampler, to_backend
+from dualnorm.experiments.base import RunConfig, Setup
 from dualnorm.losses import CrossEntropyLoss
 from dualnorm.models import mlp
 from dualnorm.optim import SGD
-from dualnorm.records import StepRecord
-from dualnorm.training import Task, train
+from dualnorm.training import Task
 
 SCALES = tuple(float(s) for s in np.logspace(0, -4, 16))
 HIDDEN = (100, 100, 100, 100, 100)
@@ -104,49 +101,43 @@ class InitSweep(BaseExperiment):
         if mode not in ("train", "eval"):
             raise InputError(f"init-sweep: accuracy_mode must be 'train' or 'eval', got {mode!r}")
 
-    def _run(
-        self, config: RunConfig, backend: Backend, variants: tuple[str, ...], stop: threading.Event | None
-    ) -> Iterator[StepRecord]:
+    def seed_keys(self, variant: str) -> tuple[int, ...]:
+        return (parse_variant(variant)[0],)  # both variants of a scale share init and batches
+
+    def build_task(self, variant: str, setup: Setup) -> Task:
+        config, backend = setup.config, setup.backend
         data = dataset_from(config)
         x_host, y_host = data.x_train[:TRAIN_SIZE], data.y_train[:TRAIN_SIZE]
-        x_eval = to_backend(backend, x_host)
         make_accuracy = (
             eval_accuracy if config.options.get("accuracy_mode", "train") == "eval" else batch_stat_accuracy
         )
-        for variant in variants:
-            if stop is not None and stop.is_set():
-                return
-            index, normalization = parse_variant(variant)
-            scale = SCALES[index]
-            rng = seed_everything(config.seed, index)
-            with use_backend(backend.name):
-                model = mlp(
-                    data.input_dim,
-                    HIDDEN,
-                    data.num_classes,
-                    activation="relu",
-                    norm="batch" if normalization == "batchnorm" else "none",
-                    init="normal",
-                    init_std=scale,
-                    norm_eps=float(config.options.get("bn_eps", BN_EPS)),
-                )
-                loss_fn = CrossEntropyLoss()
-            task = Task(
-                experiment=self.name,
-                variant=variant,
-                model=model,
-                loss_fn=loss_fn,
-                optimizer=SGD(model.parameters(), lr=self.lr(config)),
-                batch=sampler(backend, x_host, y_host, BATCH_SIZE, rng),
-                steps=self.steps(config),
-                record_every=self.record_every(config),
-                steps_per_epoch=ITERS_PER_EPOCH,
-                accuracy=make_accuracy(backend, model, x_eval, y_host),
-                static_extra={
-                    "scale": scale,
-                    "scale_index": index,
-                    "normalization": "batchnorm" if normalization == "batchnorm" else "none",
-                    "dataset": data.name,
-                },
-            )
-            yield from train(task, backend, stop)
+        index, normalization = parse_variant(variant)
+        scale = SCALES[index]
+        model = mlp(
+            data.input_dim,
+            HIDDEN,
+            data.num_classes,
+            activation="relu",
+            norm="batch" if normalization == "batchnorm" else "none",
+            init="normal",
+            init_std=scale,
+            norm_eps=float(config.options.get("bn_eps", BN_EPS)),
+        )
+        return Task(
+            experiment=self.name,
+            variant=variant,
+            model=model,
+            loss_fn=CrossEntropyLoss(),
+            optimizer=SGD(model.parameters(), lr=setup.lr),
+            batch=sampler(backend, x_host, y_host, BATCH_SIZE, setup.rng),
+            steps=setup.steps,
+            record_every=setup.record_every,
+            steps_per_epoch=ITERS_PER_EPOCH,
+            accuracy=make_accuracy(backend, model, to_backend(backend, x_host), y_host),
+            static_extra={
+                "scale": scale,
+                "scale_index": index,
+                "normalization": "batchnorm" if normalization == "batchnorm" else "none",
+                "dataset": data.name,
+            },
+        )

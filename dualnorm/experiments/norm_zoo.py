@@ -20,24 +20,19 @@ mode) at the end of each epoch; ``extra["test_accuracy"]`` the test accuracy.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-
-from dualnorm.backends import Backend, use_backend
 from dualnorm.experiments._common import (
     BaseExperiment,
     accuracy_fn,
     dataset_from,
     sampler,
-    seed_everything,
     to_backend,
 )
-from dualnorm.experiments.base import RunConfig
+from dualnorm.experiments.base import Setup
 from dualnorm.losses import CrossEntropyLoss
 from dualnorm.models import mlp
 from dualnorm.optim import SGD
 from dualnorm.records import StepRecord
-from dualnorm.training import Task, train
+from dualnorm.training import Task
 
 HIDDEN = (64, 64, 64)
 BATCH_SIZE = 64
@@ -54,44 +49,40 @@ class NormZoo(BaseExperiment):
     default_record_every = 20
     uses_dataset = True
 
-    def _run(
-        self, config: RunConfig, backend: Backend, variants: tuple[str, ...], stop: threading.Event | None
-    ) -> Iterator[StepRecord]:
-        data = dataset_from(config)
-        x_train = to_backend(backend, data.x_train)
-        x_test = to_backend(backend, data.x_test)
-        spe = max(1, len(data.x_train) // BATCH_SIZE)
-        for variant in variants:
-            if stop is not None and stop.is_set():
-                return
-            rng = seed_everything(config.seed, 2)
-            selu = variant == "selu"
-            with use_backend(backend.name):
-                model = mlp(
-                    data.input_dim,
-                    HIDDEN,
-                    data.num_classes,
-                    activation="selu" if selu else "relu",
-                    norm="none" if selu else variant,
-                    init="lecun" if selu else "kaiming",
-                )
-                loss_fn = CrossEntropyLoss()
-            test_accuracy = accuracy_fn(backend, model, x_test, data.y_test)
-            task = Task(
-                experiment=self.name,
-                variant=variant,
-                model=model,
-                loss_fn=loss_fn,
-                optimizer=SGD(model.parameters(), lr=self.lr(config), momentum=MOMENTUM),
-                batch=sampler(backend, data.x_train, data.y_train, BATCH_SIZE, rng),
-                steps=self.steps(config),
-                record_every=self.record_every(config),
-                steps_per_epoch=spe,
-                accuracy=accuracy_fn(backend, model, x_train, data.y_train),
-                static_extra={"normalization": variant, "dataset": data.name},
-            )
-            for record in train(task, backend, stop):
-                if record.accuracy is not None:
-                    record.extra["test_accuracy"] = test_accuracy()
-                    model.train()
-                yield record
+    def seed_keys(self, variant: str) -> tuple[int, ...]:
+        return (2,)  # every variant: the same init draws and mini-batches
+
+    def build_task(self, variant: str, setup: Setup) -> Task:
+        backend = setup.backend
+        data = dataset_from(setup.config)
+        selu = variant == "selu"
+        model = mlp(
+            data.input_dim,
+            HIDDEN,
+            data.num_classes,
+            activation="selu" if selu else "relu",
+            norm="none" if selu else variant,
+            init="lecun" if selu else "kaiming",
+        )
+        return Task(
+            experiment=self.name,
+            variant=variant,
+            model=model,
+            loss_fn=CrossEntropyLoss(),
+            optimizer=SGD(model.parameters(), lr=setup.lr, momentum=MOMENTUM),
+            batch=sampler(backend, data.x_train, data.y_train, BATCH_SIZE, setup.rng),
+            steps=setup.steps,
+            record_every=setup.record_every,
+            steps_per_epoch=max(1, len(data.x_train) // BATCH_SIZE),
+            accuracy=accuracy_fn(backend, model, to_backend(backend, data.x_train), data.y_train),
+            static_extra={"normalization": variant, "dataset": data.name},
+            context={
+                "test_accuracy": accuracy_fn(backend, model, to_backend(backend, data.x_test), data.y_test)
+            },
+        )
+
+    def on_record(self, record: StepRecord, task: Task) -> StepRecord:
+        if record.accuracy is not None:
+            record.extra["test_accuracy"] = task.context["test_accuracy"]()
+            task.model.train()
+        return record

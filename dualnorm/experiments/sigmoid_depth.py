@@ -36,14 +36,13 @@ from dualnorm.experiments._common import (
     accuracy_fn,
     dataset_from,
     sampler,
-    seed_everything,
     to_backend,
 )
-from dualnorm.experiments.base import RunConfig
+from dualnorm.experiments.base import RunConfig, Setup
 from dualnorm.losses import CrossEntropyLoss
 from dualnorm.optim import SGD
 from dualnorm.records import StepRecord
-from dualnorm.training import Task, record_layers, train
+from dualnorm.training import Task, record_layers
 
 LAYER_SIZES = (20, 64, 64, 64, 64, 64)
 N_SAMPLES = 100
@@ -105,16 +104,16 @@ class SigmoidDepth(BaseExperiment):
     default_record_every = 30
     uses_dataset = True
 
-    def _run(
-        self, config: RunConfig, backend: Backend, variants: tuple[str, ...], stop: threading.Event | None
+    def seed_keys(self, variant: str) -> tuple[int, ...]:
+        return (1,)
+
+    def run_variant(
+        self, variant: str, config: RunConfig, backend: Backend, stop: threading.Event | None
     ) -> Iterator[StepRecord]:
-        for variant in variants:
-            if stop is not None and stop.is_set():
-                return
-            if variant.startswith("forward-"):
-                yield self._forward_view(config, backend, variant)
-            else:
-                yield from self._train_view(config, backend, variant, stop)
+        if variant.startswith("forward-"):
+            yield self._forward_view(config, backend, variant)
+        else:
+            yield from super().run_variant(variant, config, backend, stop)
 
     def _forward_view(self, config: RunConfig, backend: Backend, variant: str) -> StepRecord:
         import time
@@ -139,6 +138,7 @@ class SigmoidDepth(BaseExperiment):
             epoch=0,
             loss=0.0,
             backend=backend.name,
+            device=backend.device,
             layers=layers,
             elapsed_s=time.perf_counter() - start,
             status="done",
@@ -151,34 +151,30 @@ class SigmoidDepth(BaseExperiment):
             },
         )
 
-    def _train_view(
-        self, config: RunConfig, backend: Backend, variant: str, stop: threading.Event | None
-    ) -> Iterator[StepRecord]:
-        data = dataset_from(config)
+    def build_task(self, variant: str, setup: Setup) -> Task:
+        backend = setup.backend
+        data = dataset_from(setup.config)
         batchnorm = variant == "batchnorm"
-        rng = seed_everything(config.seed, 1)
-        with use_backend(backend.name):
-            model = build_train_model(data.input_dim, data.num_classes, batchnorm)
-            loss_fn = CrossEntropyLoss()
-        n_train = len(data.x_train)
-        task = Task(
+        model = build_train_model(data.input_dim, data.num_classes, batchnorm)
+        return Task(
             experiment=self.name,
             variant=variant,
             model=model,
-            loss_fn=loss_fn,
-            optimizer=SGD(model.parameters(), lr=self.lr(config)),
-            batch=sampler(backend, data.x_train, data.y_train, BATCH_SIZE, rng),
-            steps=self.steps(config),
-            record_every=self.record_every(config),
-            steps_per_epoch=max(1, n_train // BATCH_SIZE),
+            loss_fn=CrossEntropyLoss(),
+            optimizer=SGD(model.parameters(), lr=setup.lr),
+            batch=sampler(backend, data.x_train, data.y_train, BATCH_SIZE, setup.rng),
+            steps=setup.steps,
+            record_every=setup.record_every,
+            steps_per_epoch=max(1, len(data.x_train) // BATCH_SIZE),
             accuracy=accuracy_fn(backend, model, to_backend(backend, data.x_train), data.y_train),
             static_extra={"normalization": "batchnorm" if batchnorm else "none", "dataset": data.name},
         )
-        for record in train(task, backend, stop):
-            if record.layers:
-                record.extra["sigmoid_input_grad_norms"] = [
-                    record.layers[i - 1].grad_norm
-                    for i, layer in enumerate(record.layers)
-                    if layer.kind == "Sigmoid" and i > 0
-                ]
-            yield record
+
+    def on_record(self, record: StepRecord, task: Task) -> StepRecord:
+        if record.layers:
+            record.extra["sigmoid_input_grad_norms"] = [
+                record.layers[i - 1].grad_norm
+                for i, layer in enumerate(record.layers)
+                if layer.kind == "Sigmoid" and i > 0
+            ]
+        return record

@@ -7,7 +7,7 @@ from dualnorm.nn import functional, utils
 from dualnorm.nn.activations import SELU, Flatten, Identity, LeakyReLU, ReLU, Sigmoid, Tanh
 from dualnorm.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchRenorm1d, BatchRenorm2d
 from dualnorm.nn.groupnorm import GroupNorm
-from dualnorm.nn.instancenorm import InstanceNorm1d, InstanceNorm2d
+from dualnorm.nn.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from dualnorm.nn.layernorm import LayerNorm, RMSNorm
 from dualnorm.nn.linear import Linear
 from dualnorm.nn.lrn import LocalResponseNorm
@@ -28,6 +28,7 @@ __all__ = [
     "Identity",
     "InstanceNorm1d",
     "InstanceNorm2d",
+    "InstanceNorm3d",
     "LayerNorm",
     "LeakyReLU",
     "Linear",

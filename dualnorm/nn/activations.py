@@ -46,7 +46,8 @@ class ReLU(_Elementwise):
         return y
 
     def _derivative(self, saved: dict[str, Any]) -> Any:
-        return (saved["x"] > 0).astype(saved["x"].dtype)
+        # 0 where x <= 0, else 1: at NaN the gradient passes (PyTorch's threshold_backward).
+        return 1.0 - (saved["x"] <= 0).astype(saved["x"].dtype)
 
 
 class LeakyReLU(_Elementwise):

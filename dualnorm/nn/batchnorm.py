@@ -40,6 +40,7 @@ class _NormBase(Module):
         affine: bool,
         track_running_stats: bool,
         *,
+        bias: bool = True,
         dtype: str | None = None,
     ) -> None:
         super().__init__(dtype=dtype)
@@ -53,7 +54,8 @@ class _NormBase(Module):
         object.__setattr__(self, "bias", None)
         if self.affine:
             self.weight = self._new_parameter(np.ones(num_features))
-            self.bias = self._new_parameter(np.zeros(num_features))
+            if bias:
+                self.bias = self._new_parameter(np.zeros(num_features))
         for buffer in ("running_mean", "running_var", "num_batches_tracked"):
             self.register_buffer(buffer, None)
         self.reset_running_stats()
@@ -69,10 +71,29 @@ class _NormBase(Module):
         inv_std = self.backend.rsqrt(self.running_var.reshape(shape) + self.eps)
         return (x - self.running_mean.reshape(shape)) * inv_std, inv_std
 
+    def _affine(self, x_hat: Any, shape: tuple[int, ...]) -> Any:
+        """y = x_hat * weight + bias, each part only when the layer has it."""
+        y = x_hat if self.weight is None else x_hat * self.weight.data.reshape(shape)
+        return y if self.bias is None else y + self.bias.data.reshape(shape)
+
+    def _accumulate_affine(self, grad_w: Any, grad_b: Any) -> None:
+        if self.weight is not None:
+            self._accumulate(self.weight, grad_w)
+        if self.bias is not None:
+            self._accumulate(self.bias, grad_b)
+
+    def _params(self) -> tuple[Any, Any]:
+        """(weight, bias) arrays for the functional/kernel calls; each may be None."""
+        return (
+            None if self.weight is None else self.weight.data,
+            None if self.bias is None else self.bias.data,
+        )
+
     def extra_repr(self) -> str:
+        # As PyTorch 2.x prints it (``bias`` says whether the layer has a bias).
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}"
+            f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}"
         )
 
 
@@ -88,9 +109,10 @@ class _BatchNorm(_NormBase):
         affine: bool = True,
         track_running_stats: bool = True,
         *,
+        bias: bool = True,
         dtype: str | None = None,
     ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype=dtype)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, bias=bias, dtype=dtype)
 
     def _check(self, x: Any) -> None:
         check_ndim(self, x, self._ndims, self._layout)
@@ -102,6 +124,12 @@ class _BatchNorm(_NormBase):
                 f"{type(self).__name__}: expected more than 1 value per channel when training, got input "
                 f"of shape {tuple(x.shape)}. Use a batch of at least 2 samples, or call .eval() to "
                 "normalize with the running statistics."
+            )
+        if self._uses_batch_stats() and not self.eps > 0:
+            raise InputError(
+                f"{type(self).__name__}: batch_norm eps must be positive during training (normalizing "
+                f"with batch statistics), but got eps={self.eps}; 1/sqrt(var + 0) is infinite on a "
+                "constant channel. Use eps > 0 (default 1e-5)."
             )
 
     def _uses_batch_stats(self) -> bool:
@@ -118,6 +146,10 @@ class _BatchNorm(_NormBase):
     def forward(self, x: Any) -> Any:
         x = self._input(x)
         self._check(x)
+        if x.size == 0:
+            if self.training and self.track_running_stats:
+                self.num_batches_tracked = self.num_batches_tracked + 1  # PyTorch counts the call
+            return self._empty_forward(x)
         if self._fused and self._uses_batch_stats():
             return self._fused_forward(x)
         axes = F.batch_axes(x.ndim)
@@ -130,9 +162,7 @@ class _BatchNorm(_NormBase):
         else:
             x_hat, inv_std = self._normalize_with_running_stats(x, shape)
         self._save(x_hat=x_hat, inv_std=inv_std, batch_stats=self._uses_batch_stats(), axes=axes, shape=shape)
-        if not self.affine:
-            return x_hat
-        return x_hat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
+        return self._affine(x_hat, shape)
 
     def _renormalize(self, x_hat: Any, mean: Any, var: Any, shape: tuple[int, ...]) -> Any:
         return x_hat
@@ -141,8 +171,7 @@ class _BatchNorm(_NormBase):
     _fused = True
 
     def _fused_forward(self, x: Any) -> Any:
-        weight = self.weight.data if self.affine else None
-        bias = self.bias.data if self.affine else None
+        weight, bias = self._params()
         y, mean, var, ctx = F.batch_norm_train(self.backend, x, weight, bias, self.eps)
         if self.training and self.track_running_stats:
             self._update_running_stats(mean, var, x.size // self.num_features)
@@ -151,25 +180,23 @@ class _BatchNorm(_NormBase):
 
     def _fused_backward(self, grad_output: Any, s: dict[str, Any]) -> Any:
         grad = self._check_grad(grad_output, s["out_shape"])
-        weight = self.weight.data if self.affine else None
+        weight, _ = self._params()
         grad_in, grad_w, grad_b = F.batch_norm_train_backward(self.backend, grad, s["ctx"], weight)
-        if self.affine:
-            self._accumulate(self.weight, grad_w)
-            self._accumulate(self.bias, grad_b)
+        self._accumulate_affine(grad_w, grad_b)
         return grad_in
 
     def backward(self, grad_output: Any) -> Any:
         s = self._saved_values()
+        if s.get("empty"):
+            return self._empty_backward(grad_output)
         if "ctx" in s:
             return self._fused_backward(grad_output, s)
         grad = self._check_grad(grad_output, s["x_hat"].shape)
-        weight = self.weight.data.reshape(s["shape"]) if self.affine else None
+        weight = self.weight.data.reshape(s["shape"]) if self.weight is not None else None
         grad_xhat, grad_w, grad_b = F.affine_backward(
             self.backend, grad, s["x_hat"], weight, s["axes"], (self.num_features,)
         )
-        if self.affine:
-            self._accumulate(self.weight, grad_w)
-            self._accumulate(self.bias, grad_b)
+        self._accumulate_affine(grad_w, grad_b)
         if not s["batch_stats"]:
             return grad_xhat * s["inv_std"]
         return self._batch_stats_backward(grad_xhat, s)
@@ -188,6 +215,13 @@ class BatchNorm1d(_BatchNorm):
             None for a cumulative average.
         affine: learn gamma (``weight``, ones) and beta (``bias``, zeros) per feature.
         track_running_stats: keep ``running_mean``/``running_var`` for eval mode.
+        bias: with ``affine``, also learn beta (default True; False: weight only, as
+            PyTorch 2.x's ``bias=False``).
+
+    A batch of size 0 (or any dimension of size 0) gives an empty output; training
+    leaves the running statistics as they were but counts the call in
+    ``num_batches_tracked``, as PyTorch does. ``eps`` must be > 0 when normalizing with
+    batch statistics.
 
     The documents' worked example:
 
@@ -246,9 +280,12 @@ class _BatchRenorm(_BatchNorm):
         rmax: float = 3.0,
         dmax: float = 5.0,
         *,
+        bias: bool = True,
         dtype: str | None = None,
     ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats=True, dtype=dtype)
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats=True, bias=bias, dtype=dtype
+        )
         self.rmax = check_non_negative("rmax", rmax, type(self).__name__)
         self.dmax = check_non_negative("dmax", dmax, type(self).__name__)
         if self.rmax < 1:

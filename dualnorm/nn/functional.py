@@ -46,6 +46,54 @@ def count(shape: Sequence[int], axes: Sequence[int]) -> int:
     return math.prod(shape[a] for a in axes)
 
 
+# --- sums that stay accurate on long rows ----------------------------------------------------
+#
+# A float32 reduction that adds element after element drifts on long rows (MLX's CPU
+# reductions: var of 9.4M uniform values off by 1%; NumPy over non-contiguous axes). NumPy
+# accumulates in float64; MLX has no float64 on a GPU, so it sums blocks of SUM_BLOCK
+# elements and then the blocks' sums (pairwise in SUM_BLOCK-wide steps), all in float32:
+# each level's rounding error is that of a short sum.
+
+SUM_BLOCK = 128
+SHORT_SUM = 4096  # a float32 sum of at most this many elements is accurate as it is
+
+
+def _blocked_sum(xp: Any, x: Any, axis: int) -> Any:
+    """Sum over one ``axis`` (kept) in blocks of SUM_BLOCK, then sums of block sums."""
+    n = x.shape[axis]
+    while n > SUM_BLOCK:
+        pad = -n % SUM_BLOCK
+        if pad:  # zeros do not change a sum
+            widths = [(0, 0)] * x.ndim
+            widths[axis] = (0, pad)
+            x = xp.pad(x, widths)
+        blocks = (n + pad) // SUM_BLOCK
+        x = xp.sum(x.reshape((*x.shape[:axis], blocks, SUM_BLOCK, *x.shape[axis + 1 :])), axis=axis + 1)
+        n = blocks
+    return xp.sum(x, axis=axis, keepdims=True)
+
+
+def accurate_sum(B: Backend, x: Any, axes: tuple[int, ...]) -> Any:
+    """Sum over ``axes`` (kept as size-1 dims) in ``x``'s dtype, accurate at any length."""
+    xp = B.xp
+    if getattr(xp, "__name__", "") == "numpy":
+        trailing = sorted(a % x.ndim for a in axes) == list(range(x.ndim - len(axes), x.ndim))
+        if trailing and x.flags.c_contiguous:  # one contiguous run per row: NumPy sums it pairwise
+            return xp.sum(x, axis=axes, keepdims=True)
+        return xp.sum(x, axis=axes, keepdims=True, dtype="float64").astype(x.dtype, copy=False)
+    if count(x.shape, axes) <= SHORT_SUM:
+        return xp.sum(x, axis=axes, keepdims=True)
+    for axis in sorted((a % x.ndim for a in axes), reverse=True):
+        x = _blocked_sum(xp, x, axis)
+    return x
+
+
+def accurate_mean(B: Backend, x: Any, axes: tuple[int, ...]) -> Any:
+    """Mean over ``axes`` (kept), accurate at any length (see :func:`accurate_sum`)."""
+    n = count(x.shape, axes)
+    return accurate_sum(B, x, axes) * (1.0 / n)
+
+
 def moments(B: Backend, x: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
     """Mean, biased variance and the centred input over ``axes`` (kept as size-1 dims).
 
@@ -54,11 +102,27 @@ def moments(B: Backend, x: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
     centred data measures that error exactly and removes it. Never E[x^2] - E[x]^2.
     """
     xp = B.xp
-    mean0 = xp.mean(x, axis=axes, keepdims=True)
+    mean0 = accurate_mean(B, x, axes)
     centred = x - mean0
-    correction = xp.mean(centred, axis=axes, keepdims=True)
-    var = xp.mean(centred * centred, axis=axes, keepdims=True) - correction * correction
-    return mean0 + correction, xp.maximum(var, 0.0), centred - correction
+    correction = accurate_mean(B, centred, axes)
+    return (
+        _mean_of(xp, mean0, correction),
+        _var_of(xp, accurate_mean(B, centred * centred, axes), correction),
+        (centred - correction),
+    )
+
+
+def _mean_of(xp: Any, mean0: Any, correction: Any) -> Any:
+    """mean0 + correction; mean0 where the correction is NaN (an inf in the data: the mean is
+    +-inf, as PyTorch's running_mean shows, not NaN)."""
+    return xp.where(xp.isnan(correction), mean0, mean0 + correction)
+
+
+def _var_of(xp: Any, mean_sq: Any, correction: Any) -> Any:
+    """mean((x - mean0)^2) - correction^2, never below 0; where both terms overflow (|x| ~ 1e30
+    in float32) the variance is inf, as in PyTorch (x_hat is then 0), not inf - inf = NaN."""
+    var = mean_sq - correction * correction
+    return xp.where(xp.isnan(var), mean_sq, xp.maximum(var, 0.0))
 
 
 @overridable
@@ -72,9 +136,8 @@ def normalize(B: Backend, x: Any, axes: tuple[int, ...], eps: float) -> tuple[An
 @overridable
 def normalize_backward(B: Backend, grad_xhat: Any, x_hat: Any, inv_std: Any, axes: tuple[int, ...]) -> Any:
     """dL/dx from dL/dx_hat when the statistics were computed from x itself."""
-    xp = B.xp
-    mean_g = xp.mean(grad_xhat, axis=axes, keepdims=True)
-    mean_gx = xp.mean(grad_xhat * x_hat, axis=axes, keepdims=True)
+    mean_g = accurate_mean(B, grad_xhat, axes)
+    mean_gx = accurate_mean(B, grad_xhat * x_hat, axes)
     return inv_std * (grad_xhat - mean_g - x_hat * mean_gx)
 
 
@@ -91,9 +154,8 @@ def affine_backward(
     ``reduce_axes`` are the axes the parameters are broadcast over; the parameter
     gradients are reshaped to ``param_shape``.
     """
-    xp = B.xp
-    grad_w = xp.sum(grad_y * x_hat, axis=reduce_axes).reshape(param_shape)
-    grad_b = xp.sum(grad_y, axis=reduce_axes).reshape(param_shape)
+    grad_w = accurate_sum(B, grad_y * x_hat, reduce_axes).reshape(param_shape)
+    grad_b = accurate_sum(B, grad_y, reduce_axes).reshape(param_shape)
     grad_xhat = grad_y if weight is None else grad_y * weight
     return grad_xhat, grad_w, grad_b
 
@@ -127,7 +189,9 @@ def batch_norm_train(
     axes = batch_axes(x.ndim)
     shape = channel_shape(x.ndim, x.shape[1])
     x_hat, inv_std, mean, var = normalize(B, x, axes, eps)
-    y = x_hat if weight is None else x_hat * weight.reshape(shape) + bias.reshape(shape)
+    y = x_hat if weight is None else x_hat * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
     return y, mean.reshape(-1), var.reshape(-1), (x_hat, inv_std)
 
 
@@ -176,10 +240,11 @@ def group_norm(
     n = x.shape[0]
     x_hat_g, inv_std, _, _ = normalize(B, x.reshape(n, num_groups, -1), (2,), eps)
     x_hat = x_hat_g.reshape(x.shape)
-    if weight is None:
-        return x_hat, (x_hat, inv_std, num_groups)
     shape = channel_shape(x.ndim, x.shape[1])
-    return x_hat * weight.reshape(shape) + bias.reshape(shape), (x_hat, inv_std, num_groups)
+    y = x_hat if weight is None else x_hat * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y, (x_hat, inv_std, num_groups)
 
 
 @overridable
@@ -198,8 +263,7 @@ def group_norm_backward(B: Backend, grad_y: Any, ctx: Any, weight: Any | None) -
 @overridable
 def rms_norm(B: Backend, x: Any, weight: Any | None, axes: tuple[int, ...], eps: float) -> tuple[Any, Any]:
     """RMS norm over the trailing ``axes``: y = x / sqrt(mean(x^2) + eps) * weight. Returns (y, ctx)."""
-    xp = B.xp
-    inv_rms = B.rsqrt(xp.mean(x * x, axis=axes, keepdims=True) + eps)
+    inv_rms = B.rsqrt(accurate_mean(B, x * x, axes) + eps)
     x_hat = x * inv_rms
     return (x_hat if weight is None else x_hat * weight), (x_hat, inv_rms)
 
@@ -214,5 +278,5 @@ def rms_norm_backward(
     trailing = tuple(x_hat.shape[a] for a in axes)
     grad_xhat, grad_w, _ = affine_backward(B, grad_y, x_hat, weight, lead, trailing)
     # normalize_backward without the mean term (nothing was subtracted)
-    mean_gx = B.xp.mean(grad_xhat * x_hat, axis=axes, keepdims=True)
+    mean_gx = accurate_mean(B, grad_xhat * x_hat, axes)
     return inv_rms * (grad_xhat - x_hat * mean_gx), grad_w

@@ -25,6 +25,10 @@ class GroupNorm(Module):
         num_channels: C.
         eps: added to the variance (default 1e-5).
         affine: learn per-channel ``weight`` (ones) and ``bias`` (zeros) (default True).
+        bias: with ``affine``, also learn the bias (default True; as PyTorch 2.x).
+
+    As in PyTorch, an input with a single value per group and sample in all
+    (N * C / G * spatial == 1) is refused, and an empty input gives an empty output.
 
     >>> import numpy as np, dualnorm
     >>> gn = dualnorm.nn.GroupNorm(2, 4)
@@ -38,6 +42,7 @@ class GroupNorm(Module):
         num_channels: int,
         eps: float = 1e-5,
         affine: bool = True,
+        bias: bool = True,
         *,
         dtype: str | None = None,
     ) -> None:
@@ -56,7 +61,8 @@ class GroupNorm(Module):
         object.__setattr__(self, "bias", None)
         if self.affine:
             self.weight = self._new_parameter(np.ones(num_channels))
-            self.bias = self._new_parameter(np.zeros(num_channels))
+            if bias:
+                self.bias = self._new_parameter(np.zeros(num_channels))
 
     def forward(self, x: Any) -> Any:
         x = self._input(x)
@@ -65,21 +71,37 @@ class GroupNorm(Module):
                 f"GroupNorm expects (N, C, *) input with at least 2 dimensions; got shape {tuple(x.shape)}"
             )
         check_size(self, x, 1, self.num_channels, "channels (num_channels)")
-        weight = self.weight.data if self.affine else None
-        bias = self.bias.data if self.affine else None
+        # PyTorch's rule (F.group_norm -> _verify_batch_size): N * C / G times the spatial size.
+        values = x.shape[0] * (self.num_channels // self.num_groups) * F.count(x.shape, range(2, x.ndim))
+        if values == 1:
+            raise InputError(
+                f"GroupNorm({self.num_groups}, {self.num_channels}): expected more than 1 value per channel "
+                f"when training, got input of shape {tuple(x.shape)}: each group holds a single value, "
+                "whose variance is 0. Use fewer groups or a larger input."
+            )
+        if x.size == 0:
+            return self._empty_forward(x)
+        weight = None if self.weight is None else self.weight.data
+        bias = None if self.bias is None else self.bias.data
         y, ctx = F.group_norm(self.backend, x, self.num_groups, weight, bias, self.eps)
         self._save(ctx=ctx, out_shape=tuple(x.shape))
         return y
 
     def backward(self, grad_output: Any) -> Any:
         s = self._saved_values()
+        if s.get("empty"):
+            return self._empty_backward(grad_output)
         grad = self._check_grad(grad_output, s["out_shape"])
-        weight = self.weight.data if self.affine else None
+        weight = None if self.weight is None else self.weight.data
         grad_in, grad_w, grad_b = F.group_norm_backward(self.backend, grad, s["ctx"], weight)
-        if self.affine:
+        if self.weight is not None:
             self._accumulate(self.weight, grad_w)
+        if self.bias is not None:
             self._accumulate(self.bias, grad_b)
         return grad_in
 
     def extra_repr(self) -> str:
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+        return (
+            f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+            f"bias={self.bias is not None}"
+        )

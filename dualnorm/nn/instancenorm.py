@@ -5,10 +5,15 @@ follow PyTorch: ``affine=False, track_running_stats=False``. With running stats
 tracked, the running estimates are the batch average of the per-instance statistics
 (PyTorch does not count ``num_batches_tracked`` here, and ``momentum=None`` leaves
 them unchanged).
+
+As in PyTorch: with ``affine=False`` and no running statistics, ``num_features`` is not
+used, so an input with another channel count is normalized (with a warning); an empty
+input gives an empty output and leaves the running statistics as they were.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from dualnorm.errors import InputError
@@ -29,18 +34,32 @@ class _InstanceNorm(_NormBase):
         affine: bool = False,
         track_running_stats: bool = False,
         *,
+        bias: bool = True,
         dtype: str | None = None,
     ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype=dtype)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, bias=bias, dtype=dtype)
 
     def forward(self, x: Any) -> Any:
         x = self._input(x)
         batched = self._spatial_dims + 2
         check_ndim(self, x, (batched - 1, batched), self._layout)
         unbatched = x.ndim == batched - 1
+        in_shape = tuple(x.shape)
         if unbatched:
             x = x.reshape((1, *x.shape))
-        check_size(self, x, 1, self.num_features, "channels (num_features)")
+        if x.shape[1] != self.num_features and not self.affine and not self.track_running_stats:
+            warnings.warn(
+                f"{type(self).__name__}({self.num_features}): input's size at dim={int(not unbatched)} "
+                f"does not match num_features ({x.shape[1]} != {self.num_features}); normalizing anyway, "
+                "as num_features is not used when affine=False and track_running_stats=False "
+                "(as PyTorch). Build the layer with the input's channel count to silence this warning.",
+                UserWarning,
+                stacklevel=2,
+            )
+        else:
+            check_size(self, x, 1, self.num_features, "channels (num_features)")
+        if x.size == 0:
+            return self._empty_forward(x, in_shape)
         use_input_stats = self.training or not self.track_running_stats
         axes = tuple(range(2, x.ndim))
         spatial = F.count(x.shape, axes)
@@ -49,11 +68,12 @@ class _InstanceNorm(_NormBase):
                 f"{type(self).__name__}: expected more than 1 spatial element when normalizing per instance, "
                 f"got input of shape {tuple(x.shape)}"
             )
-        shape = F.channel_shape(x.ndim, self.num_features)
+        shape = F.channel_shape(x.ndim, x.shape[1])
         if use_input_stats and not (self.training and self.track_running_stats):
             # Exactly group norm with one channel per group: a whole-layer call a backend may fuse.
-            w, b = (self.weight.data, self.bias.data) if self.affine else (None, None)
-            y, ctx = F.group_norm(self.backend, x, self.num_features, w, b, self.eps)
+            w = None if self.weight is None else self.weight.data
+            b = None if self.bias is None else self.bias.data
+            y, ctx = F.group_norm(self.backend, x, x.shape[1], w, b, self.eps)
             self._save(ctx=ctx, out_shape=tuple(x.shape), unbatched=unbatched)
             return y[0] if unbatched else y
         if use_input_stats:
@@ -73,32 +93,28 @@ class _InstanceNorm(_NormBase):
             input_stats=use_input_stats,
             unbatched=unbatched,
         )
-        y = x_hat
-        if self.affine:
-            y = x_hat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
+        y = self._affine(x_hat, shape)
         return y[0] if unbatched else y
 
     def backward(self, grad_output: Any) -> Any:
         s = self._saved_values()
+        if s.get("empty"):
+            return self._empty_backward(grad_output)
         if "ctx" in s:
             out_shape = s["out_shape"][1:] if s["unbatched"] else s["out_shape"]
             grad = self._check_grad(grad_output, out_shape).reshape(s["out_shape"])
-            weight = self.weight.data if self.affine else None
+            weight = None if self.weight is None else self.weight.data
             grad_in, grad_w, grad_b = F.group_norm_backward(self.backend, grad, s["ctx"], weight)
-            if self.affine:
-                self._accumulate(self.weight, grad_w)
-                self._accumulate(self.bias, grad_b)
+            self._accumulate_affine(grad_w, grad_b)
             return grad_in.reshape(out_shape)
         x_hat = s["x_hat"]
         out_shape = x_hat.shape[1:] if s["unbatched"] else x_hat.shape
         grad = self._check_grad(grad_output, out_shape).reshape(x_hat.shape)
-        weight = self.weight.data.reshape(s["shape"]) if self.affine else None
+        weight = self.weight.data.reshape(s["shape"]) if self.weight is not None else None
         grad_xhat, grad_w, grad_b = F.affine_backward(
-            self.backend, grad, x_hat, weight, F.batch_axes(x_hat.ndim), (self.num_features,)
+            self.backend, grad, x_hat, weight, F.batch_axes(x_hat.ndim), (x_hat.shape[1],)
         )
-        if self.affine:
-            self._accumulate(self.weight, grad_w)
-            self._accumulate(self.bias, grad_b)
+        self._accumulate_affine(grad_w, grad_b)
         if s["input_stats"]:
             grad_in = F.normalize_backward(self.backend, grad_xhat, x_hat, s["inv_std"], s["axes"])
         else:
@@ -115,6 +131,7 @@ class InstanceNorm1d(_InstanceNorm):
         momentum: for the running statistics when tracked (default 0.1).
         affine: learn per-channel weight and bias (default False).
         track_running_stats: keep running statistics for eval mode (default False).
+        bias: with ``affine``, also learn the bias (default True; as PyTorch 2.x).
     """
 
     _spatial_dims = 1
@@ -126,3 +143,10 @@ class InstanceNorm2d(_InstanceNorm):
 
     _spatial_dims = 2
     _layout = "(N, C, H, W) or (C, H, W)"
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """Instance normalization over (N, C, D, H, W) or unbatched (C, D, H, W) input (arguments as InstanceNorm1d)."""
+
+    _spatial_dims = 3
+    _layout = "(N, C, D, H, W) or (C, D, H, W)"

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from dualnorm.errors import InputError
+from dualnorm.errors import RuntimeInputError
 from dualnorm.nn import functional as F
 from dualnorm.nn._checks import as_shape, check_non_negative
 from dualnorm.nn.module import Module
@@ -23,7 +23,8 @@ class _TrailingNorm(Module):
     def _check(self, x: Any) -> tuple[int, ...]:
         k = len(self.normalized_shape)
         if x.ndim < k or tuple(x.shape[x.ndim - k :]) != self.normalized_shape:
-            raise InputError(
+            # A RuntimeError (as PyTorch raises) and a ValueError (as dualnorm always did).
+            raise RuntimeInputError(
                 f"{type(self).__name__}(normalized_shape={self.normalized_shape}) expects input whose last "
                 f"{k} dimension(s) are {self.normalized_shape}; got shape {tuple(x.shape)}"
             )
@@ -82,6 +83,8 @@ class LayerNorm(_TrailingNorm):
     def forward(self, x: Any) -> Any:
         x = self._input(x)
         axes = self._check(x)
+        if x.size == 0:
+            return self._empty_forward(x)
         weight = None if self.weight is None else self.weight.data
         bias = None if self.bias is None else self.bias.data
         y, ctx = F.layer_norm(self.backend, x, weight, bias, axes, self.eps)
@@ -90,6 +93,8 @@ class LayerNorm(_TrailingNorm):
 
     def backward(self, grad_output: Any) -> Any:
         s = self._saved_values()
+        if s.get("empty"):
+            return self._empty_backward(grad_output)
         grad = self._check_grad(grad_output, s["out_shape"])
         weight = None if self.weight is None else self.weight.data
         grad_in, grad_w, grad_b = F.layer_norm_backward(self.backend, grad, s["ctx"], weight, s["axes"])
@@ -100,7 +105,10 @@ class LayerNorm(_TrailingNorm):
         return grad_in
 
     def extra_repr(self) -> str:
-        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+            f"bias={self.bias is not None}"
+        )
 
 
 class RMSNorm(_TrailingNorm):
@@ -134,6 +142,8 @@ class RMSNorm(_TrailingNorm):
     def forward(self, x: Any) -> Any:
         x = self._input(x)
         axes = self._check(x)
+        if x.size == 0:
+            return self._empty_forward(x)
         eps = self.backend.eps(x.dtype) if self.eps is None else self.eps
         weight = None if self.weight is None else self.weight.data
         y, ctx = F.rms_norm(self.backend, x, weight, axes, eps)
@@ -142,6 +152,8 @@ class RMSNorm(_TrailingNorm):
 
     def backward(self, grad_output: Any) -> Any:
         s = self._saved_values()
+        if s.get("empty"):
+            return self._empty_backward(grad_output)
         grad = self._check_grad(grad_output, s["out_shape"])
         weight = None if self.weight is None else self.weight.data
         grad_in, grad_w = F.rms_norm_backward(self.backend, grad, s["ctx"], weight, s["axes"])

@@ -54,6 +54,8 @@ class LocalResponseNorm(Module):
             raise InputError(
                 f"LocalResponseNorm expects (N, C, *) input with 3 or more dimensions; got shape {tuple(x.shape)}"
             )
+        if x.size == 0:
+            return self._empty_forward(x)
         front, back = self.size // 2, (self.size - 1) // 2
         s = self.k + (self.alpha / self.size) * window_sum(self.xp, x * x, front, back)
         scale = s ** (-self.beta)
@@ -62,6 +64,8 @@ class LocalResponseNorm(Module):
 
     def backward(self, grad_output: Any) -> Any:
         saved = self._saved_values()
+        if saved.get("empty"):
+            return self._empty_backward(grad_output)
         x, s, scale = saved["x"], saved["s"], saved["scale"]
         grad = self._check_grad(grad_output, x.shape)
         # x_j appears in the window of every channel c with c - front <= j <= c + back,

@@ -2,7 +2,10 @@
 
 Every module implements ``forward(x)`` and ``backward(grad_output)``. ``backward``
 returns dLoss/dInput and *accumulates* parameter gradients into ``param.grad`` (as
-PyTorch does; call ``zero_grad()`` between steps). Because every layer computes its
+PyTorch does; call ``zero_grad()`` between steps). As in PyTorch, one forward is
+backpropagated once: a second ``backward`` for the same forward raises ``StateError``.
+Inputs are converted to the module's dtype (float32 unless built with ``dtype="float64"``),
+so float16 input gives a float32 output (PyTorch keeps float16; chosen on purpose). Because every layer computes its
 own gradients, per-layer gradient statistics exist on every backend.
 
 Arrays (parameters, buffers, activations) live on the backend that was active when
@@ -11,6 +14,7 @@ the module was built; ``module.to("mlx")`` moves them.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -18,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from dualnorm.backends import Backend, get_backend
-from dualnorm.errors import InputError, StateError
+from dualnorm.errors import InputError, RuntimeInputError, StateError
 
 
 class Parameter:
@@ -43,6 +47,41 @@ class Parameter:
         return f"Parameter(shape={self.shape}, dtype={self.data.dtype})"
 
 
+# NumPy's RuntimeWarnings inside a layer are noise: an inf or NaN in the input gives inf or NaN
+# in the output (as in PyTorch), and 1e30 overflows float32 squares by design of the dtype.
+_QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore"}
+_BACKWARD_DONE = "_backward_done"
+
+
+def _guard_backward(fn: Any) -> Any:
+    """Wrap a module's ``backward``: one backward per forward (as PyTorch), no NumPy warnings."""
+
+    @functools.wraps(fn)
+    def backward(self: Module, *args: Any, **kwargs: Any) -> Any:
+        if self.__dict__.get("_in_backward"):  # a subclass's backward calling super().backward
+            return fn(self, *args, **kwargs)
+        saved = self.__dict__.get("_saved")
+        if saved is not None and saved.get(_BACKWARD_DONE):
+            raise StateError(
+                f"{type(self).__name__}.backward() was already called for the last forward pass; as in "
+                "PyTorch, a forward is backpropagated once (the saved values are spent). Run the forward "
+                "again; parameter gradients accumulate in .grad across backward calls."
+            )
+        object.__setattr__(self, "_in_backward", True)
+        try:
+            with np.errstate(**_QUIET):
+                grad_input = fn(self, *args, **kwargs)
+        finally:
+            object.__setattr__(self, "_in_backward", False)
+        saved = self.__dict__.get("_saved")
+        if saved is not None:
+            saved[_BACKWARD_DONE] = True
+        return grad_input
+
+    backward._guarded = True  # type: ignore[attr-defined]
+    return backward
+
+
 def _join(prefix: str, name: str) -> str:
     if not name:
         return prefix
@@ -53,6 +92,12 @@ class Module:
     """Base class of every layer. Subclasses define ``forward`` and ``backward``."""
 
     training: bool
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("backward")
+        if own is not None and not getattr(own, "_guarded", False):
+            cls.backward = _guard_backward(own)  # type: ignore[method-assign]
 
     def __init__(self, *, dtype: str | None = None) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -124,6 +169,26 @@ class Module:
             )
         return grad
 
+    # Empty inputs (a batch of 0, or a dimension of size 0) never reach a kernel or a reduction:
+    # MLX can hang reducing an empty array made from NumPy (mx.sum(mx.array(np.zeros((0, 5),
+    # np.float32)), axis=0) hung in 4 of 5 fresh processes; mx.zeros((0, 5)) never did).
+    # As PyTorch 2.x: an empty output of the input's shape, zero parameter gradients.
+    def _empty_forward(self, x: Any, shape: tuple[int, ...] | None = None) -> Any:
+        shape = tuple(x.shape) if shape is None else tuple(shape)
+        self._save(empty=True, out_shape=shape)
+        return self.xp.zeros(shape, dtype=x.dtype)
+
+    def _empty_backward(self, grad_output: Any) -> Any:
+        shape = self._saved["out_shape"]
+        self._check_grad(grad_output, shape)
+        for param in self._parameters.values():
+            if param is not None:
+                self._accumulate(param, self.xp.zeros(param.shape, dtype=param.data.dtype))
+        return self.xp.zeros(shape, dtype=self.dtype)
+
+    def _saved_empty(self) -> bool:
+        return self._saved is not None and bool(self._saved.get("empty"))
+
     @staticmethod
     def _accumulate(param: Parameter, grad: Any) -> None:
         param.grad = grad if param.grad is None else param.grad + grad
@@ -136,7 +201,8 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, x: Any) -> Any:
-        return self.forward(x)
+        with np.errstate(**_QUIET):
+            return self.forward(x)
 
     def train(self, mode: bool = True) -> Module:
         object.__setattr__(self, "training", bool(mode))
@@ -212,7 +278,7 @@ class Module:
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):
-            raise InputError(
+            raise RuntimeInputError(
                 f"load_state_dict for {type(self).__name__}: missing keys {missing}, "
                 f"unexpected keys {unexpected}; expected exactly {list(own)}"
             )
@@ -221,13 +287,14 @@ class Module:
         for key, target in own.items():
             if key not in state_dict:
                 continue
-            value = np.asarray(_host(state_dict[key]))
+            # A copy, as PyTorch and MLX make: the module must not alias the caller's arrays.
+            value = np.array(_host(state_dict[key]), copy=True)
             if tuple(value.shape) != tuple(target.shape):
                 bad_shapes.append(f"{key}: checkpoint {tuple(value.shape)} vs module {tuple(target.shape)}")
                 continue
             converted[key] = self.backend.asarray(value, target.dtype, what=f"state_dict[{key!r}]")
         if bad_shapes:
-            raise InputError(
+            raise RuntimeInputError(
                 f"load_state_dict for {type(self).__name__}: shape mismatch for " + "; ".join(bad_shapes)
             )
         self._assign_state(converted)

@@ -131,9 +131,7 @@ class SyncBatchNorm(_BatchNorm):
         if self.track_running_stats:
             self._update_running_stats(global_mean, global_var, n)
         self._save(x_hat=x_hat, inv_std=inv_std, batch_stats=True, axes=axes, shape=shape, sync=(group, n))
-        if not self.affine:
-            return x_hat
-        return x_hat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
+        return self._affine(x_hat, shape)
 
     def _batch_stats_backward(self, grad_xhat: Any, saved: dict[str, Any]) -> Any:
         sync = saved.get("sync")
@@ -177,7 +175,11 @@ class SyncBatchNorm(_BatchNorm):
                 )
             if module.affine:
                 converted.weight = module.weight
-                converted.bias = module.bias
+                if module.bias is None:  # BatchNorm(bias=False)
+                    converted._parameters.pop("bias")
+                    object.__setattr__(converted, "bias", None)
+                else:
+                    converted.bias = module.bias
             if module.track_running_stats:
                 converted.running_mean = module.running_mean
                 converted.running_var = module.running_var

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dualnorm.errors import InputError
+from dualnorm.errors import InputError, RuntimeInputError
 from dualnorm.nn.module import Module, Parameter
 
 
@@ -23,12 +23,26 @@ def _norm_axes(ndim: int, dim: int | None) -> tuple[int, ...]:
     return tuple(a for a in range(ndim) if a != dim % ndim)
 
 
+def _reparametrized(module: Module, name: str) -> bool:
+    """True when ``module.<name>`` is already computed by a weight/spectral norm wrapper."""
+    if isinstance(module, _ReparametrizedWeight) and module.name == name:
+        return True  # the wrapper itself
+    # A wrapped module keeps its effective weight as a plain attribute, not a parameter.
+    return name not in module._parameters and isinstance(module.__dict__.get(name), Parameter)
+
+
 class _ReparametrizedWeight(Module):
     """Shared plumbing: take over ``module.<name>`` and present the module's other parameters unprefixed."""
 
     def __init__(self, module: Module, name: str) -> None:
         if not isinstance(module, Module):
             raise InputError(f"{type(self).__name__} wraps a dualnorm module, got {type(module).__name__}")
+        if _reparametrized(module, name):
+            # PyTorch raises a RuntimeError here ("Cannot register two ... hooks on the same parameter").
+            raise RuntimeInputError(
+                f"{type(self).__name__}: {type(module).__name__}.{name} is already reparametrized (weight_norm "
+                "or spectral_norm was applied to it); apply one of them once, to the original module."
+            )
         if name not in module._parameters:
             raise InputError(
                 f"{type(self).__name__}: {type(module).__name__} has no parameter {name!r}; "

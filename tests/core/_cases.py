@@ -66,7 +66,9 @@ def ref_batchnorm(xp, x, P, S, training, frozen, *, eps=1e-5, momentum=0.1, reno
     else:
         xhat = (x - S["running_mean"].reshape(shape)) / xp.sqrt(S["running_var"].reshape(shape) + eps)
     if "weight" in P:
-        xhat = xhat * P["weight"].reshape(shape) + P["bias"].reshape(shape)
+        xhat = xhat * P["weight"].reshape(shape)
+    if "bias" in P:  # PyTorch 2.x's bias=False: a weight without a bias
+        xhat = xhat + P["bias"].reshape(shape)
     return xhat, new_S, frozen or {}
 
 
@@ -102,9 +104,11 @@ def ref_groupnorm(xp, x, P, S, training, frozen, *, groups, eps=1e-5):
         var = _mean(xp, (block - mu) * (block - mu), axes)
         parts.append((block - mu) / xp.sqrt(var + eps))
     y = xp.concatenate(parts, axis=1)
+    shape = (1, C) + (1,) * (x.ndim - 2)
     if "weight" in P:
-        shape = (1, C) + (1,) * (x.ndim - 2)
-        y = y * P["weight"].reshape(shape) + P["bias"].reshape(shape)
+        y = y * P["weight"].reshape(shape)
+    if "bias" in P:
+        y = y + P["bias"].reshape(shape)
     return y, dict(S), {}
 
 
@@ -130,7 +134,9 @@ def ref_instancenorm(xp, x, P, S, training, frozen, *, spatial, eps=1e-5, moment
     else:
         y = (x - S["running_mean"].reshape(shape)) / xp.sqrt(S["running_var"].reshape(shape) + eps)
     if "weight" in P:
-        y = y * P["weight"].reshape(shape) + P["bias"].reshape(shape)
+        y = y * P["weight"].reshape(shape)
+    if "bias" in P:
+        y = y + P["bias"].reshape(shape)
     return (y[0] if unbatched else y), new_S, {}
 
 
@@ -372,6 +378,48 @@ CASES = [
         (2, 6, 2, 2),
         _p(ref_groupnorm, groups=3, eps=1e-3),
         _t("torch.nn.GroupNorm(3, 6, eps=1e-3, affine=False)"),
+    ),
+    Case(
+        "bn1d_nobias",
+        lambda d=None: nn.BatchNorm1d(3, bias=False, dtype=d),
+        (5, 3),
+        _p(ref_batchnorm),
+        _t("torch.nn.BatchNorm1d(3, bias=False)"),
+    ),
+    Case(
+        "bn2d_nobias",
+        lambda d=None: nn.BatchNorm2d(2, bias=False, dtype=d),
+        (3, 2, 2, 3),
+        _p(ref_batchnorm),
+        _t("torch.nn.BatchNorm2d(2, bias=False)"),
+    ),
+    Case(
+        "gn_nobias",
+        lambda d=None: nn.GroupNorm(2, 4, bias=False, dtype=d),
+        (2, 4, 3),
+        _p(ref_groupnorm, groups=2),
+        _t("torch.nn.GroupNorm(2, 4, bias=False)"),
+    ),
+    Case(
+        "in1d_affine_nobias",
+        lambda d=None: nn.InstanceNorm1d(3, affine=True, bias=False, dtype=d),
+        (2, 3, 4),
+        _p(ref_instancenorm, spatial=1),
+        _t("torch.nn.InstanceNorm1d(3, affine=True, bias=False)"),
+    ),
+    Case(
+        "in3d_affine_tracked",
+        lambda d=None: nn.InstanceNorm3d(2, affine=True, track_running_stats=True, dtype=d),
+        (2, 2, 2, 2, 3),
+        _p(ref_instancenorm, spatial=3),
+        _t("torch.nn.InstanceNorm3d(2, affine=True, track_running_stats=True)"),
+    ),
+    Case(
+        "in3d_unbatched",
+        lambda d=None: nn.InstanceNorm3d(2, dtype=d),
+        (2, 2, 3, 2),
+        _p(ref_instancenorm, spatial=3),
+        _t("torch.nn.InstanceNorm3d(2)"),
     ),
     Case(
         "in1d",

@@ -123,7 +123,7 @@ def fresh_backend_cache(monkeypatch):
 
 
 def test_backend_that_fails_to_import_gives_the_install_command(monkeypatch, fresh_backend_cache):
-    def broken(name):
+    def broken(name, device):
         raise ImportError(f"No module named '{name}.core'")
 
     monkeypatch.setattr(backends, "_create", broken)
@@ -138,14 +138,14 @@ def test_backend_that_fails_to_import_gives_the_install_command(monkeypatch, fre
 
 def test_failing_backend_does_not_change_the_active_one(monkeypatch, fresh_backend_cache):
     dualnorm.set_backend("numpy")
-    monkeypatch.setattr(backends, "_create", lambda name: (_ for _ in ()).throw(OSError("bad wheel")))
+    monkeypatch.setattr(backends, "_create", lambda name, device: (_ for _ in ()).throw(OSError("bad wheel")))
     with pytest.raises(dualnorm.BackendError, match="bad wheel"):
         dualnorm.set_backend("mlx")
-    assert backends._process_default == "numpy"
+    assert backends._process_default == "numpy:cpu"
 
 
 def test_backend_caches_are_restored_after_monkeypatching():
-    assert "numpy" in backends._instances
+    assert "numpy:cpu" in backends._instances
     assert not any(name in backends._failures for name in dualnorm.available_backends())
 
 

@@ -122,29 +122,30 @@ def test_mlx_backward_matches_mx_grad_of_reference(case, training):
     """The float32 MLX layer's backward vs mx.grad of the same formula written in mlx ops (float64)."""
     import mlx.core as mx
 
-    with dualnorm.use_backend("mlx"):
+    # float64 reference: MLX has float64 on the CPU device only, so ask for it explicitly
+    with dualnorm.use_backend("mlx", device="cpu"):
         dualnorm.manual_seed(0)
         layer = case.make()
-    randomize(layer)
-    layer.train(training)
-    params, buffers = split_state(layer)
-    x = make_input(case).astype(np.float32).astype(np.float64)
-    REF_DTYPE["name"] = "float32"
-    mx_params, mx_buffers = _to_mx(mx, params), _to_mx(mx, buffers)
-    mx_x = mx.array(x, dtype=mx.float64)
-    y0, _, frozen = case.ref(mx, mx_x, mx_params, mx_buffers, training, None)
-    G = np.random.default_rng(7).normal(size=tuple(y0.shape))
-    mx_G = mx.array(G, dtype=mx.float64)
+        randomize(layer)
+        layer.train(training)
+        params, buffers = split_state(layer)
+        x = make_input(case).astype(np.float32).astype(np.float64)
+        REF_DTYPE["name"] = "float32"
+        mx_params, mx_buffers = _to_mx(mx, params), _to_mx(mx, buffers)
+        mx_x = mx.array(x, dtype=mx.float64)
+        y0, _, frozen = case.ref(mx, mx_x, mx_params, mx_buffers, training, None)
+        G = np.random.default_rng(7).normal(size=tuple(y0.shape))
+        mx_G = mx.array(G, dtype=mx.float64)
 
-    def loss(x_, params_):
-        return mx.sum(case.ref(mx, x_, params_, mx_buffers, training, frozen)[0] * mx_G)
+        def loss(x_, params_):
+            return mx.sum(case.ref(mx, x_, params_, mx_buffers, training, frozen)[0] * mx_G)
 
-    ref_gx, ref_gp = mx.grad(loss, argnums=(0, 1))(mx_x, mx_params)
-    grad_x, grad_p = _layer_grads(layer, x, G)
-    assert_close(grad_x, np.array(ref_gx), 2e-5, f"{case.id} dL/dx")
-    assert set(grad_p) == set(params)
-    for name in params:
-        assert_close(grad_p[name], np.array(ref_gp[name]), 2e-5, f"{case.id} dL/d{name}")
+        ref_gx, ref_gp = mx.grad(loss, argnums=(0, 1))(mx_x, mx_params)
+        grad_x, grad_p = _layer_grads(layer, x, G)
+        assert_close(grad_x, np.array(ref_gx), 2e-5, f"{case.id} dL/dx")
+        assert set(grad_p) == set(params)
+        for name in params:
+            assert_close(grad_p[name], np.array(ref_gp[name]), 2e-5, f"{case.id} dL/d{name}")
 
 
 @mlx_only

@@ -222,6 +222,58 @@ def test_group_norm_large_mean_is_stable(backend, rng):
     np.testing.assert_allclose(_np(B, y), want, atol=1e-2)
 
 
+# --- long rows: statistics within 1e-5 of float64 (a float32 running sum drifts) ----------
+#
+# Rows of 2**18 elements (longer than any single float32 BLAS/MLX reduction stays accurate
+# for), one weight and no bias: every kernel must take weight and bias independently.
+
+
+def _long_rows(name, rng):
+    half = 1 << 17
+    x = rng.random({"batch_norm_train": (2, 2, half), "group_norm": (1, 4, half)}.get(name, (2, 1 << 18)))
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["batch_norm_train", "layer_norm", "group_norm"])
+def test_long_rows_match_float64(backend, rng, name):
+    B = dualnorm.get_backend()
+    x = _long_rows(name, rng)
+    w = np.full(x.shape[1] if name != "layer_norm" else x.shape[1:], 0.5, np.float32)
+    g = rng.random(x.shape).astype(np.float32)
+    if name == "batch_norm_train":
+        axes, y_of = (0, 2), lambda: B.kernels[name](B, B.asarray(x), B.asarray(w), None, 1e-5)
+        fwd_bwd = B.kernels["batch_norm_train_backward"]
+        wb = w.reshape(1, -1, 1)
+    elif name == "layer_norm":
+        axes, y_of = (1,), lambda: B.kernels[name](B, B.asarray(x), B.asarray(w), None, (1,), 1e-5)
+        fwd_bwd = B.kernels["layer_norm_backward"]
+        wb = w
+    else:
+        axes, y_of = (1, 2), lambda: B.kernels[name](B, B.asarray(x), 2, B.asarray(w), None, 1e-5)
+        fwd_bwd = B.kernels["group_norm_backward"]
+        wb = w.reshape(1, -1, 1)
+    _kernel_or_skip(B, name)
+    out = y_of()
+    x64 = x.astype(np.float64)
+    xg = x64.reshape(1, 2, -1) if name == "group_norm" else x64
+    ax = (2,) if name == "group_norm" else axes
+    mean = xg.mean(axis=ax, keepdims=True)
+    var = ((xg - mean) ** 2).mean(axis=ax, keepdims=True)
+    x_hat = ((xg - mean) / np.sqrt(var + 1e-5)).reshape(x.shape)
+    np.testing.assert_allclose(_np(B, out[0]), x_hat * wb, rtol=0, atol=1e-5, err_msg=f"{name} y")
+    if name == "batch_norm_train":
+        np.testing.assert_allclose(_np(B, out[1]), mean.ravel(), rtol=1e-5, err_msg="mean")
+        np.testing.assert_allclose(_np(B, out[2]), var.ravel(), rtol=1e-5, err_msg="var")
+    args = (B, B.asarray(g), out[-1], B.asarray(w)) + (((1,),) if name == "layer_norm" else ())
+    _, dw, db = fwd_bwd(*args)
+    g64 = g.astype(np.float64)
+    red = (0,) if name == "layer_norm" else (0, 2)
+    np.testing.assert_allclose(_np(B, db), g64.sum(axis=red), rtol=1e-5, err_msg=f"{name} dbias")
+    np.testing.assert_allclose(
+        _np(B, dw), (g64 * x_hat).sum(axis=red), rtol=1e-4, atol=1e-2, err_msg="dweight"
+    )
+
+
 # --- the layers use the fast paths and agree with the reference end to end ----------------
 
 

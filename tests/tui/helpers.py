@@ -15,6 +15,9 @@ SIZE = (140, 45)
 def make_app(steps: int = 60, delay: float = 0.0, **kwargs) -> DualnormApp:
     kwargs.setdefault("backends", ["numpy", "mlx"])
     kwargs.setdefault("backend", "numpy")
+    kwargs.setdefault(
+        "runs_root", "no-runs-here"
+    )  # the start screen's run list, empty whatever the cwd holds
     return DualnormApp(fake_experiments(steps=steps, delay=delay), **kwargs)
 
 

@@ -157,3 +157,26 @@ def test_steps_per_second():
     state.apply(recs[:2], now=0.0)
     state.apply(recs[2:6], now=2.0)
     assert state.steps_per_second == pytest.approx(2.0)
+
+
+def test_run_state_memory_is_bounded_and_keeps_recent_steps_and_spikes():
+    from dualnorm.records import StepRecord
+    from tui.state import VariantState
+
+    state = RunState()
+    n = 24_500  # 3x MAX_POINTS, rounded to the batches
+    spike_at = 100
+    for start in range(0, n, 500):
+        recs = [
+            StepRecord("long", "v", s, 0, 50.0 if s == spike_at else 1.0 / s, "numpy")
+            for s in range(start + 1, start + 501)
+        ]
+        state.apply(recs)
+    v = state.variants["v"]
+    assert len(v.steps) == len(v.losses) <= VariantState.MAX_POINTS
+    assert len(state.records) == RunState.RECENT_RECORDS and state.records_seen == n
+    recent = VariantState.RECENT_POINTS
+    assert v.steps[-recent:] == list(range(n - recent + 1, n + 1))  # recent steps at full resolution
+    assert v.steps == sorted(v.steps) and v.steps[0] == 1  # history still starts at the start
+    assert 50.0 in v.losses  # min/max downsampling keeps the old spike
+    assert v.last_step == n and state.total_steps == n

@@ -1,0 +1,764 @@
+"""Track your own training: a run directory written record by record, read back live.
+
+>>> import tempfile, os, dualnorm
+>>> d = os.path.join(tempfile.mkdtemp(), "demo")
+>>> with dualnorm.track(name="demo", dir=d) as run:
+...     for step in range(1, 4):
+...         _ = run.log(step, loss=1.0 / step, lr=0.1)
+>>> records, meta = dualnorm.read_run(d)
+>>> [r.step for r in records], meta["status"]
+([1, 2, 3], 'finished')
+
+A run directory holds
+
+* ``records.jsonl``: one :class:`~dualnorm.records.StepRecord` JSON object per line, appended
+  and flushed record by record (a crash leaves every complete line readable);
+* ``meta.json``: name, experiment, variants, backend and device, versions, the model's
+  repr, the command line, start time, pid and host, and the status: "running", "finished",
+  "failed" or "interrupted" (written atomically). A run whose meta says "running" but whose
+  writer process is gone (same host) reads as "interrupted";
+* ``lock``: held while a writer is open, so a second writer into the same directory is
+  refused instead of overwriting anything.
+
+Reading (:class:`RunReader`, :func:`read_run`) skips a torn last line with a warning and stops
+at a corrupt line in the middle with a :class:`RunFileError` naming the file and line; the
+records before it stay available (``error.records``). The same reader reads the header-less
+``records.jsonl`` of a UI export and the files ``dualnorm.save_run`` and ``dualnorm run --json``
+write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import socket
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dualnorm.checkpoint import CheckpointError, atomic_write
+from dualnorm.errors import DualnormError, InputError
+from dualnorm.records import StepRecord
+
+__all__ = [
+    "DEFAULT_RUNS_DIR",
+    "OutputPathError",
+    "Run",
+    "RunDirError",
+    "RunFileError",
+    "RunReader",
+    "RunWriter",
+    "check_output_dir",
+    "check_output_file",
+    "list_runs",
+    "read_meta",
+    "read_run",
+    "track",
+]
+
+DEFAULT_RUNS_DIR = "dualnorm-runs"
+RECORDS, META, LOCK = "records.jsonl", "meta.json", "lock"
+META_FORMAT, META_VERSION = "dualnorm-run-dir", 1
+STATUSES = ("running", "finished", "failed", "interrupted")
+
+
+class OutputPathError(InputError):
+    """An output path cannot be created or written; the message names the path and why."""
+
+
+class RunDirError(DualnormError, ValueError):
+    """A path is not a run, or a run directory is already taken by another writer."""
+
+
+class RunFileError(CheckpointError):
+    """A corrupt line in a records file. ``records`` holds the records read before it."""
+
+    def __init__(self, path: Path, line: int, problem: str, records: list[StepRecord]) -> None:
+        super().__init__(path, f"line {line}: {problem}", "the records before it are still shown")
+        self.line = line
+        self.records = records
+
+
+# --------------------------------------------------------------------------- output paths
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _probe_dir(directory: Path, shown: Path) -> None:
+    """Create ``directory`` (and parents) and prove it writable with a probe file."""
+    nearest = _nearest_existing(directory)
+    if not nearest.is_dir():
+        raise OutputPathError(f"{shown}: cannot write there: {nearest} is a file, not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputPathError(
+            f"{shown}: cannot write there: {directory} is a file, not a directory"
+        ) from None
+    except OSError as exc:
+        raise OutputPathError(
+            f"{shown}: cannot create the directory {directory}: {exc.strerror or exc}"
+        ) from None
+    probe = directory / f".dualnorm-probe-{os.getpid()}"
+    try:
+        with open(probe, "wb"):
+            pass
+    except OSError as exc:
+        raise OutputPathError(
+            f"{shown}: the directory {directory} is not writable: {exc.strerror or exc}"
+        ) from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
+def check_output_dir(path: str | os.PathLike[str]) -> Path:
+    """Make sure ``path`` can be a (new or existing, writable) directory; create it. Raises OutputPathError."""
+    path = Path(os.fspath(path)).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{path}: expected a directory, found a file; give a directory path")
+    _probe_dir(path, path)
+    return path
+
+
+def check_output_file(path: str | os.PathLike[str]) -> Path:
+    """Make sure a file can be written at ``path`` (its directory is created). Raises OutputPathError."""
+    path = Path(os.fspath(path)).expanduser()
+    if path.is_dir():
+        raise OutputPathError(f"{path}: is a directory; give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputPathError(f"{path}: the file exists and is not writable")
+    _probe_dir(path.parent, path)
+    return path
+
+
+# --------------------------------------------------------------------------- meta
+
+
+def _versions() -> dict[str, str]:
+    from dualnorm import __version__
+
+    out = {"dualnorm": __version__, "python": platform.python_version()}
+    for name in ("numpy", "mlx"):
+        mod = sys.modules.get(name)
+        if mod is None and name == "numpy":
+            import numpy as mod
+        if name == "mlx":
+            with contextlib.suppress(Exception):
+                from importlib.metadata import version
+
+                out["mlx"] = version("mlx")
+            continue
+        out[name] = str(getattr(mod, "__version__", "?"))
+    return out
+
+
+def _device(backend: str) -> str:
+    if backend == "mlx":
+        with contextlib.suppress(Exception):
+            import mlx.core as mx
+
+            return str(mx.default_device())
+    return f"cpu ({platform.machine() or '?'})"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def effective_status(meta: dict[str, Any]) -> str:
+    """The meta's status, with "running" turned into "interrupted" when its writer (here) is gone."""
+    status = str(meta.get("status", "interrupted"))
+    if status == "running" and meta.get("host") == socket.gethostname():
+        pid = meta.get("pid")
+        if not isinstance(pid, int) or not _pid_alive(pid):
+            return "interrupted"
+    return status
+
+
+def read_meta(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``meta.json`` of a run directory, with ``status`` made effective (see :func:`effective_status`)."""
+    path = Path(os.fspath(run_dir)) / META
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(f"{path.parent}: not a run directory: it has no {META}") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(path, f"unreadable run metadata ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(path, "run metadata is not a JSON object")
+    meta["status"] = effective_status(meta)
+    return meta
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class RunWriter:
+    """A run directory opened for writing: lock, ``meta.json`` and an append-only ``records.jsonl``.
+
+    Refuses (:class:`RunDirError`) a directory that already holds a run or another writer's
+    lock, so nothing is ever overwritten.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        name: str,
+        experiment: str | None = None,
+        variants: list[str] | tuple[str, ...] = (),
+        backend: str | None = None,
+        model: Any = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self.dir = check_output_dir(directory)
+        self.lock_path = self.dir / LOCK
+        try:
+            fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            raise RunDirError(self._taken_message()) from None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+        if (self.dir / RECORDS).exists() or (self.dir / META).exists():
+            self.lock_path.unlink()
+            raise RunDirError(
+                f"{self.dir}: already holds a run (records.jsonl / meta.json); nothing was overwritten. "
+                "Track into a new directory (another name, or leave dir= unset for a fresh one)"
+            )
+        if backend is None:
+            from dualnorm.backends import get_backend
+
+            backend = get_backend().name
+        self.meta: dict[str, Any] = {
+            "format": META_FORMAT,
+            "format_version": META_VERSION,
+            "name": name,
+            "experiment": experiment or name,
+            "variants": list(variants),
+            "backend": backend,
+            "device": _device(backend),
+            "versions": _versions(),
+            "model": None if model is None else repr(model),
+            "argv": list(sys.argv),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "started_unix": time.time(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "status": "running",
+            "records": 0,
+            "last_step": 0,
+            "config": config,
+        }
+        self._write_meta()
+        self.fh = open(self.dir / RECORDS, "a", encoding="utf-8")  # noqa: SIM115 (closed in finish)
+        self.closed = False
+
+    def _taken_message(self) -> str:
+        holder = ""
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads(self.lock_path.read_text())
+            holder = f" by pid {info.get('pid')} on {info.get('host')}"
+        return (
+            f"{self.dir}: another writer holds this run directory (lock file {self.lock_path.name}{holder}); "
+            "nothing was overwritten. Track into another directory; if no writer is running, "
+            f"delete {self.lock_path}"
+        )
+
+    def _write_meta(self) -> None:
+        atomic_write(self.dir / META, (json.dumps(self.meta, indent=1, default=str) + "\n").encode())
+
+    def write(self, record: StepRecord) -> None:
+        self.fh.write(record.to_json() + "\n")
+        self.fh.flush()
+        self.meta["records"] += 1
+        self.meta["last_step"] = record.step
+        if record.variant not in self.meta["variants"]:
+            self.meta["variants"].append(record.variant)
+
+    def finish(self, status: str = "finished", error: str | None = None) -> None:
+        if self.closed:
+            return
+        if status not in STATUSES:
+            raise InputError(f"run status must be one of {', '.join(STATUSES)}, got {status!r}")
+        self.closed = True
+        self.fh.close()
+        self.meta["status"] = status
+        self.meta["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        if error:
+            self.meta["error"] = error
+        try:
+            self._write_meta()
+        finally:
+            with contextlib.suppress(OSError):
+                self.lock_path.unlink()
+
+
+def default_run_dir(name: str, root: str | os.PathLike[str] = DEFAULT_RUNS_DIR) -> Path:
+    """``root/<name>-<YYYYmmdd-HHMMSS>`` (with a numeric suffix if that exists)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "run"
+    base = Path(os.fspath(root)) / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
+# --------------------------------------------------------------------------- the tracker
+
+
+class _Capture:
+    """Keeps a reference to each child's latest output and grad_output (no copies, no host work)."""
+
+    def __init__(self, model: Any) -> None:
+        from dualnorm.training import _children
+
+        self.names, self.children = _children(model)
+        self.outputs: list[Any] = [None] * len(self.children)
+        self.grads: list[Any] = [None] * len(self.children)
+        for i, child in enumerate(self.children):
+            self._wrap(i, child)
+
+    def _wrap(self, i: int, child: Any) -> None:
+        forward, backward = child.forward, child.backward
+
+        def fwd(x: Any) -> Any:
+            out = forward(x)
+            self.outputs[i] = out
+            return out
+
+        def bwd(g: Any) -> Any:
+            self.grads[i] = g
+            return backward(g)
+
+        object.__setattr__(child, "forward", fwd)
+        object.__setattr__(child, "backward", bwd)
+
+    def release(self) -> None:
+        for child in self.children:
+            child.__dict__.pop("forward", None)
+            child.__dict__.pop("backward", None)
+        self.outputs = [None] * len(self.children)
+        self.grads = [None] * len(self.children)
+
+
+class Run:
+    """A tracked run; make one with :func:`track`. ``log`` writes one record, ``finish`` ends the run."""
+
+    def __init__(
+        self,
+        model: Any = None,
+        *,
+        name: str | None = None,
+        every: int = 10,
+        dir: str | os.PathLike[str] | None = None,
+        experiment: str | None = None,
+        variant: str = "main",
+        root: str | os.PathLike[str] = DEFAULT_RUNS_DIR,
+        bins: int | None = None,
+    ) -> None:
+        from dualnorm.nn.module import Module
+        from dualnorm.training import HIST_BINS
+
+        if model is not None and not isinstance(model, Module):
+            raise InputError(
+                f"track() takes a dualnorm model (a dualnorm.nn.Module) or None, got {type(model).__name__}",
+                type_error=True,
+            )
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise InputError(
+                f"track(every=...) must be a positive integer (record layers every K steps), got {every!r}"
+            )
+        name = name or Path(sys.argv[0] or "run").stem or "run"
+        self.model = model
+        self.every = every
+        self.variant = variant
+        self.bins = HIST_BINS if bins is None else bins
+        self.backend = model.backend if model is not None else None
+        backend_name = None if self.backend is None else self.backend.name
+        directory = Path(os.fspath(dir)) if dir is not None else default_run_dir(name, root)
+        self.writer = RunWriter(
+            directory,
+            name=name,
+            experiment=experiment,
+            variants=[variant],
+            backend=backend_name,
+            model=model,
+            config={"every": every},
+        )
+        self.dir = self.writer.dir
+        self.backend_name = self.writer.meta["backend"]
+        self._capture = _Capture(model) if model is not None else None
+        self._start = time.perf_counter()
+        self._logged = 0
+        self._last_step = 0
+
+    def log(
+        self,
+        step: int,
+        loss: float | None = None,
+        *,
+        accuracy: float | None = None,
+        epoch: int | None = None,
+        layers: bool | None = None,
+        **scalars: float,
+    ) -> StepRecord:
+        """Write one record for ``step``; per-layer statistics on step 1 and every ``every`` steps.
+
+        ``layers=True/False`` forces or skips the layer statistics for this call. Extra
+        keyword scalars go to ``record.extra["scalars"]``.
+        """
+        if self.writer.closed:
+            raise InputError(
+                "run.log() after run.finish(): this run is closed; start a new one with dualnorm.track()"
+            )
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise InputError(f"run.log: step must be a non-negative integer, got {step!r}")
+        values = {"loss": loss, "accuracy": accuracy, **scalars}
+        clean: dict[str, float | None] = {}
+        for key, value in values.items():
+            if value is None:
+                clean[key] = None
+                continue
+            try:
+                clean[key] = float(value.item() if hasattr(value, "item") else value)
+            except (TypeError, ValueError):
+                raise InputError(
+                    f"run.log: {key} must be a number (a float or a 0-d array), got {type(value).__name__}",
+                    type_error=True,
+                ) from None
+        want_layers = layers if layers is not None else (self._logged == 0 or step % self.every == 0)
+        stats = self._layer_stats() if want_layers and self._capture is not None else []
+        extra: dict[str, Any] = {}
+        if scalars:
+            extra["scalars"] = {k: clean[k] for k in scalars}
+        if loss is None:
+            extra["no_loss"] = True
+        record = StepRecord(
+            experiment=self.writer.meta["experiment"],
+            variant=self.variant,
+            step=step,
+            epoch=int(epoch) if epoch is not None else 0,
+            loss=float("nan") if clean["loss"] is None else clean["loss"],
+            backend=self.backend_name,
+            accuracy=clean["accuracy"],
+            layers=stats,
+            elapsed_s=time.perf_counter() - self._start,
+            extra=extra,
+        )
+        self.writer.write(record)
+        self._logged += 1
+        self._last_step = step
+        return record
+
+    def _layer_stats(self) -> list[Any]:
+        from dualnorm.training import record_layers
+
+        cap = self._capture
+        assert cap is not None
+        if any(out is None for out in cap.outputs):
+            return []  # no forward yet
+        grads = cap.grads if all(g is not None for g in cap.grads) else None
+        import numpy as np
+
+        with np.errstate(all="ignore"):
+            return record_layers(self.backend, cap.names, cap.children, cap.outputs, grads, self.bins)
+
+    def finish(self, status: str = "finished", error: str | None = None) -> None:
+        """Close the run with a final status ("finished", "failed" or "interrupted")."""
+        if self._capture is not None:
+            self._capture.release()
+        self.writer.finish(status, error)
+
+    @property
+    def status(self) -> str:
+        return "running" if not self.writer.closed else str(self.writer.meta["status"])
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.finish("finished")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.finish("interrupted")
+        else:
+            self.finish("failed", f"{exc_type.__name__}: {exc}")
+
+    def __del__(self) -> None:
+        # A run dropped without finish() (e.g. the script ended) is closed as interrupted.
+        with contextlib.suppress(Exception):
+            if not self.writer.closed:
+                self.finish("interrupted")
+
+
+def track(
+    model: Any = None,
+    *,
+    name: str | None = None,
+    every: int = 10,
+    dir: str | os.PathLike[str] | None = None,
+    experiment: str | None = None,
+    variant: str = "main",
+    root: str | os.PathLike[str] = DEFAULT_RUNS_DIR,
+) -> Run:
+    """Start tracking a training run into a run directory (see the module doc).
+
+    ``model``: a dualnorm model whose per-layer statistics (the same as the built-in
+    experiments record) are taken from its latest forward and backward every ``every``
+    steps; ``None`` for a plain scalar logger. ``dir``: the run directory (default
+    ``root/<name>-<time>``). Use as a context manager, or call ``run.finish()``.
+    """
+    return Run(model, name=name, every=every, dir=dir, experiment=experiment, variant=variant, root=root)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _records_path(path: Path) -> tuple[Path, Path | None]:
+    """(records file, run directory or None) for a run directory or a records file."""
+    if path.is_dir():
+        rec = path / RECORDS
+        if not rec.exists():
+            raise RunDirError(
+                f"{path}: not a run: expected a run directory holding {RECORDS} (and {META}), "
+                "or a .jsonl records file"
+            )
+        return rec, path
+    if not path.exists():
+        raise RunDirError(
+            f"{path}: no such file or directory; expected a run directory or a .jsonl records file"
+        )
+    if path.name == RECORDS and (path.parent / META).exists():
+        return path, path.parent
+    return path, None
+
+
+_NUMBER = (int, float)
+
+
+def _check_types(record: StepRecord) -> None:
+    """A record read from a file has the types the UI computes with (else a TypeError naming the field)."""
+
+    def need(name: str, value: Any, types: tuple[type, ...], optional: bool = False) -> None:
+        if (value is None and optional) or (isinstance(value, types) and not isinstance(value, bool)):
+            return
+        raise TypeError(
+            f"{name} is {type(value).__name__} {value!r:.40}, expected {'/'.join(t.__name__ for t in types)}"
+        )
+
+    for name in ("experiment", "variant", "backend", "status", "message"):
+        need(name, getattr(record, name), (str,))
+    need("step", record.step, (int,))
+    need("epoch", record.epoch, (int,))
+    need("loss", record.loss, _NUMBER)
+    need("accuracy", record.accuracy, _NUMBER, optional=True)
+    need("elapsed_s", record.elapsed_s, _NUMBER)
+    need("extra", record.extra, (dict,))
+    extra = record.extra  # the keys the UI reads
+    for key, types in (("probe", (dict,)), ("scale_index", (int,)), ("scale", _NUMBER), ("losses", (list,))):
+        if key in extra:
+            need(f"extra[{key!r}]", extra[key], types, optional=True)
+    for v in extra.get("losses") or ():
+        need("extra['losses']", v, _NUMBER)
+    for layer in record.layers:
+        need("layer name", layer.name, (str,))
+        need("layer kind", layer.kind, (str,))
+        for field in ("act_mean", "act_std", "act_min", "act_max"):
+            need(field, getattr(layer, field), _NUMBER)
+        for field in ("saturated_frac", "dead_frac", "grad_norm", "param_grad_norm", "weight_norm",
+                      "gamma_mean", "beta_mean", "running_mean_mean", "running_var_mean"):  # fmt: skip
+            need(field, getattr(layer, field), _NUMBER, optional=True)
+        for field in ("hist_counts", "hist_edges"):
+            values = getattr(layer, field)
+            need(field, values, (list,))
+            for v in values:
+                need(field, v, _NUMBER)
+
+
+MAX_LINE_BYTES = 1 << 24  # a record line longer than this is corrupt, not a record still being written
+
+
+class RunReader:
+    """Incremental reader of a records file: ``poll()`` returns the records appended since the last call.
+
+    Only the new bytes are read (the file size is checked first). An incomplete last line is
+    kept until its newline arrives; :meth:`close_torn` reports one left at the end. A corrupt
+    complete line sets ``error`` (a :class:`RunFileError`) and stops reading.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(os.fspath(path)).expanduser()
+        self.records_path, self.run_dir = _records_path(self.path)
+        self.offset = 0
+        self.line = 0
+        self._tail = b""
+        self.error: RunFileError | None = None
+        self.count = 0
+        self._checked_first = False
+
+    def meta(self) -> dict[str, Any] | None:
+        return None if self.run_dir is None else read_meta(self.run_dir)
+
+    def poll(self, max_bytes: int = 1 << 26) -> list[StepRecord]:
+        if self.error is not None:
+            return []
+        try:
+            size = os.path.getsize(self.records_path)
+        except OSError:
+            return []
+        if size <= self.offset:
+            return []
+        with open(self.records_path, "rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read(min(size - self.offset, max_bytes))
+        self.offset += len(data)
+        data = self._tail + data
+        cut = data.rfind(b"\n")
+        self._tail = data[cut + 1 :]
+        out: list[StepRecord] = []
+        if cut < 0:
+            self._check_tail(out)
+            return []
+        for raw in data[:cut].split(b"\n"):
+            self.line += 1
+            if not raw.strip():
+                continue
+            try:
+                record = self._parse(raw)
+            except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
+                self.error = RunFileError(self.records_path, self.line, f"not a step record ({exc})", out)
+                return out
+            if record is not None:
+                out.append(record)
+        self.count += len(out)
+        self._check_tail(out)
+        return out
+
+    def _check_tail(self, out: list[StepRecord]) -> None:
+        if len(self._tail) > MAX_LINE_BYTES:  # not a record still being written: never buffer it all
+            self.error = RunFileError(
+                self.records_path, self.line + 1, f"longer than {MAX_LINE_BYTES} bytes without a newline", out
+            )
+            self._tail = b""
+
+    def _parse(self, raw: bytes) -> StepRecord | None:
+        item = json.loads(raw.decode("utf-8"))
+        if not isinstance(item, dict):
+            raise ValueError(f"a JSON {type(item).__name__}, expected an object")
+        first = not self._checked_first
+        self._checked_first = True
+        if first and "format" in item and "step" not in item:
+            return None  # a save_run header line
+        layers = item.get("layers", [])
+        if not isinstance(layers, list):
+            raise TypeError(f"layers is a {type(layers).__name__}, expected a list")
+        record = StepRecord.from_dict(item)
+        _check_types(record)
+        return record
+
+    @property
+    def at_end(self) -> bool:
+        """Everything in the file so far has been read (or reading stopped at an error)."""
+        if self.error is not None:
+            return True
+        try:
+            return os.path.getsize(self.records_path) <= self.offset
+        except OSError:
+            return True
+
+    @property
+    def torn(self) -> bool:
+        return bool(self._tail.strip())
+
+    def close_torn(self) -> str | None:
+        """When the file ends in an incomplete line: a warning text (and the line is dropped)."""
+        if not self.torn:
+            return None
+        self._tail = b""
+        return (
+            f"{self.records_path}: line {self.line + 1} is cut short (the writer stopped mid-line); skipped"
+        )
+
+
+def read_run(path: str | os.PathLike[str]) -> tuple[list[StepRecord], dict[str, Any] | None]:
+    """All records of a run directory or records file, and its meta (None for a bare file).
+
+    A torn last line is skipped with a ``UserWarning``; a corrupt line raises
+    :class:`RunFileError` (``error.records`` holds the records before it).
+    """
+    reader = RunReader(path)
+    records: list[StepRecord] = []
+    while True:
+        new = reader.poll()
+        records.extend(new)
+        if reader.error is not None:
+            reader.error.records = records
+            raise reader.error
+        if not new:
+            break
+    message = reader.close_torn()
+    if message:
+        warnings.warn(message, stacklevel=2)
+    return records, reader.meta()
+
+
+def _last_step(path: Path) -> int:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 65536))
+            lines = fh.read().split(b"\n")
+    except OSError:
+        return 0
+    for raw in reversed(lines):
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            return int(json.loads(raw).get("step", 0))
+    return 0
+
+
+def list_runs(root: str | os.PathLike[str] = DEFAULT_RUNS_DIR, limit: int = 50) -> list[dict[str, Any]]:
+    """The run directories under ``root``, newest first: meta plus ``path`` and ``steps``."""
+    root = Path(os.fspath(root))
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        if not (child / META).exists():
+            continue
+        try:
+            meta = read_meta(child)
+        except (RunDirError, CheckpointError):
+            continue
+        meta["path"] = str(child)
+        meta["steps"] = meta.get("last_step") or 0
+        if meta["status"] != "finished":
+            meta["steps"] = _last_step(child / RECORDS) or meta["steps"]
+        found.append(meta)
+    found.sort(key=lambda m: m.get("started_unix") or 0, reverse=True)
+    return found[:limit]
+
+
+def iter_records(path: str | os.PathLike[str]) -> Iterator[StepRecord]:
+    """Every record of a run (see :func:`read_run`)."""
+    yield from read_run(path)[0]
