@@ -109,7 +109,7 @@ def main(argv: list[str]) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command == "run":
-        ensure_venv("mlx,tui")
+        ensure_venv("mlx,tui,fast")
         # With no arguments, open straight into the default demo (esc goes to the list).
         args = rest or ["--experiment", "dying-relu"]
         return run(BIN / "dualnorm", "tui", *args, check=False).returncode

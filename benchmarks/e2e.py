@@ -7,13 +7,15 @@ accuracy on the 1 000 training images with batch statistics).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 import dualnorm
+from benchmarks.layers import kernel_tables
 from dualnorm.experiments import RunConfig, get_experiment
 
 NEVER = 10**9  # record_every: only the first and last steps are recorded
@@ -127,6 +129,21 @@ def torch_init_sweep(scale_indices: list[int], steps: int) -> float:
     return time.perf_counter() - t0
 
 
+@contextlib.contextmanager
+def kernels_installed(backend: str, table: dict[str, Any] | None) -> Iterator[None]:
+    """Run with ``table`` as the backend's kernels (None: as installed)."""
+    if table is None:
+        yield
+        return
+    B = dualnorm.get_backend(backend)
+    saved = B.kernels
+    B.kernels = table
+    try:
+        yield
+    finally:
+        B.kernels = saved
+
+
 # --- all together ----------------------------------------------------------------------------
 
 
@@ -150,11 +167,15 @@ def run(quick: bool, progress: Callable[[str], None] = print) -> list[dict[str, 
         "init-sweep": (f"{len(sweep_idx)} scales x 2 variants x 200 steps", None, sweep_variants),
     }
     for name, (setup, steps, variants) in setups.items():
-        for b in backends:
+        runs = [(b, f"dualnorm-{b}", None) for b in backends if b != "numpy"]
+        if "numpy" in backends:
+            runs = [("numpy", impl, table) for impl, table in kernel_tables().items()] + runs
+        for b, impl, table in runs:
             for label, every in (("record default", None), ("record never", NEVER)):
-                progress(f"e2e: {name} on {b} ({label})")
-                res = run_dualnorm(name, b, steps, every, variants=variants)
-                rows.append({"experiment": name, "setup": setup, "impl": f"dualnorm-{b} ({label})", **res})
+                progress(f"e2e: {name} as {impl} ({label})")
+                with kernels_installed(b, table):
+                    res = run_dualnorm(name, b, steps, every, variants=variants)
+                rows.append({"experiment": name, "setup": setup, "impl": f"{impl} ({label})", **res})
         if has_torch:
             progress(f"e2e: {name} in PyTorch")
             secs = torch_dying_relu(relu_steps) if name == "dying-relu" else torch_init_sweep(sweep_idx, 200)

@@ -135,6 +135,33 @@ def mlx_nn_impl(case: Case, x: np.ndarray, g: np.ndarray) -> dict[str, Callable[
     return {"fwd": fwd, "fwdbwd": fwdbwd}
 
 
+# --- the NumPy backend with and without the compiler ------------------------------------------
+
+
+def kernel_tables() -> dict[str, dict[str, Callable[..., Any]]]:
+    """Row name -> the NumPy backend's kernel table: the NumPy kernels, and numba's when installed."""
+    from dualnorm.backends import kernels_numba, kernels_numpy
+
+    tables = {"dualnorm-numpy": dict(kernels_numpy.KERNELS)}
+    if kernels_numba.available():
+        tables["dualnorm-numpy+numba"] = dict(kernels_numba.KERNELS)
+    return tables
+
+
+def with_kernels(B: Any, table: dict[str, Callable[..., Any]], fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` run with ``table`` installed as the backend's kernels (a forward and its backward share it)."""
+
+    def call() -> Any:
+        saved = B.kernels
+        B.kernels = table
+        try:
+            return fn()
+        finally:
+            B.kernels = saved
+
+    return call
+
+
 # --- all together ----------------------------------------------------------------------------
 
 
@@ -148,8 +175,13 @@ def run(cases: tuple[Case, ...], repeats: int, progress: Callable[[str], None] =
         floors: dict[str, Callable[[], Any]] = {}
         for b in backends:
             d = dualnorm_impl(case, b, x, g)
-            impls[f"dualnorm-{b}"] = d
             floors[f"floor-{b}"] = d["floor"]
+            if b != "numpy":
+                impls[f"dualnorm-{b}"] = d
+                continue
+            B = dualnorm.get_backend("numpy")
+            for name, table in kernel_tables().items():
+                impls[name] = {k: with_kernels(B, table, f) for k, f in d.items()}
         impls["numpy-textbook"] = textbook(case, x, g)
         for name, maker in (("torch", torch_impl), ("mlx.nn", mlx_nn_impl)):
             impl = maker(case, x, g)

@@ -7,9 +7,21 @@ from typing import Any
 
 from dualnorm.bench import LayerResult
 
-ORDER = ("dualnorm-numpy", "dualnorm-mlx", "numpy-textbook", "torch", "mlx.nn", "floor-numpy", "floor-mlx")
+ORDER = (
+    "dualnorm-numpy+numba",
+    "dualnorm-numpy",
+    "dualnorm-mlx",
+    "numpy-textbook",
+    "torch",
+    "mlx.nn",
+    "floor-numpy",
+    "floor-mlx",
+)
 # (numerator, denominator, column title): a ratio < 1 means the numerator is faster.
 RATIOS = (
+    ("dualnorm-numpy+numba", "torch", "nb/torch"),
+    ("dualnorm-numpy+numba", "floor-numpy", "nb/floor"),
+    ("dualnorm-numpy+numba", "dualnorm-numpy", "nb/np"),
     ("dualnorm-numpy", "torch", "np/torch"),
     ("dualnorm-numpy", "floor-numpy", "np/floor"),
     ("dualnorm-numpy", "numpy-textbook", "np/textbook"),

@@ -208,6 +208,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     problem = _check_outputs(args)
     if problem:
         return _error(problem)
+    from dualnorm.backends.kernels_numba import add_compile_listener
+
+    add_compile_listener(lambda message: print(message, file=sys.stderr))  # a first run's compile pause
     try:
         records = exp.run(config)
     except (InputError, DatasetError, BackendError) as exc:

@@ -186,7 +186,7 @@ def _resolve(name: str | Backend, device: str | None = None, *, inherit: bool = 
         except Exception as exc:
             _failures[key] = _not_available(base, exc)
             raise BackendError(_failures[key]) from None
-        _load_kernels(backend)
+        _load_kernels(backend)  # before caching it: a bad DUALNORM_KERNELS raises on every call
         _instances[key] = backend
         return backend
 
@@ -195,11 +195,28 @@ def _load_kernels(backend: Backend) -> None:
     """Install a backend's fast paths: the ``KERNELS`` tables of its ``kernel_modules()``.
 
     Loaded least preferred first, so a preferred module's kernels win where two define one.
-    ``DUALNORM_KERNELS=reference`` keeps the shared reference math everywhere.
+    ``DUALNORM_KERNELS`` chooses: ``reference`` keeps the shared reference math everywhere;
+    for NumPy, ``numba`` (the default when numba is installed; an error when it is not) or ``numpy``.
     """
-    if os.environ.get("DUALNORM_KERNELS", "").strip().lower() == "reference":
+    choice = os.environ.get("DUALNORM_KERNELS", "").strip().lower()
+    if choice not in ("", "numba", "numpy", "reference"):
+        raise BackendError(
+            f"DUALNORM_KERNELS={choice!r} is not a kernel choice; use numba, numpy or reference (or unset it)"
+        )
+    if choice == "reference":
         return
-    for name in reversed(type(backend).kernel_modules()):
+    modules = list(type(backend).kernel_modules())
+    if backend.name == "numpy" and choice != "numpy":
+        from dualnorm.backends import kernels_numba
+
+        if kernels_numba.available():
+            modules.insert(0, "dualnorm.backends.kernels_numba")
+        elif choice == "numba":
+            raise BackendError(
+                'DUALNORM_KERNELS=numba, but numba is not installed. Install it with: pip install "dualnorm[fast]", '
+                "or set DUALNORM_KERNELS=numpy"
+            )
+    for name in reversed(modules):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -405,3 +405,25 @@ def group_norm_backward(B: Backend, grad_y: Any, ctx: Any, weight: Any | None) -
         B, grad_xhat.reshape(n, num_groups, -1), x_hat.reshape(n, num_groups, -1), inv_std, (2,)
     )
     return grad_in.reshape(x_hat.shape), grad_w, grad_b
+
+
+@overridable
+def rms_norm(B: Backend, x: Any, weight: Any | None, axes: tuple[int, ...], eps: float) -> tuple[Any, Any]:
+    """RMS norm over the trailing ``axes``: y = x / sqrt(mean(x^2) + eps) * weight. Returns (y, ctx)."""
+    inv_rms = B.rsqrt(accurate_mean(B, x * x, axes) + eps)
+    x_hat = x * inv_rms
+    return (x_hat if weight is None else x_hat * weight), (x_hat, inv_rms)
+
+
+@overridable
+def rms_norm_backward(
+    B: Backend, grad_y: Any, ctx: Any, weight: Any | None, axes: tuple[int, ...]
+) -> tuple[Any, Any]:
+    """Backward of :func:`rms_norm`: returns (dL/dx, dL/dweight)."""
+    x_hat, inv_rms = ctx
+    lead = tuple(range(grad_y.ndim - len(axes)))
+    trailing = tuple(x_hat.shape[a] for a in axes)
+    grad_xhat, grad_w, _ = affine_backward(B, grad_y, x_hat, weight, lead, trailing)
+    # normalize_backward without the mean term (nothing was subtracted)
+    mean_gx = accurate_mean(B, grad_xhat * x_hat, axes)
+    return inv_rms * (grad_xhat - x_hat * mean_gx), grad_w

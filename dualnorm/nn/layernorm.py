@@ -138,20 +138,21 @@ class RMSNorm(_TrailingNorm):
         if x.size == 0:
             return self._empty_forward(x)
         eps = self.backend.eps(x.dtype) if self.eps is None else self.eps
-        inv_rms = self.backend.rsqrt(F.accurate_mean(self.backend, x * x, axes) + eps)
-        x_hat = x * inv_rms
-        self._save(x_hat=x_hat, inv_rms=inv_rms, axes=axes)
-        return x_hat if self.weight is None else x_hat * self.weight.data
+        weight = None if self.weight is None else self.weight.data
+        y, ctx = F.rms_norm(self.backend, x, weight, axes, eps)
+        self._save(ctx=ctx, axes=axes, out_shape=tuple(x.shape))
+        return y
 
     def backward(self, grad_output: Any) -> Any:
         s = self._saved_values()
         if s.get("empty"):
             return self._empty_backward(grad_output)
-        grad = self._check_grad(grad_output, s["x_hat"].shape)
-        grad_xhat = self._param_backward(grad, s["x_hat"], s["axes"])
-        # Like normalize_backward without the mean term (nothing was subtracted).
-        mean_gx = F.accurate_mean(self.backend, grad_xhat * s["x_hat"], s["axes"])
-        return s["inv_rms"] * (grad_xhat - s["x_hat"] * mean_gx)
+        grad = self._check_grad(grad_output, s["out_shape"])
+        weight = None if self.weight is None else self.weight.data
+        grad_in, grad_w = F.rms_norm_backward(self.backend, grad, s["ctx"], weight, s["axes"])
+        if self.weight is not None:
+            self._accumulate(self.weight, grad_w)
+        return grad_in
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

@@ -24,6 +24,8 @@ COVERED = {
     "layer_norm_backward",
     "group_norm",
     "group_norm_backward",
+    "rms_norm",  # test_numba.py
+    "rms_norm_backward",
 }
 
 

@@ -1,0 +1,714 @@
+"""Fused numba kernels for the NumPy backend (``pip install "dualnorm[fast]"``).
+
+Each layer is a few passes over memory, multithreaded with ``prange``:
+
+* forward: one pass for the statistics, one to normalize (rows of layer/group/RMS norm
+  are normalized while they are still in cache);
+* backward: one pass for the per-channel (or per-row) sums, one to write dL/dx.
+
+Statistics are shifted sums accumulated in float64 (the shift is a value of the data,
+so 1e4 + N(0, 1e-2) float32 input loses nothing); per-thread partial sums are merged
+in float64 after the parallel loop. Normalizing subtracts a float32 head of the mean
+(exact for data near the mean) and folds the float64 tail into the affine constants,
+as :mod:`kernels_numpy` does.
+
+Lazy: numba is imported and a kernel compiled the first time an array of at least
+``MIN_ELEMENTS`` elements reaches it; smaller arrays (and float16) take the NumPy
+kernels. Below ``PARALLEL_MIN`` elements a kernel runs on one thread (waking the pool
+costs more than the work). Compiled code is
+cached on disk (``NUMBA_CACHE_DIR``, default ``$XDG_CACHE_HOME/dualnorm/numba``). A
+compile that takes more than a second is announced to :func:`add_compile_listener`
+callbacks (the CLI prints them) and to the ``dualnorm`` logger.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from dualnorm.backends import kernels_numpy as _npk
+from dualnorm.backends.base import Backend
+
+# Per call numba takes 0.2-0.36x the NumPy kernels' time from 1 000 elements up
+# (benchmarks/crossover.py), but importing numba and loading the cached kernels adds about 1.2 s
+# to a warm start of `dualnorm run` (5 s cold, when it compiles), against ~0.15 ms saved per call
+# at demo sizes. From 2^17 elements a call saves about a millisecond; smaller arrays keep the
+# NumPy kernels, so the demos start exactly as fast as without numba. 0 = numba at every size.
+MIN_ELEMENTS = 1 << 17
+NOTICE_AFTER_S = 1.0
+PARALLEL_MIN = _npk.PARALLEL_MIN  # below this many elements, one thread
+
+log = logging.getLogger("dualnorm")
+_listeners: list[Callable[[str], None]] = []
+_lock = threading.Lock()  # one parallel launch at a time (numba's workqueue layer is not re-entrant)
+_compiled: dict[str, Any] = {}
+_signatures: dict[str, set[Any]] = {}  # (dtype, ndim) keys each kernel has been called with
+_announced = False
+_TAG = object()  # first item of a context made here (smaller arrays carry the NumPy kernels')
+_numba: Any = None
+
+
+def available() -> bool:
+    """True when numba can be imported (without importing it)."""
+    return importlib.util.find_spec("numba") is not None
+
+
+def add_compile_listener(callback: Callable[[str], None]) -> Callable[[], None]:
+    """Call ``callback(message)`` when a compile takes longer than a second; returns a remover."""
+    _listeners.append(callback)
+    return lambda: _listeners.remove(callback) if callback in _listeners else None
+
+
+def cache_dir() -> str:
+    """Where compiled kernels are kept: ``NUMBA_CACHE_DIR`` if the user set it, else the user cache."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return os.environ["NUMBA_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "dualnorm", "numba")
+
+
+def _import_numba() -> Any:
+    global _numba
+    if _numba is None:
+        os.environ.setdefault("NUMBA_CACHE_DIR", cache_dir())
+        if "numba" not in sys.modules:
+            # OpenMP's spinning barriers cost up to 4x when the cores are shared (measured on a
+            # loaded 2-core VM: BatchNorm1d 4096x1024 forward 62 ms with omp, 17 ms with workqueue);
+            # workqueue is not re-entrant, which _lock covers for these kernels.
+            os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
+        import numba
+
+        _numba = numba
+        globals()["prange"] = numba.prange
+        for helper in ("_bn_finish", "_bn_grad_finish"):  # called from inside the kernels
+            globals()[helper] = numba.njit(cache=True)(globals()[helper])
+    return _numba
+
+
+prange = range  # replaced by numba.prange before anything is compiled
+
+# Only reductions may be reordered (so LLVM vectorizes them); NaN/Inf semantics stay.
+_REDUCE_MATH = {"reassoc", "contract"}
+
+
+def _kernel(name: str) -> Any:
+    """The compiled ``name``; ``name:serial`` is the same source without threads (``prange`` is
+    ``range``), for small arrays: no pool to wake, and it compiles in a fraction of the time."""
+    fn = _compiled.get(name)
+    if fn is None:
+        numba = _import_numba()
+        base, _, variant = name.partition(":")
+        py, reduces = _SOURCES[base]
+        fn = _compiled[name] = numba.njit(
+            parallel=variant != "serial", cache=True, fastmath=_REDUCE_MATH if reduces else False, nogil=True
+        )(py)
+    return fn
+
+
+def _pick(name: str, nt: int) -> str:
+    return name if nt > 1 else name + ":serial"
+
+
+def _announce(message: str) -> None:
+    log.info(message)
+    for callback in list(_listeners):
+        try:
+            callback(message)
+        except Exception:  # a listener must not break training
+            log.exception("compile listener failed")
+
+
+def _run(name: str, *args: Any) -> Any:
+    """Call kernel ``name``; a compile that takes more than a second is announced (once a process)."""
+    fn = _compiled.get(name) or _kernel(name)
+    key = (args[0].dtype, args[0].ndim)  # what varies between a kernel's signatures in practice
+    seen = _signatures.setdefault(name, set())
+    if key in seen:
+        with _lock:
+            return fn(*args)
+    seen.add(key)
+    timer = threading.Timer(NOTICE_AFTER_S, _announce_once)
+    timer.daemon = True
+    timer.start()
+    t0 = time.perf_counter()
+    try:
+        with _lock:
+            return fn(*args)
+    finally:
+        timer.cancel()
+        if time.perf_counter() - t0 > NOTICE_AFTER_S:
+            log.info("numba kernel %s compiled or loaded in %.1f s", name, time.perf_counter() - t0)
+
+
+def _announce_once() -> None:
+    global _announced
+    if not _announced:
+        _announced = True
+        _announce(f"dualnorm: compiling numba kernels (first run only; cached in {cache_dir()})")
+
+
+def _threads(units: int, size: int) -> int:
+    """Threads for a launch: one (the serial kernels) below ``PARALLEL_MIN`` elements, where
+    waking a pool costs more than the work, and far more when the cores are busy."""
+    if size < PARALLEL_MIN:
+        return 1
+    numba = _import_numba()
+    nt = max(1, min(_npk.get_num_threads(), units, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(nt)
+    return nt
+
+
+def _use(x: np.ndarray) -> bool:
+    return x.size >= MIN_ELEMENTS and x.dtype in (np.float32, np.float64)
+
+
+# --- the kernels (plain Python, compiled by numba on first use) ----------------------------
+#
+# Layouts: batch norm sees (N, C, S) (S = 1 for (N, C), its own loops then run along C);
+# row norms see (rows, D); group norm sees (N * G, Cg, S). ``acc*`` are per-thread partial
+# sums (nt, ...) in float64, merged by the caller.
+
+
+def _bn_finish(x, w, b, eps, m, shift, s1, s2):
+    """Per-channel statistics from the per-thread shifted sums, and the affine constants."""
+    c = shift.shape[0]
+    nt = s1.shape[0]
+    mean = np.empty(c)
+    var = np.empty(c)
+    inv = np.empty(c)
+    tail = np.empty(c)
+    head = np.empty(c, x.dtype)
+    a = np.empty(c, x.dtype)
+    bb = np.empty(c, x.dtype)
+    for j in range(c):
+        t1 = 0.0
+        t2 = 0.0
+        for t in range(nt):
+            t1 += s1[t, j]
+            t2 += s2[t, j]
+        d = t1 / m
+        v = max(t2 / m - d * d, 0.0)
+        mu = shift[j] + d
+        istd = 1.0 / np.sqrt(v + eps)
+        h = x.dtype.type(mu)
+        tl = mu - np.float64(h)
+        aj = istd * np.float64(w[j])
+        # y = (x - mean) * a + b = (x - head) * a + (b - tail * a): x - head is exact near the mean
+        head[j] = h
+        a[j] = aj
+        bb[j] = np.float64(b[j]) - tl * aj
+        mean[j] = mu
+        var[j] = v
+        inv[j] = istd
+        tail[j] = tl
+    return mean, var, inv, tail, head, a, bb
+
+
+def _bn_forward2(x, w, b, eps, nt, y):
+    n, c = x.shape
+    shift = np.empty(c)
+    for j in range(c):
+        shift[j] = x[0, j]
+    s1 = np.zeros((nt, c))
+    s2 = np.zeros((nt, c))
+    for t in prange(nt):
+        a1 = s1[t]
+        a2 = s2[t]
+        for i in range(n * t // nt, n * (t + 1) // nt):
+            xr = x[i]  # 1-D row views let LLVM vectorize along C
+            for j in range(c):
+                d = np.float64(xr[j]) - shift[j]
+                a1[j] += d
+                a2[j] += d * d
+    mean, var, inv, tail, head, a, bb = _bn_finish(x, w, b, eps, n, shift, s1, s2)
+    for t in prange(nt):
+        for i in range(n * t // nt, n * (t + 1) // nt):
+            xr = x[i]
+            yr = y[i]
+            for j in range(c):
+                yr[j] = (xr[j] - head[j]) * a[j] + bb[j]
+    return mean, var, inv, tail, head
+
+
+def _bn_forward3(x, w, b, eps, nt, y):
+    n, c, s = x.shape
+    units = n * c
+    shift = np.empty(c)
+    for j in range(c):
+        shift[j] = x[0, j, 0]
+    s1 = np.zeros((nt, c))
+    s2 = np.zeros((nt, c))
+    for t in prange(nt):
+        a1 = s1[t]
+        a2 = s2[t]
+        for u in range(units * t // nt, units * (t + 1) // nt):
+            j = u % c
+            xr = x[u // c, j]
+            sh = shift[j]
+            p = 0.0
+            q = 0.0
+            for k in range(s):
+                d = np.float64(xr[k]) - sh
+                p += d
+                q += d * d
+            a1[j] += p
+            a2[j] += q
+    mean, var, inv, tail, head, a, bb = _bn_finish(x, w, b, eps, n * s, shift, s1, s2)
+    for t in prange(nt):
+        for u in range(units * t // nt, units * (t + 1) // nt):
+            j = u % c
+            xr = x[u // c, j]
+            yr = y[u // c, j]
+            h, aj, bj = head[j], a[j], bb[j]
+            for k in range(s):
+                yr[k] = (xr[k] - h) * aj + bj
+    return mean, var, inv, tail, head
+
+
+def _bn_grad_finish(x, w, m, inv, tail, sg, sgx):
+    """dx = a * g + bc * (x - head) + k per channel, and the parameter gradients."""
+    c = inv.shape[0]
+    nt = sg.shape[0]
+    a = np.empty(c, x.dtype)
+    bc = np.empty(c, x.dtype)
+    k = np.empty(c, x.dtype)
+    gw = np.empty(c, x.dtype)
+    gb = np.empty(c, x.dtype)
+    for j in range(c):
+        sum_g = 0.0
+        sum_gt = 0.0
+        for t in range(nt):
+            sum_g += sg[t, j]
+            sum_gt += sgx[t, j]
+        sum_gc = sum_gt - tail[j] * sum_g  # sum of g * (x - mean)
+        aj = np.float64(w[j]) * inv[j]
+        bcj = -aj * inv[j] * inv[j] * sum_gc / m
+        a[j] = aj
+        bc[j] = bcj
+        k[j] = -aj * (sum_g / m) - bcj * tail[j]
+        gw[j] = inv[j] * sum_gc
+        gb[j] = sum_g
+    return a, bc, k, gw, gb
+
+
+def _bn_backward2(g, x, w, inv, tail, head, nt, dx):
+    n, c = x.shape
+    sg = np.zeros((nt, c))
+    sgx = np.zeros((nt, c))
+    for t in prange(nt):
+        a1 = sg[t]
+        a2 = sgx[t]
+        for i in range(n * t // nt, n * (t + 1) // nt):
+            xr = x[i]
+            gr = g[i]
+            for j in range(c):
+                gv = np.float64(gr[j])
+                a1[j] += gv
+                a2[j] += gv * np.float64(xr[j] - head[j])
+    a, bc, k, gw, gb = _bn_grad_finish(x, w, n, inv, tail, sg, sgx)
+    for t in prange(nt):
+        for i in range(n * t // nt, n * (t + 1) // nt):
+            xr = x[i]
+            gr = g[i]
+            dr = dx[i]
+            for j in range(c):
+                dr[j] = a[j] * gr[j] + bc[j] * (xr[j] - head[j]) + k[j]
+    return gw, gb
+
+
+def _bn_backward3(g, x, w, inv, tail, head, nt, dx):
+    n, c, s = x.shape
+    units = n * c
+    sg = np.zeros((nt, c))
+    sgx = np.zeros((nt, c))
+    for t in prange(nt):
+        a1 = sg[t]
+        a2 = sgx[t]
+        for u in range(units * t // nt, units * (t + 1) // nt):
+            j = u % c
+            xr = x[u // c, j]
+            gr = g[u // c, j]
+            h = head[j]
+            p = 0.0
+            q = 0.0
+            for k in range(s):
+                gv = np.float64(gr[k])
+                p += gv
+                q += gv * np.float64(xr[k] - h)
+            a1[j] += p
+            a2[j] += q
+    a, bc, k, gw, gb = _bn_grad_finish(x, w, n * s, inv, tail, sg, sgx)
+    for t in prange(nt):
+        for u in range(units * t // nt, units * (t + 1) // nt):
+            j = u % c
+            xr = x[u // c, j]
+            gr = g[u // c, j]
+            dr = dx[u // c, j]
+            h, aj, bj, kj = head[j], a[j], bc[j], k[j]
+            for q in range(s):
+                dr[q] = aj * gr[q] + bj * (xr[q] - h) + kj
+    return gw, gb
+
+
+def _ln_forward(x, w, b, eps, centred, nt, y, mean, inv):
+    rows, d = x.shape
+    for t in prange(nt):
+        for r in range(rows * t // nt, rows * (t + 1) // nt):
+            xr = x[r]
+            yr = y[r]
+            shift = np.float64(xr[0]) if centred else 0.0
+            sa = 0.0
+            sb = 0.0
+            for k in range(d):
+                v = np.float64(xr[k]) - shift
+                sa += v
+                sb += v * v
+            m = sa / d
+            var = max(sb / d - m * m, 0.0) if centred else sb / d
+            mu = shift + m if centred else 0.0
+            istd = 1.0 / np.sqrt(var + eps)
+            mean[r] = mu
+            inv[r] = istd
+            head = x.dtype.type(mu)
+            off = x.dtype.type(-(mu - np.float64(head)) * istd)
+            i32 = x.dtype.type(istd)
+            for k in range(d):
+                yr[k] = ((xr[k] - head) * i32 + off) * w[k] + b[k]
+
+
+def _ln_backward(g, x, w, mean, inv, centred, nt, dx, dw, db):
+    rows, d = x.shape
+    for t in prange(nt):
+        dwt = dw[t]
+        dbt = db[t]
+        dwt[:] = 0.0
+        dbt[:] = 0.0
+        for r in range(rows * t // nt, rows * (t + 1) // nt):
+            xr = x[r]
+            gr = g[r]
+            dr = dx[r]
+            mu = mean[r]
+            istd = inv[r]
+            head = x.dtype.type(mu)
+            off = x.dtype.type(-(mu - np.float64(head)) * istd)
+            i32 = x.dtype.type(istd)
+            s_gw = 0.0
+            s_gwx = 0.0
+            for k in range(d):
+                xh = (xr[k] - head) * i32 + off
+                gk = gr[k]
+                gw = gk * w[k]
+                s_gw += np.float64(gw)
+                s_gwx += np.float64(gw * xh)
+                dwt[k] += np.float64(gk * xh)
+                dbt[k] += np.float64(gk)
+            mg = x.dtype.type(s_gw / d) if centred else x.dtype.type(0.0)
+            mgx = x.dtype.type(s_gwx / d)
+            for k in range(d):
+                xh = (xr[k] - head) * i32 + off
+                dr[k] = i32 * (gr[k] * w[k] - mg - xh * mgx)
+
+
+def _gn_forward(x, w, b, groups, eps, nt, y, mean, inv):
+    # x: (N * G, Cg, S); w, b: (C,)
+    units, cg, s = x.shape
+    m = cg * s
+    for t in prange(nt):
+        for u in range(units * t // nt, units * (t + 1) // nt):
+            shift = np.float64(x[u, 0, 0])
+            sa = 0.0
+            sb = 0.0
+            for c in range(cg):
+                xr = x[u, c]
+                for k in range(s):
+                    v = np.float64(xr[k]) - shift
+                    sa += v
+                    sb += v * v
+            mm = sa / m
+            var = max(sb / m - mm * mm, 0.0)
+            mu = shift + mm
+            istd = 1.0 / np.sqrt(var + eps)
+            mean[u] = mu
+            inv[u] = istd
+            head = x.dtype.type(mu)
+            tail = mu - np.float64(head)
+            c0 = (u % groups) * cg
+            for c in range(cg):
+                # y = (x - head) * (istd * w) + (b - tail * istd * w)
+                sc = istd * np.float64(w[c0 + c])
+                a = x.dtype.type(sc)
+                bb = x.dtype.type(np.float64(b[c0 + c]) - tail * sc)
+                xr = x[u, c]
+                yr = y[u, c]
+                for k in range(s):
+                    yr[k] = (xr[k] - head) * a + bb
+
+
+def _gn_backward(g, x, w, groups, mean, inv, nt, dx, dw, db):
+    units, cg, s = x.shape
+    m = cg * s
+    for t in prange(nt):
+        for c in range(dw.shape[1]):
+            dw[t, c] = 0.0
+            db[t, c] = 0.0
+        for u in range(units * t // nt, units * (t + 1) // nt):
+            mu = mean[u]
+            istd = inv[u]
+            head = x.dtype.type(mu)
+            c0 = (u % groups) * cg
+            # with xc = x - head (exact) and tail = mu - head: x_hat = (xc - tail) * istd
+            tail = mu - np.float64(head)
+            s_gw = 0.0
+            s_gwx = 0.0
+            for c in range(cg):
+                wc = np.float64(w[c0 + c])
+                sg = 0.0
+                sgx = 0.0
+                xr = x[u, c]
+                gr = g[u, c]
+                for k in range(s):
+                    gv = np.float64(gr[k])
+                    sg += gv
+                    sgx += gv * np.float64(xr[k] - head)
+                sgh = (sgx - tail * sg) * istd  # sum of g * x_hat over this channel's slice
+                dw[t, c0 + c] += sgh
+                db[t, c0 + c] += sg
+                s_gw += wc * sg
+                s_gwx += wc * sgh
+            mg = s_gw / m
+            mgx = s_gwx / m
+            # dx = istd * (g*w - mg - x_hat * mgx) = (istd*w) g + bc (x - head) + k
+            bc = -istd * istd * mgx
+            for c in range(cg):
+                a = x.dtype.type(istd * np.float64(w[c0 + c]))
+                b2 = x.dtype.type(bc)
+                k2 = x.dtype.type(-istd * mg - bc * tail)
+                xr = x[u, c]
+                gr = g[u, c]
+                dr = dx[u, c]
+                for k in range(s):
+                    dr[k] = a * gr[k] + b2 * (xr[k] - head) + k2
+
+
+_SOURCES: dict[str, tuple[Callable[..., Any], bool]] = {
+    "bn_forward2": (_bn_forward2, True),
+    "bn_forward3": (_bn_forward3, True),
+    "bn_backward2": (_bn_backward2, True),
+    "bn_backward3": (_bn_backward3, True),
+    "ln_forward": (_ln_forward, True),
+    "ln_backward": (_ln_backward, True),
+    "gn_forward": (_gn_forward, True),
+    "gn_backward": (_gn_backward, True),
+}
+
+
+# --- the KERNELS table: same signatures as dualnorm.nn.functional --------------------------
+
+
+def _bn_view(x3: np.ndarray) -> tuple[np.ndarray, str]:
+    """(N, C, S) as (N, C) when S == 1 (loops along C), else unchanged; and the kernel suffix."""
+    if x3.shape[2] == 1:
+        return x3.reshape(x3.shape[0], x3.shape[1]), "2"
+    return x3, "3"
+
+
+def _units(xv: np.ndarray) -> int:
+    return xv.shape[0] if xv.ndim == 2 else xv.shape[0] * xv.shape[1]
+
+
+def batch_norm_train(
+    B: Backend, x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, eps: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+    if not _use(x):
+        return _npk.batch_norm_train(B, x, weight, bias, eps)
+    n, c = x.shape[0], x.shape[1]
+    dt = x.dtype
+    x3 = np.ascontiguousarray(x).reshape(n, c, -1)
+    if c == 1:  # one channel: reduce the whole array as one contiguous run
+        x3 = x3.reshape(1, 1, -1) if x3.shape[2] == 1 else x3
+    xv, nd = _bn_view(x3)
+    nt = _threads(_units(xv), x3.size)
+    y = np.empty_like(xv)
+    w, b = _affine(weight, c, 1.0, dt), _affine(bias, c, 0.0, dt)
+    mean, var, inv, tail, head = _run(_pick("bn_forward" + nd, nt), xv, w, b, float(eps), nt, y)
+    ctx = (_TAG, xv, nd, inv, tail, head, x.shape)
+    return y.reshape(x.shape), mean.astype(dt), var.astype(dt), ctx
+
+
+def batch_norm_train_backward(
+    B: Backend, grad_y: np.ndarray, ctx: Any, weight: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if ctx[0] is not _TAG:
+        return _npk.batch_norm_train_backward(B, grad_y, ctx, weight)
+    _, xv, nd, inv, tail, head, shape = ctx
+    dt = xv.dtype
+    g = np.ascontiguousarray(grad_y, dtype=dt).reshape(xv.shape)
+    nt = _threads(_units(xv), xv.size)
+    dx = np.empty_like(xv)
+    gw, gb = _run(
+        _pick("bn_backward" + nd, nt), g, xv, _affine(weight, inv.shape[0], 1.0, dt), inv, tail, head, nt, dx
+    )
+    return dx.reshape(shape), gw, gb
+
+
+_fills: dict[tuple[int, float, Any], np.ndarray] = {}
+
+
+def _affine(v: np.ndarray | None, n: int, fill: float, dt: np.dtype) -> np.ndarray:
+    """The parameter as a contiguous ``dt`` vector; ones / zeros (cached; never written) when absent."""
+    if v is None:
+        key = (n, fill, dt)
+        arr = _fills.get(key)
+        if arr is None:
+            arr = _fills[key] = np.full(n, fill, dt)
+        return arr
+    if v.dtype == dt and v.flags.c_contiguous and v.ndim == 1:
+        return v
+    return np.ascontiguousarray(v, dtype=dt).reshape(n)
+
+
+def _rows_fwd(x2: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, centred: bool) -> tuple[Any, ...]:
+    rows = x2.shape[0]
+    nt = _threads(rows, x2.size)
+    y2 = np.empty_like(x2)
+    mean = np.empty(rows)
+    inv = np.empty(rows)
+    _run(_pick("ln_forward", nt), x2, w, b, float(eps), centred, nt, y2, mean, inv)
+    return y2, mean, inv
+
+
+def _rows_bwd(
+    g2: np.ndarray, x2: np.ndarray, w: np.ndarray, mean: Any, inv: Any, centred: bool
+) -> tuple[Any, ...]:
+    rows, d = x2.shape
+    nt = _threads(rows, x2.size)
+    dx2 = np.empty_like(x2)
+    dw = np.empty((nt, d))
+    db = np.empty((nt, d))
+    _run(_pick("ln_backward", nt), g2, x2, w, mean, inv, centred, nt, dx2, dw, db)
+    return dx2, dw.sum(axis=0), db.sum(axis=0)
+
+
+def layer_norm(
+    B: Backend,
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    axes: tuple[int, ...],
+    eps: float,
+) -> tuple[np.ndarray, Any]:
+    if not _use(x):
+        return _npk.layer_norm(B, x, weight, bias, axes, eps)
+    trailing = tuple(x.shape[x.ndim - len(axes) :])
+    d = int(np.prod(trailing))
+    dt = x.dtype
+    x2 = np.ascontiguousarray(x).reshape(-1, d)
+    w = _affine(weight, d, 1.0, dt)
+    b = _affine(bias, d, 0.0, dt)
+    y2, mean, inv = _rows_fwd(x2, w, b, eps, True)
+    return y2.reshape(x.shape), (_TAG, x2, mean, inv, x.shape, trailing)
+
+
+def layer_norm_backward(
+    B: Backend, grad_y: np.ndarray, ctx: Any, weight: np.ndarray | None, axes: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if ctx[0] is not _TAG:
+        return _npk.layer_norm_backward(B, grad_y, ctx, weight, axes)
+    _, x2, mean, inv, shape, trailing = ctx
+    dt = x2.dtype
+    d = x2.shape[1]
+    g2 = np.ascontiguousarray(grad_y, dtype=dt).reshape(x2.shape)
+    dx2, dw, db = _rows_bwd(g2, x2, _affine(weight, d, 1.0, dt), mean, inv, True)
+    return dx2.reshape(shape), dw.astype(dt).reshape(trailing), db.astype(dt).reshape(trailing)
+
+
+def group_norm(
+    B: Backend,
+    x: np.ndarray,
+    num_groups: int,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+) -> tuple[np.ndarray, Any]:
+    if not _use(x):
+        return _npk.group_norm(B, x, num_groups, weight, bias, eps)
+    n, c = x.shape[0], x.shape[1]
+    dt = x.dtype
+    x3 = np.ascontiguousarray(x).reshape(n * num_groups, c // num_groups, -1)
+    units = x3.shape[0]
+    nt = _threads(units, x3.size)
+    y3 = np.empty_like(x3)
+    mean = np.empty(units)
+    inv = np.empty(units)
+    w, b = _affine(weight, c, 1.0, dt), _affine(bias, c, 0.0, dt)
+    _run(_pick("gn_forward", nt), x3, w, b, num_groups, float(eps), nt, y3, mean, inv)
+    return y3.reshape(x.shape), (_TAG, x3, num_groups, mean, inv, x.shape)
+
+
+def group_norm_backward(
+    B: Backend, grad_y: np.ndarray, ctx: Any, weight: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if ctx[0] is not _TAG:
+        return _npk.group_norm_backward(B, grad_y, ctx, weight)
+    _, x3, num_groups, mean, inv, shape = ctx
+    c = shape[1]
+    dt = x3.dtype
+    g3 = np.ascontiguousarray(grad_y, dtype=dt).reshape(x3.shape)
+    nt = _threads(x3.shape[0], x3.size)
+    dx3 = np.empty_like(x3)
+    dw = np.empty((nt, c))
+    db = np.empty((nt, c))
+    _run(
+        _pick("gn_backward", nt), g3, x3, _affine(weight, c, 1.0, dt), num_groups, mean, inv, nt, dx3, dw, db
+    )
+    return dx3.reshape(shape), dw.sum(axis=0).astype(dt), db.sum(axis=0).astype(dt)
+
+
+def rms_norm(
+    B: Backend, x: np.ndarray, weight: np.ndarray | None, axes: tuple[int, ...], eps: float
+) -> tuple[np.ndarray, Any]:
+    if not _use(x):
+        from dualnorm.nn.functional import rms_norm as reference
+
+        return reference.reference(B, x, weight, axes, eps)
+    trailing = tuple(x.shape[x.ndim - len(axes) :])
+    d = int(np.prod(trailing))
+    dt = x.dtype
+    x2 = np.ascontiguousarray(x).reshape(-1, d)
+    w = _affine(weight, d, 1.0, dt)
+    y2, mean, inv = _rows_fwd(x2, w, np.zeros(d, dt), eps, False)
+    return y2.reshape(x.shape), (_TAG, x2, mean, inv, x.shape, trailing)
+
+
+def rms_norm_backward(
+    B: Backend, grad_y: np.ndarray, ctx: Any, weight: np.ndarray | None, axes: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    if ctx[0] is not _TAG:
+        from dualnorm.nn.functional import rms_norm_backward as reference
+
+        return reference.reference(B, grad_y, ctx, weight, axes)
+    _, x2, mean, inv, shape, trailing = ctx
+    dt = x2.dtype
+    g2 = np.ascontiguousarray(grad_y, dtype=dt).reshape(x2.shape)
+    dx2, dw, _ = _rows_bwd(g2, x2, _affine(weight, x2.shape[1], 1.0, dt), mean, inv, False)
+    return dx2.reshape(shape), dw.astype(dt).reshape(trailing)
+
+
+KERNELS = {
+    "batch_norm_train": batch_norm_train,
+    "batch_norm_train_backward": batch_norm_train_backward,
+    "layer_norm": layer_norm,
+    "layer_norm_backward": layer_norm_backward,
+    "group_norm": group_norm,
+    "group_norm_backward": group_norm_backward,
+    "rms_norm": rms_norm,
+    "rms_norm_backward": rms_norm_backward,
+}

@@ -1,0 +1,273 @@
+"""Kernel cases beyond test_parity.py: RMS norm, NaN propagation, non-contiguous input,
+weight without bias, the small-array fallback, the DUALNORM_KERNELS choice and the
+compile notice. Tests taking ``backend`` run once per kernel table (see conftest.py)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import dualnorm
+from dualnorm.backends import _load_kernels, kernels_numba, kernels_numpy
+from dualnorm.backends.numpy_backend import NumPyBackend
+from dualnorm.errors import BackendError
+from dualnorm.nn import functional as F
+
+from .test_parity import _close, _np
+
+
+def _call(B, table, name, *args):
+    fn = table.get(name) or getattr(F, name).reference
+    return fn(B, *args)
+
+
+def _bn(B, table, x, w, b, g):
+    xa, wa = B.asarray(x), None if w is None else B.asarray(w)
+    ba = None if b is None else B.asarray(b)
+    y, mean, var, ctx = _call(B, table, "batch_norm_train", xa, wa, ba, 1e-5)
+    dx, dw, db = _call(B, table, "batch_norm_train_backward", B.asarray(g), ctx, wa)
+    return [_np(B, a) for a in (y, mean, var, dx, dw, db)]
+
+
+def _ln(B, table, x, w, b, g, axes):
+    wa, ba = None if w is None else B.asarray(w), None if b is None else B.asarray(b)
+    y, ctx = _call(B, table, "layer_norm", B.asarray(x), wa, ba, axes, 1e-5)
+    dx, dw, db = _call(B, table, "layer_norm_backward", B.asarray(g), ctx, wa, axes)
+    return [_np(B, a) for a in (y, dx, dw, db)]
+
+
+def _gn(B, table, x, groups, w, b, g):
+    wa, ba = None if w is None else B.asarray(w), None if b is None else B.asarray(b)
+    y, ctx = _call(B, table, "group_norm", B.asarray(x), groups, wa, ba, 1e-5)
+    dx, dw, db = _call(B, table, "group_norm_backward", B.asarray(g), ctx, wa)
+    return [_np(B, a) for a in (y, dx, dw, db)]
+
+
+def _rms(B, table, x, w, g, axes, eps=1e-6):
+    wa = None if w is None else B.asarray(w)
+    y, ctx = _call(B, table, "rms_norm", B.asarray(x), wa, axes, eps)
+    dx, dw = _call(B, table, "rms_norm_backward", B.asarray(g), ctx, wa, axes)
+    return [_np(B, a) for a in (y, dx, dw)]
+
+
+# --- RMS norm ----------------------------------------------------------------------------------
+
+RMS_CASES = [((5, 7), 1), ((3, 4, 6), 2), ((2, 1), 1), ((300, 512), 1)]
+
+
+@pytest.mark.parametrize(("shape", "k"), RMS_CASES)
+@pytest.mark.parametrize("weighted", [True, False])
+def test_rms_norm_matches_reference(backend, rng, shape, k, weighted):
+    B = dualnorm.get_backend()
+    if "rms_norm" not in B.kernels:
+        pytest.skip(f"backend {B.name!r} has no fast path for rms_norm")
+    axes = tuple(range(len(shape) - k, len(shape)))
+    x = (rng.standard_normal(shape) * 2 + 1).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    w = (rng.standard_normal(shape[len(shape) - k :]) + 1).astype(np.float32) if weighted else None
+    got, want = _rms(B, B.kernels, x, w, g, axes), _rms(B, {}, x, w, g, axes)
+    for name, a, e in zip(("y", "dx", "dweight"), got, want, strict=True):
+        _close(a, e, f"{name} {shape}")
+
+
+# --- NaN stays where it was ---------------------------------------------------------------------
+
+
+def test_nan_stays_in_its_channel_batch_norm(backend, rng):
+    B = dualnorm.get_backend()
+    for shape in [(8, 3), (4, 3, 5)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        x[2, 1] = np.nan
+        g = rng.standard_normal(shape).astype(np.float32)
+        y, mean, var, dx, dw, _ = _bn(B, B.kernels, x, np.ones(3, np.float32), np.zeros(3, np.float32), g)
+        for a in (y, dx):
+            assert np.isnan(a[:, 1]).all(), shape
+            assert np.isfinite(a[:, [0, 2]]).all(), shape
+        assert np.isnan(mean[1]) and np.isnan(var[1]) and np.isnan(dw[1])
+        assert np.isfinite(mean[[0, 2]]).all() and np.isfinite(dw[[0, 2]]).all()
+
+
+def test_nan_stays_in_its_row_layer_and_rms_norm(backend, rng):
+    B = dualnorm.get_backend()
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    x[1, 3] = np.nan
+    g = rng.standard_normal((4, 6)).astype(np.float32)
+    w = np.ones(6, np.float32)
+    outs = _ln(B, B.kernels, x, w, np.zeros(6, np.float32), g, (1,))[:2]
+    outs += _rms(B, B.kernels, x, w, g, (1,))[:2]
+    for a in outs:
+        assert np.isnan(a[1]).all()
+        assert np.isfinite(a[[0, 2, 3]]).all()
+
+
+def test_nan_stays_in_its_group(backend, rng):
+    B = dualnorm.get_backend()
+    x = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    x[1, 2, 0] = np.nan  # sample 1, group 1 (channels 2-3)
+    g = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    y, dx, _, _ = _gn(B, B.kernels, x, 2, np.ones(4, np.float32), np.zeros(4, np.float32), g)
+    for a in (y, dx):
+        assert np.isnan(a[1, 2:]).all()
+        assert np.isfinite(a[1, :2]).all() and np.isfinite(a[[0, 2]]).all()
+
+
+# --- non-contiguous input and weight without bias -----------------------------------------------
+
+
+def test_non_contiguous_inputs_match_reference(backend, rng):
+    B = dualnorm.get_backend()
+    if B.name != "numpy":
+        pytest.skip("MLX arrays have no user-visible strides")
+    base = (rng.standard_normal((10, 6, 12)) + 2).astype(np.float32)
+    g = rng.standard_normal((10, 6, 12)).astype(np.float32)
+    for view, gv in ((base[:, :, ::2], g[:, :, ::2]), (base.transpose(0, 2, 1), g.transpose(0, 2, 1))):
+        assert not view.flags.c_contiguous
+        c = view.shape[1]
+        w, b = np.full(c, 1.5, np.float32), np.full(c, -0.5, np.float32)
+        dense, gd = np.ascontiguousarray(view), np.ascontiguousarray(gv)
+        for a, e in zip(_bn(B, B.kernels, view, w, b, gv), _bn(B, {}, dense, w, b, gd), strict=True):
+            _close(a, e, "batch norm")
+        d = view.shape[-1]
+        wd, bd = np.full(d, 1.5, np.float32), np.full(d, 0.5, np.float32)
+        for a, e in zip(
+            _ln(B, B.kernels, view, wd, bd, gv, (2,)), _ln(B, {}, dense, wd, bd, gd, (2,)), strict=True
+        ):
+            _close(a, e, "layer norm")
+        for a, e in zip(
+            _rms(B, B.kernels, view, wd, gv, (2,)), _rms(B, {}, dense, wd, gd, (2,)), strict=True
+        ):
+            _close(a, e, "rms norm")
+        if c % 2 == 0:
+            for a, e in zip(
+                _gn(B, B.kernels, view, 2, w, b, gv), _gn(B, {}, dense, 2, w, b, gd), strict=True
+            ):
+                _close(a, e, "group norm")
+
+
+def test_weight_without_bias(backend, rng):
+    """PyTorch's bias=False: the kernels take weight and bias independently (a bias of zeros is the same)."""
+    B = dualnorm.get_backend()
+    x = (rng.standard_normal((16, 4, 3)) + 1).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    w, zero = np.array([0.5, 2.0, -1.0, 1.5], np.float32), np.zeros(4, np.float32)
+    got, want = _bn(B, B.kernels, x, w, None, g), _bn(B, {}, x, w, zero, g)
+    for a, e in zip(got, want, strict=True):
+        _close(a, e, "batch norm")
+    got, want = _gn(B, B.kernels, x, 2, w, None, g), _gn(B, {}, x, 2, w, zero, g)
+    for a, e in zip(got, want, strict=True):
+        _close(a, e, "group norm")
+
+
+# --- below the size threshold the numba table hands over to the NumPy kernels -------------------
+
+
+def test_small_arrays_take_the_numpy_kernels(backend, rng, kernel_table, monkeypatch):
+    B = dualnorm.get_backend()
+    if B.name != "numpy" or kernel_table != "numba":
+        pytest.skip("the numba table on the NumPy backend only")
+    monkeypatch.setattr(kernels_numba, "MIN_ELEMENTS", 10**9)
+    calls = []
+    original = kernels_numba._run
+    monkeypatch.setattr(kernels_numba, "_run", lambda *a: calls.append(a[0]) or original(*a))
+    x = (rng.standard_normal((32, 5)) + 3).astype(np.float32)
+    g = rng.standard_normal((32, 5)).astype(np.float32)
+    w, b = np.full(5, 2.0, np.float32), np.ones(5, np.float32)
+    for a, e in zip(_bn(B, B.kernels, x, w, b, g), _bn(B, {}, x, w, b, g), strict=True):
+        _close(a, e, "batch norm")
+    for a, e in zip(_ln(B, B.kernels, x, w, b, g, (1,)), _ln(B, {}, x, w, b, g, (1,)), strict=True):
+        _close(a, e, "layer norm")
+    for a, e in zip(_gn(B, B.kernels, x, 5, w, b, g), _gn(B, {}, x, 5, w, b, g), strict=True):
+        _close(a, e, "group norm")
+    for a, e in zip(_rms(B, B.kernels, x, w, g, (1,)), _rms(B, {}, x, w, g, (1,)), strict=True):
+        _close(a, e, "rms norm")
+    assert calls == []
+
+
+# --- DUALNORM_KERNELS -----------------------------------------------------------------------
+
+
+def _installed(monkeypatch, choice):
+    monkeypatch.setenv("DUALNORM_KERNELS", choice)
+    backend = NumPyBackend()
+    _load_kernels(backend)
+    return backend.kernels
+
+
+def test_kernel_choice_numpy_and_reference(monkeypatch):
+    assert _installed(monkeypatch, "numpy")["batch_norm_train"] is kernels_numpy.batch_norm_train
+    assert _installed(monkeypatch, "reference") == {}
+
+
+def test_kernel_choice_numba_when_installed(monkeypatch):
+    if not kernels_numba.available():
+        pytest.skip("numba is not installed")
+    for choice in ("numba", ""):
+        kernels = _installed(monkeypatch, choice)
+        assert kernels["batch_norm_train"] is kernels_numba.batch_norm_train, choice
+
+
+def test_kernel_choice_numba_without_numba_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(kernels_numba, "available", lambda: False)
+    with pytest.raises(BackendError, match=r'numba is not installed.*pip install "dualnorm\[fast\]"'):
+        _installed(monkeypatch, "numba")
+    # unset: the NumPy kernels, silently
+    assert _installed(monkeypatch, "")["layer_norm"] is kernels_numpy.layer_norm
+
+
+def test_unknown_kernel_choice_is_an_error(monkeypatch):
+    with pytest.raises(BackendError, match=r"DUALNORM_KERNELS='fast'.*numba, numpy or reference"):
+        _installed(monkeypatch, "fast")
+
+
+# --- cache directory and compile notice ---------------------------------------------------------
+
+
+def test_cache_dir_follows_the_user(monkeypatch, tmp_path):
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert kernels_numba.cache_dir() == str(tmp_path / "dualnorm" / "numba")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
+    assert kernels_numba.cache_dir() == str(tmp_path / "mine")
+
+
+def _slow_kernel(seconds):
+    """Stands in for a numba dispatcher whose first call compiles."""
+    calls = []
+
+    def kernel(*args):
+        if not calls:
+            time.sleep(seconds)
+        calls.append(args)
+        return "result"
+
+    return kernel
+
+
+def test_a_slow_compile_is_announced_once(monkeypatch):
+    monkeypatch.setattr(kernels_numba, "NOTICE_AFTER_S", 0.01)
+    monkeypatch.setattr(kernels_numba, "_announced", False)
+    monkeypatch.setitem(kernels_numba._compiled, "fake", _slow_kernel(0.3))
+    monkeypatch.setitem(kernels_numba._compiled, "fake2", _slow_kernel(0.3))
+    monkeypatch.setattr(kernels_numba, "_signatures", {})
+    heard = []
+    remove = kernels_numba.add_compile_listener(heard.append)
+    try:
+        x = np.zeros(3)
+        assert kernels_numba._run("fake", x) == "result"
+        assert len(heard) == 1 and "compiling numba kernels" in heard[0]
+        assert kernels_numba._run("fake", x) == "result"  # compiled: no second notice
+        assert kernels_numba._run("fake2", x) == "result"  # another slow compile: still one line
+        assert len(heard) == 1
+    finally:
+        remove()
+
+
+def test_the_cli_prints_compile_notices(monkeypatch, capsys):
+    from dualnorm import cli
+
+    monkeypatch.setattr(kernels_numba, "_listeners", [])
+    assert cli.main(["run", "dying-relu", "--steps", "2", "--quiet", "--backend", "numpy"]) == 0
+    kernels_numba._announce("dualnorm: compiling numba kernels (test)")
+    assert "dualnorm: compiling numba kernels (test)" in capsys.readouterr().err
