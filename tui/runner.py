@@ -34,6 +34,7 @@ class TrainingRunner:
         self.finished = threading.Event()
         self.error: str | None = None
         self.traceback: str | None = None
+        self.notices: list[str] = []  # one-line messages for the status area (e.g. a kernel compile)
         self.records_pulled = 0
         self.started_at: float | None = None  # perf_counter() when the generator was created
         self.finished_at: float | None = None
@@ -101,6 +102,8 @@ class TrainingRunner:
             self.buffer.append(payload)
         elif kind == "started":
             self.started_at = time.perf_counter()
+        elif kind == "notice":
+            self.notices.append(payload)
         elif kind == "error":
             # traceback before error: the UI reads both once it sees error set
             self.traceback = payload[1]
@@ -133,6 +136,7 @@ class ProcessTrainingRunner:
         self.finished = threading.Event()
         self.error: str | None = None
         self.traceback: str | None = None
+        self.notices: list[str] = []  # one-line messages for the status area (e.g. a kernel compile)
         self.records_pulled = 0
         self.started_at: float | None = None
         self.finished_at: float | None = None
@@ -215,6 +219,8 @@ class ProcessTrainingRunner:
             self.buffer.append(payload)
         elif kind == "started":
             self.started_at = time.perf_counter()
+        elif kind == "notice":
+            self.notices.append(payload)
         elif kind == "error":
             self.traceback = payload[1]
             self.error = payload[0]
@@ -266,9 +272,11 @@ def drive(get_experiment: Any, config: Any, stop: Any, wait_turn: Any, emit: Any
 
     Pulls one record per turn (``wait_turn()`` blocks while paused; False means stop) and hands
     each on as ``emit(kind, payload)``: "started", "record" (a StepRecord), "error" (message,
-    traceback) and, always last, "done". An exception of the experiment is reported, never raised.
+    traceback), "notice" (a one-line message, e.g. a first kernel compile that takes a while) and,
+    always last, "done". An exception of the experiment is reported, never raised.
     """
     gen = None
+    remove_listener = _listen_for_compiles(lambda message: emit("notice", message))
     try:
         experiment = get_experiment()
         if not wait_turn():
@@ -291,7 +299,19 @@ def drive(get_experiment: Any, config: Any, stop: Any, wait_turn: Any, emit: Any
         if gen is not None:
             with contextlib.suppress(Exception):
                 gen.close()
+        remove_listener()
         emit("done", None)
+
+
+def _listen_for_compiles(callback: Any) -> Any:
+    """Forward the NumPy backend's "compiling kernels" notice, where numba is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("numba") is None:
+        return lambda: None
+    from dualnorm.backends.kernels_numba import add_compile_listener
+
+    return add_compile_listener(callback)
 
 
 def _child_main(name: str, config: Any, out: Any, running: Any, credits: Any, stop: Any) -> None:

@@ -311,6 +311,7 @@ class RunScreen(Screen[None]):
         self._leaving = False
         self._going_back = False
         self._error_shown = False
+        self._notices_shown = 0
         self._started = time.perf_counter()
         self.last_export: Path | None = None
 
@@ -457,6 +458,10 @@ class RunScreen(Screen[None]):
 
     def update_status(self) -> None:
         self.query_one(StatusLine).set_text(self.status_text())
+        notices = getattr(self.runner, "notices", ())
+        for message in notices[self._notices_shown :]:
+            self.notify(message, title="training", timeout=8)
+        self._notices_shown = len(notices)
         if self.runner.error and not self._error_shown:
             self._error_shown = True
             self.notify(self.runner.error, title="experiment failed", severity="error", timeout=10)

@@ -78,3 +78,20 @@ def test_experiment_error_is_captured():
     r.start()
     assert r.finished.wait(5)
     assert r.error == "RuntimeError: boom"
+
+
+def test_a_kernel_compile_notice_reaches_the_runner():
+    kernels_numba = pytest.importorskip("dualnorm.backends.kernels_numba")
+    pytest.importorskip("numba")
+
+    class Compiling(FakeExperiment):
+        def run(self, config, stop=None):
+            kernels_numba._announce("dualnorm: compiling numba kernels (test)")
+            yield from super().run(config, stop)
+
+    buffer = RecordBuffer()
+    runner = TrainingRunner(Compiling("compiling", "relu", steps=3), RunConfig(), buffer)
+    runner.start()
+    assert runner.finished.wait(10)
+    assert runner.notices == ["dualnorm: compiling numba kernels (test)"]
+    assert not kernels_numba._listeners  # the run's listener is gone with the run
