@@ -30,13 +30,30 @@ class _TrailingNorm(Module):
             )
         return tuple(range(x.ndim - k, x.ndim))
 
-    def _param_backward(self, grad: Any, x_hat: Any, axes: tuple[int, ...]) -> Any:
-        lead = tuple(range(grad.ndim - len(axes)))
-        grad_xhat, grad_w, grad_b = F.affine_backward(
-            self.backend, grad, x_hat, self._params()[0], lead, self.normalized_shape
-        )
+    # Each subclass supplies its functional pair; the layer around it is the same.
+    def _functional(self, x: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def _functional_backward(self, grad: Any, ctx: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
+        raise NotImplementedError
+
+    def forward(self, x: Any) -> Any:
+        x = self._input(x)
+        axes = self._check(x)
+        if x.size == 0:
+            return self._empty_forward(x)
+        y, ctx = self._functional(x, axes)
+        self._save(ctx=ctx, axes=axes, out_shape=tuple(x.shape))
+        return y
+
+    def backward(self, grad_output: Any) -> Any:
+        s = self._saved_values()
+        if s.get("empty"):
+            return self._empty_backward(grad_output)
+        grad = self._check_grad(grad_output, s["out_shape"])
+        grad_in, grad_w, grad_b = self._functional_backward(grad, s["ctx"], s["axes"])
         self._accumulate_affine(grad_w, grad_b)
-        return grad_xhat
+        return grad_in
 
 
 class LayerNorm(_TrailingNorm):
@@ -76,26 +93,12 @@ class LayerNorm(_TrailingNorm):
             if bias:
                 self.bias = self._new_parameter(np.zeros(self.normalized_shape))
 
-    def forward(self, x: Any) -> Any:
-        x = self._input(x)
-        axes = self._check(x)
-        if x.size == 0:
-            return self._empty_forward(x)
+    def _functional(self, x: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
         weight, bias = self._params()
-        y, ctx = F.layer_norm(self.backend, x, weight, bias, axes, self.eps)
-        self._save(ctx=ctx, axes=axes, out_shape=tuple(x.shape))
-        return y
+        return F.layer_norm(self.backend, x, weight, bias, axes, self.eps)
 
-    def backward(self, grad_output: Any) -> Any:
-        s = self._saved_values()
-        if s.get("empty"):
-            return self._empty_backward(grad_output)
-        grad = self._check_grad(grad_output, s["out_shape"])
-        grad_in, grad_w, grad_b = F.layer_norm_backward(
-            self.backend, grad, s["ctx"], self._params()[0], s["axes"]
-        )
-        self._accumulate_affine(grad_w, grad_b)
-        return grad_in
+    def _functional_backward(self, grad: Any, ctx: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
+        return F.layer_norm_backward(self.backend, grad, ctx, self._params()[0], axes)
 
     def extra_repr(self) -> str:
         return (
@@ -132,27 +135,13 @@ class RMSNorm(_TrailingNorm):
         if self.elementwise_affine:
             self.weight = self._new_parameter(np.ones(self.normalized_shape))
 
-    def forward(self, x: Any) -> Any:
-        x = self._input(x)
-        axes = self._check(x)
-        if x.size == 0:
-            return self._empty_forward(x)
+    def _functional(self, x: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
         eps = self.backend.eps(x.dtype) if self.eps is None else self.eps
-        weight = None if self.weight is None else self.weight.data
-        y, ctx = F.rms_norm(self.backend, x, weight, axes, eps)
-        self._save(ctx=ctx, axes=axes, out_shape=tuple(x.shape))
-        return y
+        return F.rms_norm(self.backend, x, self._params()[0], axes, eps)
 
-    def backward(self, grad_output: Any) -> Any:
-        s = self._saved_values()
-        if s.get("empty"):
-            return self._empty_backward(grad_output)
-        grad = self._check_grad(grad_output, s["out_shape"])
-        weight = None if self.weight is None else self.weight.data
-        grad_in, grad_w = F.rms_norm_backward(self.backend, grad, s["ctx"], weight, s["axes"])
-        if self.weight is not None:
-            self._accumulate(self.weight, grad_w)
-        return grad_in
+    def _functional_backward(self, grad: Any, ctx: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
+        grad_in, grad_w = F.rms_norm_backward(self.backend, grad, ctx, self._params()[0], axes)
+        return grad_in, grad_w, None  # no bias
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
