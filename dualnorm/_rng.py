@@ -19,3 +19,11 @@ def manual_seed(seed: int) -> None:
 
 def get_rng() -> np.random.Generator:
     return _rng
+
+
+def seed_everything(*keys: int) -> np.random.Generator:
+    """Seed the init generator from ``keys`` and return a data generator from the same keys."""
+    seq = np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys])
+    init_seed, data_seed = seq.generate_state(2)
+    manual_seed(int(init_seed))
+    return np.random.default_rng(int(data_seed))

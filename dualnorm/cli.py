@@ -393,27 +393,14 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_device(backend: str | None, device: str | None) -> str | None:
-    """``--device``: make (backend, device) this process's default, and child processes'.
-
-    Without ``backend``, the active backend if it has that device, else the first one
-    that does. Returns an error message, or None.
-    """
-    if device is None:
-        return None
-    from dualnorm.backends import DEVICE_ENV_VAR, available_backends, get_backend, set_backend
+    """``--device``: make (backend, device) this process's default; an error message, or None."""
+    from dualnorm.backends import use_device_everywhere
     from dualnorm.errors import BackendError
 
     try:
-        name = backend
-        if name is None:
-            name = get_backend().name
-            wanted = str(device).strip().lower()
-            if wanted not in type(get_backend(name)).devices:
-                name = next((b for b in available_backends() if wanted in type(get_backend(b)).devices), name)
-        chosen = set_backend(name, device=device)
+        use_device_everywhere(backend, device)
     except BackendError as exc:
         return str(exc)
-    os.environ[DEVICE_ENV_VAR] = chosen.device  # training children (the TUI's runner) inherit it
     return None
 
 

@@ -229,11 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dualnorm.cli import apply_device
+    from dualnorm.backends import use_device_everywhere
+    from dualnorm.errors import BackendError
 
-    problem = apply_device(args.backend, args.device)  # also sets DUALNORM_DEVICE for the runner's child
-    if problem:
-        print(f"dualnorm tui: {problem}")
+    try:  # also sets DUALNORM_DEVICE for the runner's child
+        use_device_everywhere(args.backend, args.device)
+    except BackendError as exc:
+        print(f"dualnorm tui: {exc}")
         return 2
     experiments = load_experiments()
     load_error = None

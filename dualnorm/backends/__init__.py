@@ -324,6 +324,25 @@ def backend_of(array: Any) -> Backend:
     )
 
 
+def use_device_everywhere(backend: str | None, device: str | None) -> Backend | None:
+    """Make (``backend``, ``device``) the default of this process and of the processes it starts.
+
+    What ``--device`` does on the command line. Without ``backend``: the active backend if it
+    has that device, else the first available one that does. Raises :class:`BackendError`.
+    """
+    if device is None:
+        return None
+    name = backend
+    if name is None:
+        name = get_backend().name
+        wanted = str(device).strip().lower()
+        if wanted not in type(get_backend(name)).devices:
+            name = next((b for b in available_backends() if wanted in type(get_backend(b)).devices), name)
+    chosen = set_backend(name, device=device)
+    os.environ[DEVICE_ENV_VAR] = chosen.device  # training children (the UI's runner, compare) inherit it
+    return chosen
+
+
 def to_numpy(array: Any) -> np.ndarray:
     """A NumPy array from a NumPy or MLX array (or anything array-like)."""
     if isinstance(array, np.ndarray):
@@ -349,4 +368,5 @@ __all__ = [
     "set_backend",
     "to_numpy",
     "use_backend",
+    "use_device_everywhere",
 ]

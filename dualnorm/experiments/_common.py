@@ -6,20 +6,12 @@ from typing import Any
 
 import numpy as np
 
-from dualnorm._rng import manual_seed
+from dualnorm._rng import seed_everything  # noqa: F401 (experiments import it from here)
 from dualnorm.backends import Backend
 from dualnorm.data import Dataset, load_dataset
 from dualnorm.experiments.base import Experiment, RunConfig
 
 BaseExperiment = Experiment  # the config handling and the run template now live in the base class
-
-
-def seed_everything(*keys: int) -> np.random.Generator:
-    """Seed dualnorm's init generator from ``keys`` and return a data generator from the same keys."""
-    seq = np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys])
-    init_seed, data_seed = seq.generate_state(2)
-    manual_seed(int(init_seed))
-    return np.random.default_rng(int(data_seed))
 
 
 _DATASETS: dict[str, Dataset] = {}

@@ -138,8 +138,8 @@ class Experiment:
     def run_variant(
         self, variant: str, config: RunConfig, backend: Backend, stop: threading.Event | None
     ) -> Iterator[StepRecord]:
+        from dualnorm._rng import seed_everything
         from dualnorm.backends import use_backend
-        from dualnorm.experiments._common import seed_everything
         from dualnorm.training import train
 
         rng = seed_everything(config.seed, *self.seed_keys(variant))
