@@ -81,7 +81,7 @@ def save_run(records: Iterable[StepRecord], config: RunConfig | None, path: str 
             lines.append(record.to_json())
         except (TypeError, ValueError) as exc:
             raise InputError(f"save_run: record {i} cannot be written as JSON: {exc}") from None
-    return atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    return atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8"), what="run file")
 
 
 def load_run(path: str | os.PathLike[str]) -> tuple[list[StepRecord], RunConfig | None]:
