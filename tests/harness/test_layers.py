@@ -39,6 +39,14 @@ SLOW_ON_MLX = {
     "SyncBatchNorm",
     "Sequential",
 }
+# Cases that pass but take over a minute on MLX (same JIT pathology); DUALNORM_HARNESS_SLOW=1 runs them.
+SLOW_PASSING = {
+    (
+        "LayerNorm",
+        "empty_batch",
+        "mlx",
+    ): "#15 MLX JIT-compiles at every call on an empty batch: 11-76 s for 3 examples",
+}
 WATCHDOG_S = float(os.environ.get("DUALNORM_HARNESS_WATCHDOG", "300"))
 
 # (configuration id, kind, backend) -> (finding, needs torch to show). "*" matches any.
@@ -373,6 +381,10 @@ def _cases():
                     )
                 elif reason:
                     marks.append(pytest.mark.xfail(strict=True, reason=reason))
+                elif (config.id, kind, backend) in SLOW_PASSING and not os.environ.get(
+                    "DUALNORM_HARNESS_SLOW"
+                ):
+                    marks.append(pytest.mark.skip(reason=SLOW_PASSING[config.id, kind, backend]))
                 yield pytest.param(config, kind, backend, id=f"{config.id}-{kind}-{backend}", marks=marks)
 
 
