@@ -291,14 +291,6 @@ XFAIL: dict[tuple[str, str, str], tuple[str, bool]] = {
     ("ReLU", "negative_stride", "mlx"): ("negative-stride view crashes on MLX (DLPack)", False),
     ("SELU", "nan", "*"): ("backward at a NaN input gives NaN where torch is finite", True),
     ("SELU", "negative_stride", "mlx"): ("negative-stride view crashes on MLX (DLPack)", False),
-    ("Sequential", "broadcast", "*"): (
-        "float32 gradients through BatchNorm on a zero-variance or ill-conditioned batch are off torch and off the float64 result by more than the 2e-5 parity tolerance",
-        True,
-    ),
-    ("Sequential", "constant", "*"): (
-        "float32 gradients through BatchNorm on a zero-variance or ill-conditioned batch are off torch and off the float64 result by more than the 2e-5 parity tolerance",
-        True,
-    ),
     ("Sequential", "empty_batch", "mlx"): (
         "empty input sets the running stats to NaN (torch keeps them)",
         True,
