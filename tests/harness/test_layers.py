@@ -39,6 +39,11 @@ SLOW_ON_MLX = {
     "SyncBatchNorm",
     "Sequential",
 }
+# Fail when the harness runs alone, pass after the rest of the suite ran in the same worker: the
+# MLX result at a single inf depends on what ran before (NaN vs inf running_mean). Not strict
+# until that is understood.
+ORDER_DEPENDENT = {("BatchNorm1d", "inf", "mlx"), ("BatchRenorm1d", "inf", "mlx")}
+ORDER_DEPENDENT_NOTE = " [order-dependent on MLX: passes after other tests ran]"
 # Cases that pass but take over a minute on MLX (same JIT pathology); DUALNORM_HARNESS_SLOW=1 runs them.
 SLOW_PASSING = {
     (
@@ -377,6 +382,8 @@ def _cases():
                     marks.append(
                         pytest.mark.xfail(run=False, reason=reason + " [not run: minutes of MLX JIT]")
                     )
+                elif reason and (config.id, kind, backend) in ORDER_DEPENDENT:
+                    marks.append(pytest.mark.xfail(strict=False, reason=reason + ORDER_DEPENDENT_NOTE))
                 elif reason:
                     marks.append(pytest.mark.xfail(strict=True, reason=reason))
                 elif (config.id, kind, backend) in SLOW_PASSING and not os.environ.get(
