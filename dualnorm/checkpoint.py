@@ -43,7 +43,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from dualnorm.errors import DualnormError, InputError
+from dualnorm._paths import check_output_path
+from dualnorm.errors import DualnormError, InputError, OutputPathError
 
 FORMAT_VERSION = "1"
 META_PREFIX = "dualnorm."
@@ -91,6 +92,20 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     def __init__(self, path: str | os.PathLike[str], problem: str, hint: str = "") -> None:
         CheckpointError.__init__(self, path, problem, hint)
         self.filename = os.fspath(path)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointPathError(CheckpointError, OutputPathError):
+    """A checkpoint or saved run cannot be written at the path given (also an OSError)."""
+
+    def __init__(self, error: OutputPathError) -> None:
+        self.path = Path(error.path)
+        self.what = error.what
+        self.reason = error.reason
+        self.problem = f"cannot save: {error.reason}"
+        OSError.__init__(self, f"{error.path}: {self.problem}")
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
@@ -161,20 +176,24 @@ def save(
     return atomic_write(path, data)
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes | bytearray | memoryview) -> Path:
+def atomic_write(
+    path: str | os.PathLike[str], data: bytes | bytearray | memoryview, *, what: str = "checkpoint"
+) -> Path:
     """Write ``data`` to ``path`` so that ``path`` holds either its old content or all of ``data``.
 
-    The bytes go to a temporary file in the same directory, are flushed and fsynced,
-    and the file is then renamed onto ``path`` (``os.replace``, atomic on POSIX and
-    Windows); the directory is fsynced after the rename where the OS allows it. On
-    any exception (including KeyboardInterrupt) the temporary file is removed.
+    The path is checked first (:func:`dualnorm._paths.check_output_path`): a missing
+    directory, a directory as the target or a directory where files cannot be created
+    raises :class:`CheckpointPathError` naming ``path``. The bytes go to a temporary file
+    in the same directory, are flushed and fsynced, and the file is then renamed onto
+    ``path`` (``os.replace``, atomic on POSIX and Windows); the directory is fsynced after
+    the rename where the OS allows it. On any exception (including KeyboardInterrupt)
+    the temporary file is removed.
     """
-    path = Path(os.fspath(path))
+    try:
+        path = check_output_path(path, what)
+    except OutputPathError as exc:
+        raise CheckpointPathError(exc) from None
     directory = path.parent
-    if not directory.is_dir():
-        raise CheckpointError(path, f"cannot save: the directory {directory} does not exist")
-    if path.is_dir():
-        raise CheckpointError(path, "cannot save: the path is a directory; give a file name")
     mode = _file_mode(path)
     tmp = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed below; kept on disk until renamed)
         dir=directory, prefix=f".{path.name}.", suffix=".tmp", delete=False
@@ -542,6 +561,7 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "CheckpointPathError",
     "LoadResult",
     "atomic_write",
     "load",

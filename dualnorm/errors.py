@@ -35,3 +35,20 @@ class StateError(DualnormError, RuntimeError, ValueError):
 
 class BackendError(DualnormError, ValueError):
     """An unknown backend name, or a backend that is not installed or does not work here."""
+
+
+class OutputPathError(DualnormError, OSError):
+    """A file cannot be written where the user asked: ``path`` is the user's path, ``reason`` says why.
+
+    Raised before any work starts (see :func:`dualnorm._paths.check_output_path`); also an
+    ``OSError``, so code that catches file errors keeps working.
+    """
+
+    def __init__(self, path: str, what: str, reason: str) -> None:
+        self.path = path
+        self.what = what
+        self.reason = reason
+        super().__init__(f"cannot write the {what} {path}: {reason}")
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -11,8 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from dualnorm.errors import InputError
 
 
 @dataclass
@@ -77,13 +80,32 @@ class StepRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepRecord:
-        data = from_json_safe(dict(data))
-        layers = [LayerStats(**layer) for layer in data.pop("layers", [])]
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"step record has unknown keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(layers=layers, **data)
+        """A record from ``to_dict()``'s output (e.g. a parsed JSON line).
+
+        Every field is checked: a missing or unknown key, or a value of the wrong JSON type
+        (a string loss, a float step, a list where a number belongs ...), raises
+        :class:`~dualnorm.errors.InputError` naming the field, so a damaged file cannot
+        put a record in a consumer's hands that breaks it later.
+        """
+        if not isinstance(data, Mapping):
+            raise InputError(f"a step record must be a JSON object, got {_kind(data)}", type_error=True)
+        try:
+            data = from_json_safe(dict(data))
+        except RecursionError:
+            raise InputError("step record is nested too deeply to be a step record") from None
+        layers = data.pop("layers", [])
+        if not isinstance(layers, list):
+            raise InputError(
+                f"step record field 'layers' must be a list, got {_kind(layers)}", type_error=True
+            )
+        stats = []
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, dict):
+                raise InputError(
+                    f"step record layers[{i}] must be a JSON object, got {_kind(layer)}", type_error=True
+                )
+            stats.append(LayerStats(**_checked(f"layers[{i}]", layer, _LAYER_FIELDS)))
+        return cls(layers=stats, **_checked("", data, _RECORD_FIELDS))
 
 
 def json_safe(value: Any) -> Any:
@@ -114,3 +136,119 @@ def from_json_safe(value: Any, key: str | None = None) -> Any:
     if isinstance(value, list):
         return [from_json_safe(v) for v in value]
     return value
+
+
+# --- validation of records read back (from_dict) --------------------------------------------------
+# Field -> (kind, required). Kinds: "str", "int", "num", "num?" (number or null), "dict",
+# "ints" / "nums" (lists of them). Numbers arrive as int or float (NaN/inf already decoded).
+_RECORD_FIELDS: dict[str, tuple[str, bool]] = {
+    "experiment": ("str", True),
+    "variant": ("str", True),
+    "step": ("int", True),
+    "epoch": ("int", True),
+    "loss": ("num", True),
+    "backend": ("str", True),
+    "accuracy": ("num?", False),
+    "elapsed_s": ("num", False),
+    "status": ("str", False),
+    "message": ("str", False),
+    "extra": ("dict", False),
+}
+_LAYER_FIELDS: dict[str, tuple[str, bool]] = {
+    "name": ("str", True),
+    "kind": ("str", True),
+    "act_mean": ("num", True),
+    "act_std": ("num", True),
+    "act_min": ("num", True),
+    "act_max": ("num", True),
+    "hist_counts": ("ints", False),
+    "hist_edges": ("nums", False),
+    **{
+        name: ("num?", False)
+        for name in (
+            "saturated_frac",
+            "dead_frac",
+            "grad_norm",
+            "param_grad_norm",
+            "weight_norm",
+            "gamma_mean",
+            "beta_mean",
+            "running_mean_mean",
+            "running_var_mean",
+        )
+    },
+}
+_EXPECTED = {
+    "str": "a string",
+    "int": "an integer",
+    "num": "a number",
+    "num?": "a number or null",
+    "dict": "a JSON object",
+    "ints": "a list of integers",
+    "nums": "a list of numbers",
+}
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    names = {
+        bool: "a boolean",
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        list: "a list",
+        dict: "an object",
+    }
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value: Any) -> bool:
+    return _is_int(value) or isinstance(value, float)
+
+
+def _fits(kind: str, value: Any) -> bool:
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "int":
+        return _is_int(value)
+    if kind == "num":
+        return _is_num(value)
+    if kind == "num?":
+        return value is None or _is_num(value)
+    if kind == "dict":
+        return isinstance(value, dict)
+    if kind == "ints":
+        return isinstance(value, list) and all(_is_int(v) for v in value)
+    return isinstance(value, list) and all(_is_num(v) for v in value)
+
+
+def _checked(where: str, data: dict[str, Any], spec: dict[str, tuple[str, bool]]) -> dict[str, Any]:
+    """``data`` with numbers as floats, or an InputError naming the first bad field."""
+    prefix = f"step record {where}".rstrip()
+    unknown = sorted(set(data) - set(spec))
+    if unknown:
+        raise InputError(f"{prefix} has unknown keys {unknown[:8]}; expected a subset of {sorted(spec)}")
+    missing = [name for name, (_, required) in spec.items() if required and name not in data]
+    if missing:
+        raise InputError(f"{prefix} is missing {missing}")
+    out = {}
+    for name, value in data.items():
+        kind = spec[name][0]
+        if not _fits(kind, value):
+            raise InputError(
+                f"{prefix} field {name!r} must be {_EXPECTED[kind]}, got {_kind(value)}", type_error=True
+            )
+        try:
+            if kind in ("num", "num?") and value is not None:
+                value = float(value)
+            elif kind == "nums":
+                value = [float(v) for v in value]
+        except OverflowError:
+            raise InputError(f"{prefix} field {name!r} holds an integer too large for a float") from None
+        out[name] = value
+    return out

@@ -82,7 +82,7 @@ def save_run(records: Iterable[StepRecord], config: RunConfig | None, path: str 
             lines.append(record.to_json())
         except (TypeError, ValueError) as exc:
             raise InputError(f"save_run: record {i} cannot be written as JSON: {exc}") from None
-    return atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    return atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8"), what="run file")
 
 
 def load_run(path: str | os.PathLike[str]) -> tuple[list[StepRecord], RunConfig | None]:
@@ -146,9 +146,21 @@ def load_run(path: str | os.PathLike[str]) -> tuple[list[StepRecord], RunConfig 
     return records, config
 
 
+# A record is a few KB (histograms included); a line far beyond that is damage, not data.
+MAX_LINE_CHARS = 16 << 20
+
+
 def _parse_line(path: Path, lines: list[str], i: int, complete: bool) -> Any:
+    if i < len(lines) and len(lines[i]) > MAX_LINE_CHARS:
+        raise CheckpointError(
+            path,
+            f"line {i + 1} is {len(lines[i])} characters long, more than a step record can be "
+            f"({MAX_LINE_CHARS}); the file is damaged or not a saved run",
+        )
     try:
         return json.loads(lines[i])
+    except RecursionError:
+        raise CheckpointError(path, f"corrupt line {i + 1} (JSON nested too deeply)") from None
     except (ValueError, IndexError) as exc:
         last = i == len(lines) - 1 and not complete
         what = "truncated: the last line is cut short" if last else f"corrupt line {i + 1}"
@@ -185,14 +197,43 @@ def _config_from_dict(path: Path, data: Any) -> RunConfig | None:
             path, f"run header: config has unknown keys {unknown}; expected a subset of {sorted(known)}"
         )
     data = dict(data)
-    if data.get("variants") is not None:
-        data["variants"] = tuple(data["variants"])
     if "lr" in data:
         data["lr"] = from_json_safe(data["lr"])
+    for key, kinds in _CONFIG_TYPES.items():
+        value = data.get(key)
+        if key in data and not any(_config_value_fits(kind, value) for kind in kinds):
+            raise CheckpointError(
+                path, f"run header: config field {key!r} must be {' or '.join(kinds)}, got {value!r:.60}"
+            )
+    if data.get("variants") is not None:
+        data["variants"] = tuple(data["variants"])
     try:
         return RunConfig(**data)
     except TypeError as exc:
         raise CheckpointError(path, f"run header: config is not a valid RunConfig: {exc}") from None
+
+
+_CONFIG_TYPES = {
+    "backend": ("a string", "null"),
+    "steps": ("an integer", "null"),
+    "seed": ("an integer",),
+    "lr": ("a number", "null"),
+    "record_every": ("an integer", "null"),
+    "variants": ("a list of strings", "null"),
+    "options": ("a JSON object",),
+}
+
+
+def _config_value_fits(kind: str, value: Any) -> bool:
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    return {
+        "null": value is None,
+        "a string": isinstance(value, str),
+        "an integer": is_int,
+        "a number": is_int or isinstance(value, float),
+        "a list of strings": isinstance(value, list) and all(isinstance(v, str) for v in value),
+        "a JSON object": isinstance(value, dict),
+    }[kind]
 
 
 def _record_from_dict(data: dict[str, Any]) -> StepRecord:

@@ -66,3 +66,12 @@ def _isolate_backend_state():
 
 def pytest_report_header(config):
     return f"dualnorm backends available: {dualnorm.available_backends()}; torch installed: {HAS_TORCH}"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--harness-examples",
+        type=int,
+        default=None,
+        help="hypothesis examples per case in tests/harness (default 3, or DUALNORM_HARNESS_EXAMPLES)",
+    )
