@@ -79,4 +79,35 @@ def check_output_path(
     return target
 
 
-__all__ = ["check_output_path"]
+def check_output_dir(path: str | os.PathLike[str], what: str = "output directory") -> Path:
+    """Create ``path`` (and its parents) if needed and prove it writable; else raise OutputPathError."""
+    try:
+        raw = os.fspath(path)
+    except TypeError:
+        raise OutputPathError(repr(path), what, "a path must be a string or os.PathLike") from None
+    if isinstance(raw, bytes):
+        raw = os.fsdecode(raw)
+    if not raw.strip():
+        raise OutputPathError(repr(raw), what, "the path is empty; give a directory name")
+    directory = Path(raw).expanduser()
+    shown = str(directory)
+    if directory.exists() and not directory.is_dir():
+        raise OutputPathError(shown, what, "expected a directory, found a file; give a directory path")
+    nearest = directory
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise OutputPathError(shown, what, f"{nearest} is a file, not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(shown, what, f"the directory cannot be created ({_why(exc)})") from None
+    try:
+        probe = tempfile.NamedTemporaryFile(dir=directory, prefix=".dualnorm.", suffix=".probe")  # noqa: SIM115
+    except OSError as exc:
+        raise OutputPathError(shown, what, f"cannot create files in it ({_why(exc)})") from None
+    probe.close()
+    return directory
+
+
+__all__ = ["check_output_dir", "check_output_path"]

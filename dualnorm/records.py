@@ -104,8 +104,8 @@ class StepRecord:
                 raise InputError(
                     f"step record layers[{i}] must be a JSON object, got {_kind(layer)}", type_error=True
                 )
-            stats.append(LayerStats(**_checked(f"layers[{i}]", layer, _LAYER_FIELDS)))
-        return cls(layers=stats, **_checked("", data, _RECORD_FIELDS))
+            stats.append(LayerStats(**_checked(f"layers[{i}]", layer, _LAYER_SPEC)))
+        return cls(layers=stats, **_checked("", data, _RECORD_SPEC))
 
 
 def json_safe(value: Any) -> Any:
@@ -141,7 +141,7 @@ def from_json_safe(value: Any, key: str | None = None) -> Any:
 # --- validation of records read back (from_dict) --------------------------------------------------
 # Field -> (kind, required). Kinds: "str", "int", "num", "num?" (number or null), "dict",
 # "ints" / "nums" (lists of them). Numbers arrive as int or float (NaN/inf already decoded).
-_RECORD_FIELDS: dict[str, tuple[str, bool]] = {
+_RECORD_SPEC: dict[str, tuple[str, bool]] = {
     "experiment": ("str", True),
     "variant": ("str", True),
     "step": ("int", True),
@@ -153,8 +153,9 @@ _RECORD_FIELDS: dict[str, tuple[str, bool]] = {
     "status": ("str", False),
     "message": ("str", False),
     "extra": ("dict", False),
+    "device": ("str", False),
 }
-_LAYER_FIELDS: dict[str, tuple[str, bool]] = {
+_LAYER_SPEC: dict[str, tuple[str, bool]] = {
     "name": ("str", True),
     "kind": ("str", True),
     "act_mean": ("num", True),
@@ -178,6 +179,12 @@ _LAYER_FIELDS: dict[str, tuple[str, bool]] = {
         )
     },
 }
+# A field added to a dataclass must be added to its spec too, or records would lose it on reading.
+if set(_RECORD_SPEC) != set(_RECORD_FIELDS) - {"layers"} or set(_LAYER_SPEC) != {
+    f.name for f in dataclasses.fields(LayerStats)
+}:
+    raise RuntimeError("records.py: the StepRecord/LayerStats fields and their read specs differ")
+
 _EXPECTED = {
     "str": "a string",
     "int": "an integer",

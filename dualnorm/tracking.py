@@ -41,8 +41,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dualnorm._paths import check_output_dir, check_output_path
 from dualnorm.checkpoint import CheckpointError, atomic_write
-from dualnorm.errors import DualnormError, InputError
+from dualnorm.errors import DualnormError, InputError, OutputPathError
 from dualnorm.records import StepRecord
 
 __all__ = [
@@ -67,10 +68,6 @@ META_FORMAT, META_VERSION = "dualnorm-run-dir", 1
 STATUSES = ("running", "finished", "failed", "interrupted")
 
 
-class OutputPathError(InputError):
-    """An output path cannot be created or written; the message names the path and why."""
-
-
 class RunDirError(DualnormError, ValueError):
     """A path is not a run, or a run directory is already taken by another writer."""
 
@@ -87,59 +84,9 @@ class RunFileError(CheckpointError):
 # --------------------------------------------------------------------------- output paths
 
 
-def _nearest_existing(path: Path) -> Path:
-    p = path
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
-
-
-def _probe_dir(directory: Path, shown: Path) -> None:
-    """Create ``directory`` (and parents) and prove it writable with a probe file."""
-    nearest = _nearest_existing(directory)
-    if not nearest.is_dir():
-        raise OutputPathError(f"{shown}: cannot write there: {nearest} is a file, not a directory")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise OutputPathError(
-            f"{shown}: cannot write there: {directory} is a file, not a directory"
-        ) from None
-    except OSError as exc:
-        raise OutputPathError(
-            f"{shown}: cannot create the directory {directory}: {exc.strerror or exc}"
-        ) from None
-    probe = directory / f".dualnorm-probe-{os.getpid()}"
-    try:
-        with open(probe, "wb"):
-            pass
-    except OSError as exc:
-        raise OutputPathError(
-            f"{shown}: the directory {directory} is not writable: {exc.strerror or exc}"
-        ) from None
-    finally:
-        with contextlib.suppress(OSError):
-            probe.unlink()
-
-
-def check_output_dir(path: str | os.PathLike[str]) -> Path:
-    """Make sure ``path`` can be a (new or existing, writable) directory; create it. Raises OutputPathError."""
-    path = Path(os.fspath(path)).expanduser()
-    if path.exists() and not path.is_dir():
-        raise OutputPathError(f"{path}: expected a directory, found a file; give a directory path")
-    _probe_dir(path, path)
-    return path
-
-
 def check_output_file(path: str | os.PathLike[str]) -> Path:
     """Make sure a file can be written at ``path`` (its directory is created). Raises OutputPathError."""
-    path = Path(os.fspath(path)).expanduser()
-    if path.is_dir():
-        raise OutputPathError(f"{path}: is a directory; give a file name")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise OutputPathError(f"{path}: the file exists and is not writable")
-    _probe_dir(path.parent, path)
-    return path
+    return check_output_path(path, "output file", create_parent=True, atomic=False)
 
 
 # --------------------------------------------------------------------------- meta

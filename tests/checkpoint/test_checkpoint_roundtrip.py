@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 from ckpt_cases import CASE_IDS, CASES, assert_same_state, inputs, state, train_a_little
-from conftest import HAS_MLX
 
 import dualnorm
 from dualnorm import checkpoint
+
+HAS_MLX = importlib.util.find_spec("mlx") is not None  # not `from conftest`: tests/cli has a conftest too
 
 
 def _other(backend: str) -> str:

@@ -41,8 +41,8 @@ def test_out_and_json_hold_the_same_records(tmp_path):
 @pytest.mark.parametrize(
     ("flag", "path", "needle"),
     [
-        ("--json", "/proc/x.jsonl", "/proc/x.jsonl: the directory /proc is not writable"),
-        ("--out", "/proc/dualnorm-x", "/proc/dualnorm-x: cannot create the directory"),
+        ("--json", "/proc/x.jsonl", "/proc/x.jsonl: cannot create files in the directory /proc"),
+        ("--out", "/proc/dualnorm-x", "/proc/dualnorm-x: the directory cannot be created"),
         ("--out", "FILE", "expected a directory, found a file"),
         ("--json", "FILE/x.jsonl", "is a file, not a directory"),
         ("--json", ".", "is a directory; give a file name"),
