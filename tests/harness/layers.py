@@ -125,6 +125,14 @@ CONFIGS: list[LayerConfig] = [
         (("N", "C", "S", "S"), ("C", "S", "S")),
         3,
     ),
+    _cfg(
+        "InstanceNorm3d",
+        nn.InstanceNorm3d,
+        lambda d: nn.InstanceNorm3d(3, affine=True, dtype=d),
+        "torch.nn.InstanceNorm3d(3, affine=True)",
+        (("N", "C", "S", "S", "S"), ("C", "S", "S", "S")),
+        3,
+    ),
     _cfg("LayerNorm", nn.LayerNorm, lambda d: nn.LayerNorm(4, dtype=d), "torch.nn.LayerNorm(4)", LINEAR, 4),
     _cfg("RMSNorm", nn.RMSNorm, lambda d: nn.RMSNorm(4, dtype=d), "torch.nn.RMSNorm(4)", LINEAR, 4),
     _cfg(
