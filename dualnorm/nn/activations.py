@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from dualnorm.errors import InputError
 from dualnorm.nn.module import Module
 
 
@@ -140,8 +141,13 @@ class Flatten(_FollowsInput):
 
     def forward(self, x: Any) -> Any:
         x = self._input(x)
+        if x.ndim < 2:  # torch: "Dimension out of range"
+            raise InputError(
+                f"Flatten expects input of shape (N, *) with at least 2 dimensions (it flattens all but "
+                f"the batch dimension); got shape {tuple(x.shape)}. Add a batch dimension first."
+            )
         self._save(shape=tuple(x.shape), dtype=x.dtype)
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: an empty batch has no size to infer
 
     def backward(self, grad_output: Any) -> Any:
         saved = self._saved_values()

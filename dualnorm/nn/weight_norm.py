@@ -72,8 +72,16 @@ class _ReparametrizedWeight(Module):
         raise NotImplementedError
 
     def forward(self, x: Any) -> Any:
-        getattr(self.module, self.name).data = self._effective_weight()
-        return self.module(x)
+        weight = getattr(self.module, self.name)
+        buffers, before = dict(self._buffers), weight.data
+        try:
+            weight.data = self._effective_weight()
+            return self.module(x)
+        except Exception:
+            # An input the wrapped layer refuses leaves everything as it was (spectral norm's u, v too).
+            self._buffers.update(buffers)
+            weight.data = before
+            raise
 
     def backward(self, grad_output: Any) -> Any:
         grad_input = self.module.backward(grad_output)

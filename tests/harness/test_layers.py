@@ -37,12 +37,6 @@ WATCHDOG_S = float(os.environ.get("DUALNORM_HARNESS_WATCHDOG", "300"))
 # fails today because of a layer or kernel bug. Remove an entry when its fix lands (strict xfail
 # fails the case once it passes). "needs torch": the case only fails with torch as the oracle.
 XFAIL: dict[tuple[str, str, str], tuple[str, bool]] = {
-    ("Flatten", "empty_batch", "*"): (
-        "empty batch: foreign reshape error; raises where torch returns",
-        False,
-    ),
-    ("Flatten", "wrong_ndim", "*"): ("no error where torch raises (wrong ndim)", True),
-    ("Flatten", "zero_d", "*"): ("0-d input: foreign IndexError", False),
     ("GroupNorm", "empty_spatial", "mlx"): (
         "empty spatial dim: weight gradient 0 where torch gives NaN",
         True,
@@ -65,10 +59,6 @@ XFAIL: dict[tuple[str, str, str], tuple[str, bool]] = {
         False,
     ),
     ("SELU", "nan", "*"): ("backward at a NaN input gives NaN where torch is finite", True),
-    ("SpectralNorm", "bool", "*"): ("state (u, v) changed by a failed forward", False),
-    ("SpectralNorm", "wrong_channels", "*"): ("state (u, v) changed by a failed forward", False),
-    ("SpectralNorm", "wrong_ndim", "*"): ("state (u, v) changed by a failed forward", False),
-    ("SpectralNorm", "zero_d", "*"): ("state (u, v) changed by a failed forward", False),
 }
 
 
