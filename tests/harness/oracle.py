@@ -54,6 +54,12 @@ TORCH_BUGS = {
     ("InstanceNorm3d", "empty_batch", "train"): "torch: IndexError from select() on an empty batch",
 }
 
+# Where dualnorm differs from torch on purpose (documented in the README): not compared.
+DOCUMENTED_DIFFERENCES = {
+    ("GroupNorm", "empty_spatial"): "an empty input gives zero parameter gradients; torch 2.13 gives NaN "
+    "(0/0) for GroupNorm over an empty spatial dim, and torch 2.14 raises",
+}
+
 
 @dataclass
 class Outcome:
@@ -303,6 +309,8 @@ def check_case(config: LayerConfig, backend: str, odd: OddInput) -> list[str]:
         if backend == "mlx" and odd.dtype == "float64" and config.id in ("Sigmoid", "SELU"):
             tol = 1e-6  # MLX evaluates exp in float32 precision even for float64 arrays (as the parity tests)
         if (config.id, odd.kind, label) in TORCH_BUGS and theirs.raised and not ours.raised:
+            continue
+        if (config.id, odd.kind) in DOCUMENTED_DIFFERENCES:
             continue
         problems.extend(compare(ours, theirs, exact, tol, label))
     return problems
