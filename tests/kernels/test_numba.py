@@ -301,3 +301,30 @@ def test_the_cli_prints_compile_notices(monkeypatch, capsys):
     assert cli.main(["run", "dying-relu", "--steps", "2", "--quiet", "--backend", "numpy"]) == 0
     kernels_numba._announce("dualnorm: compiling numba kernels (test)")
     assert "dualnorm: compiling numba kernels (test)" in capsys.readouterr().err
+
+
+# --- the NumPy kernels' small (N, C) path is the blocked path, bit for bit -----------------------
+
+
+@pytest.mark.parametrize("case", ["plain", "large-mean", "nan", "inf", "no-affine", "float64"])
+def test_small_batch_norm_path_is_bitwise_the_blocked_path(rng, monkeypatch, case):
+    B = NumPyBackend()
+    dt = np.float64 if case == "float64" else np.float32
+    x = rng.standard_normal((100, 7)).astype(dt)
+    if case == "large-mean":
+        x = (1e4 + x * 1e-2).astype(dt)
+    elif case == "nan":
+        x[3, 2] = np.nan
+    elif case == "inf":
+        x[5, 4] = np.inf
+    g = rng.standard_normal(x.shape).astype(dt)
+    w, b = (None, None) if case == "no-affine" else (np.linspace(0.5, 2, 7, dtype=dt), np.ones(7, dt))
+    runs = []
+    for small in (True, False):
+        if not small:
+            monkeypatch.setattr(kernels_numpy, "_small_2d", lambda x: False)
+        y, mean, var, ctx = kernels_numpy.batch_norm_train(B, x, w, b, 1e-5)
+        runs.append((y, mean, var, *kernels_numpy.batch_norm_train_backward(B, g, ctx, w)))
+    for got, want in zip(*runs, strict=True):
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == want.dtype
