@@ -144,6 +144,8 @@ class Module:
 
     def _input(self, x: Any) -> Any:
         """Convert the input to this module's backend and dtype, or raise a clear error."""
+        if self.backend.is_array(x) and x.dtype == self.dtype:  # the common case, as asarray would
+            return x
         return self.backend.asarray(x, self.dtype, what=f"{type(self).__name__} input")
 
     def _save(self, context: Any = None, /, **values: Any) -> None:
