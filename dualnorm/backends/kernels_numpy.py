@@ -184,7 +184,7 @@ def _can_fold(head: np.ndarray, inv_std: np.ndarray) -> bool:
     (relative error ~ 64 * 6e-8 in float32), so the subtraction can be folded into
     the affine constants. Data far from zero (1e4 + noise) keep the exact path.
     """
-    return bool(np.all(np.abs(head.astype(np.float64)) * inv_std <= FOLD_LIMIT))
+    return bool((np.abs(head.astype(np.float64)) * inv_std <= FOLD_LIMIT).all())
 
 
 def _chan_view(x3: np.ndarray) -> np.ndarray:
