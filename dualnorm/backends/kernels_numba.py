@@ -498,6 +498,70 @@ def _gn_backward(g, x, w, groups, mean, inv, nt, dx, dw, db):
                     dr[k] = a * gr[k] + b2 * (xr[k] - head) + k2
 
 
+def _bne_forward2(x, head, a, bb, nt, y):
+    """Eval-mode batch norm on (N, C): y = (x - head) * a + bb, constants from the running stats."""
+    n, c = x.shape
+    for t in prange(nt):
+        for i in range(n * t // nt, n * (t + 1) // nt):
+            xr = x[i]
+            yr = y[i]
+            for j in range(c):
+                yr[j] = (xr[j] - head[j]) * a[j] + bb[j]
+
+
+def _bne_forward3(x, head, a, bb, nt, y):
+    n, c, s = x.shape
+    units = n * c
+    for t in prange(nt):
+        for u in range(units * t // nt, units * (t + 1) // nt):
+            j = u % c
+            xr = x[u // c, j]
+            yr = y[u // c, j]
+            h, aj, bj = head[j], a[j], bb[j]
+            for k in range(s):
+                yr[k] = (xr[k] - h) * aj + bj
+
+
+def _bne_backward2(g, x, head, ga, nt, dx, sg, sgx):
+    """dx = g * ga in the same pass as the per-thread sums of g and g * (x - head)."""
+    n, c = x.shape
+    for t in prange(nt):
+        a1 = sg[t]
+        a2 = sgx[t]
+        for i in range(n * t // nt, n * (t + 1) // nt):
+            xr = x[i]
+            gr = g[i]
+            dr = dx[i]
+            for j in range(c):
+                gv = gr[j]
+                dr[j] = gv * ga[j]
+                a1[j] += np.float64(gv)
+                a2[j] += np.float64(gv) * np.float64(xr[j] - head[j])
+
+
+def _bne_backward3(g, x, head, ga, nt, dx, sg, sgx):
+    n, c, s = x.shape
+    units = n * c
+    for t in prange(nt):
+        a1 = sg[t]
+        a2 = sgx[t]
+        for u in range(units * t // nt, units * (t + 1) // nt):
+            j = u % c
+            xr = x[u // c, j]
+            gr = g[u // c, j]
+            dr = dx[u // c, j]
+            h, gj = head[j], ga[j]
+            p = 0.0
+            q = 0.0
+            for k in range(s):
+                gv = gr[k]
+                dr[k] = gv * gj
+                p += np.float64(gv)
+                q += np.float64(gv) * np.float64(xr[k] - h)
+            a1[j] += p
+            a2[j] += q
+
+
 _SOURCES: dict[str, tuple[Callable[..., Any], bool]] = {
     "bn_forward2": (_bn_forward2, True),
     "bn_forward3": (_bn_forward3, True),
@@ -507,6 +571,10 @@ _SOURCES: dict[str, tuple[Callable[..., Any], bool]] = {
     "ln_backward": (_ln_backward, True),
     "gn_forward": (_gn_forward, True),
     "gn_backward": (_gn_backward, True),
+    "bne_forward2": (_bne_forward2, False),
+    "bne_forward3": (_bne_forward3, False),
+    "bne_backward2": (_bne_backward2, True),
+    "bne_backward3": (_bne_backward3, True),
 }
 
 
@@ -702,9 +770,65 @@ def rms_norm_backward(
     return dx2.reshape(shape), dw.astype(dt).reshape(trailing)
 
 
+def batch_norm_eval(
+    B: Backend,
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    eps: float,
+) -> tuple[np.ndarray, Any]:
+    if not _use(x):
+        from dualnorm.nn.functional import batch_norm_eval as reference
+
+        return reference.reference(B, x, weight, bias, running_mean, running_var, eps)
+    n, c = x.shape[0], x.shape[1]
+    dt = x.dtype
+    x3 = np.ascontiguousarray(x).reshape(n, c, -1)
+    if c == 1:  # one channel: one contiguous run
+        x3 = x3.reshape(1, 1, -1)
+    xv, nd = _bn_view(x3)
+    nt = _threads(_units(xv), x3.size)
+    # Constants in float64; x - head is exact near the mean, the tail folds into the shift.
+    mean = np.asarray(running_mean, dtype=np.float64).reshape(c)
+    inv = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64).reshape(c) + eps)
+    head = mean.astype(dt)
+    tail = mean - head
+    a = inv * (1.0 if weight is None else np.asarray(weight, dtype=np.float64).reshape(c))
+    bb = (0.0 if bias is None else np.asarray(bias, dtype=np.float64).reshape(c)) - tail * a
+    y = np.empty_like(xv)
+    _run(_pick("bne_forward" + nd, nt), xv, head, a.astype(dt), bb.astype(dt), nt, y)
+    return y.reshape(x.shape), (_TAG, xv, nd, inv, tail, head, x.shape)
+
+
+def batch_norm_eval_backward(
+    B: Backend, grad_y: np.ndarray, ctx: Any, weight: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if ctx[0] is not _TAG:
+        from dualnorm.nn.functional import batch_norm_eval_backward as reference
+
+        return reference.reference(B, grad_y, ctx, weight)
+    _, xv, nd, inv, tail, head, shape = ctx
+    dt = xv.dtype
+    c = inv.shape[0]
+    g = np.ascontiguousarray(grad_y, dtype=dt).reshape(xv.shape)
+    nt = _threads(_units(xv), xv.size)
+    ga = inv * (1.0 if weight is None else np.asarray(weight, dtype=np.float64).reshape(c))
+    dx = np.empty_like(xv)
+    sg = np.zeros((nt, c))
+    sgx = np.zeros((nt, c))
+    _run(_pick("bne_backward" + nd, nt), g, xv, head, ga.astype(dt), nt, dx, sg, sgx)
+    sum_g = sg.sum(axis=0)
+    grad_w = inv * (sgx.sum(axis=0) - tail * sum_g)  # sum of g * x_hat
+    return dx.reshape(shape), grad_w.astype(dt), sum_g.astype(dt)
+
+
 KERNELS = {
     "batch_norm_train": batch_norm_train,
     "batch_norm_train_backward": batch_norm_train_backward,
+    "batch_norm_eval": batch_norm_eval,
+    "batch_norm_eval_backward": batch_norm_eval_backward,
     "layer_norm": layer_norm,
     "layer_norm_backward": layer_norm_backward,
     "group_norm": group_norm,

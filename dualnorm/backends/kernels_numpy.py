@@ -184,7 +184,7 @@ def _can_fold(head: np.ndarray, inv_std: np.ndarray) -> bool:
     (relative error ~ 64 * 6e-8 in float32), so the subtraction can be folded into
     the affine constants. Data far from zero (1e4 + noise) keep the exact path.
     """
-    return bool(np.all(np.abs(head.astype(np.float64)) * inv_std <= FOLD_LIMIT))
+    return bool((np.abs(head.astype(np.float64)) * inv_std <= FOLD_LIMIT).all())
 
 
 def _chan_view(x3: np.ndarray) -> np.ndarray:
@@ -226,9 +226,56 @@ def _bn_stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, m2 / count
 
 
+def _small_2d(x: np.ndarray) -> bool:
+    """(N, C) input that is one block on one thread: the small path below (the demos' layers)."""
+    return x.ndim == 2 and x.shape[0] <= _bn_block(x.shape[0], x.shape[1], 1) and x.size < PARALLEL_MIN
+
+
+def _bn_train_small(
+    x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, eps: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+    """:func:`batch_norm_train` on one (N, C) block: the same operations in the same order
+    (bit for bit the same results), without the blocking and threading machinery, whose
+    Python overhead dominates at (100, 100)."""
+    x2 = np.ascontiguousarray(x)
+    n, c = x2.shape
+    dt = x2.dtype
+    nb = float(n)
+    ones_k = _ones(n, dt)
+    m0 = ((ones_k @ x2).astype(np.float64) / nb).astype(dt)
+    d = _scratch(x2.size, dt).reshape(n, c)
+    np.subtract(x2, m0, out=d)
+    sd = (ones_k @ d).astype(np.float64)
+    bmean = m0 + sd / nb
+    bm2 = np.maximum(np.einsum("ij,ij->j", d, d).astype(np.float64) - sd * sd / nb, 0.0)
+    count, mean, m2 = chan_merge((0.0, np.zeros(c), np.zeros(c)), (nb, bmean, bm2))
+    var = m2 / count
+    if np.isnan(mean).any():
+        plain = x2.sum(axis=0, dtype=np.float64) / n
+        mean = np.where(np.isnan(mean), plain, mean)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    head, tail = _split_mean(mean, dt)
+    a = inv_std if weight is None else inv_std * weight.astype(np.float64)
+    b = -tail * a if bias is None else bias.astype(np.float64) - tail * a
+    fold = _can_fold(head, inv_std)
+    if fold:
+        b = b - head.astype(np.float64) * a
+    y = np.empty_like(x2)
+    if fold:
+        np.multiply(x2, a.astype(dt), out=y)
+    else:
+        np.subtract(x2, head, out=y)
+        np.multiply(y, a.astype(dt), out=y)
+    np.add(y, b.astype(dt), out=y)
+    ctx = (x2.reshape(n, c, 1), head, tail, inv_std, x.shape)
+    return y, mean.astype(dt), var.astype(dt), ctx
+
+
 def batch_norm_train(
     B: Backend, x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, eps: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+    if _small_2d(x):
+        return _bn_train_small(x, weight, bias, eps)
     x3 = _bn_view(x)
     n, c, s = x3.shape
     dt = x3.dtype
@@ -271,6 +318,8 @@ def batch_norm_train_backward(
     x3, head, tail, inv_std, shape = ctx
     n, c, s = x3.shape
     dt = x3.dtype
+    if len(shape) == 2 and _small_2d(x3.reshape(n, c)):
+        return _bn_train_backward_small(grad_y, x3.reshape(n, c), head, tail, inv_std, weight)
     g3 = np.ascontiguousarray(grad_y, dtype=dt).reshape(n, c, s)
     step = _bn_block(n, c, s)
     fold = _can_fold(head, inv_std)
@@ -327,6 +376,53 @@ def batch_norm_train_backward(
     _parallel(apply, n, x3.size)
     grad_w = (inv_std * sum_gc).astype(dt)
     return dx3.reshape(shape), grad_w, sum_g.astype(dt)
+
+
+def _bn_train_backward_small(
+    grad_y: np.ndarray,
+    x2: np.ndarray,
+    head: np.ndarray,
+    tail: np.ndarray,
+    inv_std: np.ndarray,
+    weight: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`batch_norm_train_backward` on one (N, C) block, operation for operation."""
+    n, c = x2.shape
+    dt = x2.dtype
+    g2 = np.ascontiguousarray(grad_y, dtype=dt).reshape(n, c)
+    fold = _can_fold(head, inv_std)
+    sg, sgt = np.zeros(c), np.zeros(c)
+    sg += (_ones(n, dt) @ g2).astype(np.float64)
+    if fold:
+        sgt += np.einsum("ij,ij->j", g2, x2).astype(np.float64)
+    else:
+        t = _scratch(g2.size, dt).reshape(n, c)
+        np.subtract(x2, head, out=t)
+        sgt += np.einsum("ij,ij->j", g2, t).astype(np.float64)
+    sum_g = sum((sg,))
+    sum_gt = sum((sgt,))
+    m = float(n)
+    shift = head.astype(np.float64) + tail if fold else tail
+    sum_gc = sum_gt - shift * sum_g
+    w = np.ones(c) if weight is None else weight.astype(np.float64)
+    a = w * inv_std
+    mean_gxhat = inv_std * sum_gc / m
+    bc = -a * inv_std * mean_gxhat
+    k = -a * (sum_g / m) - bc * tail
+    if fold:
+        k = k - bc * head.astype(np.float64)
+    dx = np.empty_like(x2)
+    t = _scratch(dx.size, dt).reshape(n, c)
+    if fold:
+        np.multiply(x2, bc.astype(dt), out=t)
+    else:
+        np.subtract(x2, head.astype(dt), out=t)
+        np.multiply(t, bc.astype(dt), out=t)
+    np.multiply(g2, a.astype(dt), out=dx)
+    np.add(dx, t, out=dx)
+    np.add(dx, k.astype(dt), out=dx)
+    grad_w = (inv_std * sum_gc).astype(dt)
+    return dx, grad_w, sum_g.astype(dt)
 
 
 # --- row norms: statistics per row of a (rows, D) view (layer norm, group norm) -----------

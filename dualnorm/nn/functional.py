@@ -235,6 +235,7 @@ def batch_norm_train_backward(B: Backend, grad_y: Any, ctx: Any, weight: Any | N
     return normalize_backward(B, grad_xhat, x_hat, inv_std, batch_axes(x_hat.ndim)), grad_w, grad_b
 
 
+@overridable
 def batch_norm_eval(
     B: Backend, x: Any, weight: Any | None, bias: Any | None, running_mean: Any, running_var: Any, eps: float
 ) -> tuple[Any, Any]:
@@ -250,6 +251,7 @@ def normalize_with(B: Backend, x: Any, mean: Any, var: Any, eps: float) -> tuple
     return (x - mean.reshape(shape)) * inv_std, inv_std
 
 
+@overridable
 def batch_norm_eval_backward(B: Backend, grad_y: Any, ctx: Any, weight: Any | None) -> tuple[Any, Any, Any]:
     """Backward of :func:`batch_norm_eval` (the statistics are constants): (dL/dx, dL/dweight, dL/dbias)."""
     x_hat, inv_std = ctx

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from dualnorm._rng import get_rng
 from dualnorm.nn._checks import check_ndim, check_positive_int, check_size
 from dualnorm.nn.module import Module, Parameter
@@ -48,7 +50,11 @@ class Linear(Module):
         check_size(self, x, -1, self.in_features, "input features")
         self._save(x=x)
         y = x @ self.weight.data.T
-        return y if self.bias is None else y + self.bias.data
+        if self.bias is None:
+            return y
+        if isinstance(y, np.ndarray):  # y is new: add the bias in place (same sums, no new array)
+            return np.add(y, self.bias.data, out=y)
+        return y + self.bias.data
 
     def backward(self, grad_output: Any) -> Any:
         x = self._saved_values()["x"]
@@ -57,7 +63,7 @@ class Linear(Module):
         flat_x = x.reshape(-1, self.in_features)
         self._accumulate(self.weight, flat_g.T @ flat_x)
         if self.bias is not None:
-            self._accumulate(self.bias, self.xp.sum(flat_g, axis=0))
+            self._accumulate(self.bias, flat_g.sum(axis=0))
         return grad @ self.weight.data
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -72,7 +72,7 @@ def _guard_backward(fn: Any) -> Any:
         finally:
             object.__setattr__(self, "_in_backward", False)
         if self.__dict__.get("_saved") is not None:
-            self._saved_spent = True  # until the next forward saves anew
+            self.__dict__["_saved_spent"] = True  # until the next forward saves anew
         return grad_input
 
     backward._guarded = True  # type: ignore[attr-defined]
@@ -144,12 +144,17 @@ class Module:
 
     def _input(self, x: Any) -> Any:
         """Convert the input to this module's backend and dtype, or raise a clear error."""
+        if self.backend.is_array(x) and x.dtype == self.dtype:  # the common case, as asarray would
+            return x
         return self.backend.asarray(x, self.dtype, what=f"{type(self).__name__} input")
 
     def _save(self, context: Any = None, /, **values: Any) -> None:
         """Keep what backward needs: one typed context (a NamedTuple), or named values (a dict)."""
-        self._saved = values if context is None else context
-        self._saved_spent = False
+        # Straight into __dict__: these are never parameters, buffers or modules, and
+        # __setattr__'s checks cost more than the rest of a small layer's bookkeeping.
+        d = self.__dict__
+        d["_saved"] = values if context is None else context
+        d["_saved_spent"] = False
 
     def _saved_values(self) -> Any:
         if self._saved is None:

@@ -31,6 +31,14 @@ def _bn(B, table, x, w, b, g):
     return [_np(B, a) for a in (y, mean, var, dx, dw, db)]
 
 
+def _bne(B, table, x, w, b, g, rm, rv):
+    xa, wa = B.asarray(x), None if w is None else B.asarray(w)
+    ba = None if b is None else B.asarray(b)
+    y, ctx = _call(B, table, "batch_norm_eval", xa, wa, ba, B.asarray(rm), B.asarray(rv), 1e-5)
+    dx, dw, db = _call(B, table, "batch_norm_eval_backward", B.asarray(g), ctx, wa)
+    return [_np(B, a) for a in (y, dx, dw, db)]
+
+
 def _ln(B, table, x, w, b, g, axes):
     wa, ba = None if w is None else B.asarray(w), None if b is None else B.asarray(b)
     y, ctx = _call(B, table, "layer_norm", B.asarray(x), wa, ba, axes, 1e-5)
@@ -89,6 +97,21 @@ def test_nan_stays_in_its_channel_batch_norm(backend, rng):
         assert np.isfinite(mean[[0, 2]]).all() and np.isfinite(dw[[0, 2]]).all()
 
 
+def test_nan_stays_in_its_element_batch_norm_eval(backend, rng):
+    """Running statistics: a NaN input spoils its own output, and only its channel's dweight."""
+    B = dualnorm.get_backend()
+    rm, rv = np.array([0.5, -1.0, 2.0], np.float32), np.array([1.0, 4.0, 0.25], np.float32)
+    for shape in [(8, 3), (4, 3, 5)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        x[2, 1] = np.nan
+        g = rng.standard_normal(shape).astype(np.float32)
+        y, dx, dw, db = _bne(B, B.kernels, x, np.ones(3, np.float32), np.zeros(3, np.float32), g, rm, rv)
+        nan = np.isnan(x)
+        assert (np.isnan(y) == nan).all(), shape
+        assert np.isfinite(dx).all() and np.isfinite(db).all(), shape
+        assert np.isnan(dw[1]) and np.isfinite(dw[[0, 2]]).all(), shape
+
+
 def test_nan_stays_in_its_row_layer_and_rms_norm(backend, rng):
     B = dualnorm.get_backend()
     x = rng.standard_normal((4, 6)).astype(np.float32)
@@ -129,6 +152,10 @@ def test_non_contiguous_inputs_match_reference(backend, rng):
         dense, gd = np.ascontiguousarray(view), np.ascontiguousarray(gv)
         for a, e in zip(_bn(B, B.kernels, view, w, b, gv), _bn(B, {}, dense, w, b, gd), strict=True):
             _close(a, e, "batch norm")
+        rm, rv = np.linspace(1.0, 3.0, c, dtype=np.float32), np.linspace(0.5, 2.0, c, dtype=np.float32)
+        got, want = _bne(B, B.kernels, view, w, b, gv, rm, rv), _bne(B, {}, dense, w, b, gd, rm, rv)
+        for a, e in zip(got, want, strict=True):
+            _close(a, e, "batch norm eval")
         d = view.shape[-1]
         wd, bd = np.full(d, 1.5, np.float32), np.full(d, 0.5, np.float32)
         for a, e in zip(
@@ -178,6 +205,9 @@ def test_small_arrays_take_the_numpy_kernels(backend, rng, kernel_table, monkeyp
         _close(a, e, "batch norm")
     for a, e in zip(_ln(B, B.kernels, x, w, b, g, (1,)), _ln(B, {}, x, w, b, g, (1,)), strict=True):
         _close(a, e, "layer norm")
+    rm, rv = np.full(5, 3.0, np.float32), np.full(5, 2.0, np.float32)
+    for a, e in zip(_bne(B, B.kernels, x, w, b, g, rm, rv), _bne(B, {}, x, w, b, g, rm, rv), strict=True):
+        _close(a, e, "batch norm eval")
     for a, e in zip(_gn(B, B.kernels, x, 5, w, b, g), _gn(B, {}, x, 5, w, b, g), strict=True):
         _close(a, e, "group norm")
     for a, e in zip(_rms(B, B.kernels, x, w, g, (1,)), _rms(B, {}, x, w, g, (1,)), strict=True):
@@ -271,3 +301,30 @@ def test_the_cli_prints_compile_notices(monkeypatch, capsys):
     assert cli.main(["run", "dying-relu", "--steps", "2", "--quiet", "--backend", "numpy"]) == 0
     kernels_numba._announce("dualnorm: compiling numba kernels (test)")
     assert "dualnorm: compiling numba kernels (test)" in capsys.readouterr().err
+
+
+# --- the NumPy kernels' small (N, C) path is the blocked path, bit for bit -----------------------
+
+
+@pytest.mark.parametrize("case", ["plain", "large-mean", "nan", "inf", "no-affine", "float64"])
+def test_small_batch_norm_path_is_bitwise_the_blocked_path(rng, monkeypatch, case):
+    B = NumPyBackend()
+    dt = np.float64 if case == "float64" else np.float32
+    x = rng.standard_normal((100, 7)).astype(dt)
+    if case == "large-mean":
+        x = (1e4 + x * 1e-2).astype(dt)
+    elif case == "nan":
+        x[3, 2] = np.nan
+    elif case == "inf":
+        x[5, 4] = np.inf
+    g = rng.standard_normal(x.shape).astype(dt)
+    w, b = (None, None) if case == "no-affine" else (np.linspace(0.5, 2, 7, dtype=dt), np.ones(7, dt))
+    runs = []
+    for small in (True, False):
+        if not small:
+            monkeypatch.setattr(kernels_numpy, "_small_2d", lambda x: False)
+        y, mean, var, ctx = kernels_numpy.batch_norm_train(B, x, w, b, 1e-5)
+        runs.append((y, mean, var, *kernels_numpy.batch_norm_train_backward(B, g, ctx, w)))
+    for got, want in zip(*runs, strict=True):
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == want.dtype

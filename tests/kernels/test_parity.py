@@ -20,6 +20,8 @@ RTOL, ATOL = 2e-4, 2e-4
 COVERED = {
     "batch_norm_train",
     "batch_norm_train_backward",
+    "batch_norm_eval",
+    "batch_norm_eval_backward",
     "layer_norm",
     "layer_norm_backward",
     "group_norm",
@@ -82,6 +84,39 @@ def test_batch_norm_matches_reference(backend, rng, shape, affine):
         if e is None:
             assert a is None, name
             continue
+        _close(a, e, f"{name} {shape}")
+
+
+def _bne_both(B, x, w, b, rm, rv, g, eps=1e-5):
+    """Eval mode (running statistics): kernel and reference, (y, dx, dweight, dbias) each."""
+    results = []
+    for fwd, bwd in (
+        (B.kernels["batch_norm_eval"], B.kernels["batch_norm_eval_backward"]),
+        (F.batch_norm_eval.reference, F.batch_norm_eval_backward.reference),
+    ):
+        wa = None if w is None else B.asarray(w)
+        ba = None if b is None else B.asarray(b)
+        y, ctx = fwd(B, B.asarray(x), wa, ba, B.asarray(rm), B.asarray(rv), eps)
+        dx, dw, db = bwd(B, B.asarray(g), ctx, wa)
+        results.append([_np(B, a) for a in (y, dx, dw, db)])
+    return results
+
+
+def _running(rng, c, offset=2.0):
+    return (rng.standard_normal(c) + offset).astype(np.float32), (rng.random(c) * 8 + 0.5).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", BN_SHAPES)
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_eval_matches_reference(backend, rng, shape, affine):
+    B = dualnorm.get_backend()
+    _kernel_or_skip(B, "batch_norm_eval")
+    x = (rng.standard_normal(shape) * 3 + 2).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    w, b = _params(rng, (shape[1],), affine)
+    rm, rv = _running(rng, shape[1])
+    got, want = _bne_both(B, x, w, b, rm, rv, g)
+    for name, a, e in zip(("y", "dx", "dweight", "dbias"), got, want, strict=True):
         _close(a, e, f"{name} {shape}")
 
 
@@ -206,6 +241,19 @@ def test_batch_norm_large_mean_is_stable(backend, rng, shape):
     np.testing.assert_allclose(_np(B, var), x.astype(np.float64).var(axis=axes), rtol=1e-2)
 
 
+@pytest.mark.parametrize("shape", [(256, 4), (32, 3, 8, 8)])
+def test_batch_norm_eval_large_mean_is_stable(backend, rng, shape):
+    B = dualnorm.get_backend()
+    x = _large_mean(rng, shape)
+    axes = F.batch_axes(x.ndim)
+    x64 = x.astype(np.float64)
+    rm, rv = x64.mean(axis=axes).astype(np.float32), x64.var(axis=axes).astype(np.float32)
+    y, _ = F.batch_norm_eval(B, B.asarray(x), None, None, B.asarray(rm), B.asarray(rv), 0.0)
+    cs = F.channel_shape(x.ndim, x.shape[1])
+    want = (x64 - rm.astype(np.float64).reshape(cs)) / np.sqrt(rv.astype(np.float64).reshape(cs))
+    np.testing.assert_allclose(_np(B, y), want, atol=1e-2)
+
+
 @pytest.mark.parametrize("shape", [(16, 512), (4, 3, 1000)])
 def test_layer_norm_large_mean_is_stable(backend, rng, shape):
     B = dualnorm.get_backend()
@@ -283,6 +331,8 @@ def test_long_rows_match_float64(backend, rng, name):
         (lambda: dualnorm.nn.BatchNorm1d(6), (32, 6)),
         (lambda: dualnorm.nn.BatchNorm1d(3), (16, 3, 10)),
         (lambda: dualnorm.nn.BatchNorm2d(4), (8, 4, 6, 6)),
+        (lambda: dualnorm.nn.BatchNorm2d(4).eval(), (8, 4, 6, 6)),
+        (lambda: dualnorm.nn.BatchNorm1d(6).eval(), (32, 6)),
         (lambda: dualnorm.nn.LayerNorm((5, 6)), (7, 5, 6)),
         (lambda: dualnorm.nn.GroupNorm(2, 4), (3, 4, 5, 5)),
     ],
