@@ -93,6 +93,7 @@ def test_a_kernel_compile_notice_reaches_the_runner():
     buffer = RecordBuffer()
     runner = TrainingRunner(Compiling("compiling", "relu", steps=3), RunConfig(), buffer)
     runner.start()
-    assert runner.finished.wait(10)
+    assert runner.finished.wait(30)
     assert runner.notices == ["dualnorm: compiling numba kernels (test)"]
-    assert kernels_numba._listeners == listeners  # the run's listener is gone with the run
+    # the run's listener is gone with the run (others' runs may add or drop theirs meanwhile)
+    assert not [cb for cb in kernels_numba._listeners if all(cb is not old for old in listeners)]
