@@ -306,6 +306,8 @@ def test_the_cli_prints_compile_notices(monkeypatch, capsys):
 # --- the NumPy kernels' small (N, C) path is the blocked path, bit for bit -----------------------
 
 
+# The kernels are called directly here, below the layer call that silences float warnings (inf - inf).
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("case", ["plain", "large-mean", "nan", "inf", "no-affine", "float64"])
 def test_small_batch_norm_path_is_bitwise_the_blocked_path(rng, monkeypatch, case):
     B = NumPyBackend()
