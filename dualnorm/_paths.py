@@ -11,12 +11,26 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from dualnorm.errors import OutputPathError
 
 
 def _why(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _as_path(path: Any, what: str, wanted: str) -> Path:
+    """``path`` as a Path (``~`` expanded), or OutputPathError for a non-path or an empty one."""
+    try:
+        raw = os.fspath(path)
+    except TypeError:
+        raise OutputPathError(repr(path), what, "a path must be a string or os.PathLike") from None
+    if isinstance(raw, bytes):
+        raw = os.fsdecode(raw)
+    if not raw.strip():
+        raise OutputPathError(repr(raw), what, f"the path is empty; give {wanted}")
+    return Path(raw).expanduser()
 
 
 def check_output_path(
@@ -41,15 +55,7 @@ def check_output_path(
     is the only check that holds on read-only mounts, pseudo file systems such as /proc
     and for root, for whom ``os.access`` says yes to everything.
     """
-    try:
-        raw = os.fspath(path)
-    except TypeError:
-        raise OutputPathError(repr(path), what, "a path must be a string or os.PathLike") from None
-    if isinstance(raw, bytes):
-        raw = os.fsdecode(raw)
-    if not raw.strip():
-        raise OutputPathError(repr(raw), what, "the path is empty; give a file name")
-    target = Path(raw).expanduser()
+    target = _as_path(path, what, "a file name")
     shown = str(target)
     if target.is_dir():
         raise OutputPathError(shown, what, "the path is a directory; give a file name inside it")
@@ -81,15 +87,7 @@ def check_output_path(
 
 def check_output_dir(path: str | os.PathLike[str], what: str = "output directory") -> Path:
     """Create ``path`` (and its parents) if needed and prove it writable; else raise OutputPathError."""
-    try:
-        raw = os.fspath(path)
-    except TypeError:
-        raise OutputPathError(repr(path), what, "a path must be a string or os.PathLike") from None
-    if isinstance(raw, bytes):
-        raw = os.fsdecode(raw)
-    if not raw.strip():
-        raise OutputPathError(repr(raw), what, "the path is empty; give a directory name")
-    directory = Path(raw).expanduser()
+    directory = _as_path(path, what, "a directory name")
     shown = str(directory)
     if directory.exists() and not directory.is_dir():
         raise OutputPathError(shown, what, "expected a directory, found a file; give a directory path")

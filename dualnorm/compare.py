@@ -40,9 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from dualnorm.errors import InputError
+from dualnorm.records import LAYER_STATS as RECORD_LAYER_STATS
 from dualnorm.records import StepRecord, json_safe
 
-#: the per-layer statistics compared (fields of :class:`dualnorm.records.LayerStats`)
+#: the per-layer statistics compared (every numeric field of :class:`dualnorm.records.LayerStats`)
+LAYER_STATS = RECORD_LAYER_STATS
 LAYER_STATS = (
     "act_mean",
     "act_std",

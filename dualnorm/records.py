@@ -123,6 +123,13 @@ def json_safe(value: Any) -> Any:
 
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(StepRecord))
 
+#: the per-layer statistics, in LayerStats order: the four activation summaries, then the optional ones
+LAYER_STATS = tuple(
+    f.name
+    for f in dataclasses.fields(LayerStats)
+    if f.name not in ("name", "kind", "hist_counts", "hist_edges")
+)
+
 # Fields that hold text: a variant or layer called "inf" stays a string.
 _TEXT_FIELDS = frozenset({"experiment", "variant", "backend", "device", "status", "message", "name", "kind"})
 
@@ -164,20 +171,7 @@ _LAYER_SPEC: dict[str, tuple[str, bool]] = {
     "act_max": ("num", True),
     "hist_counts": ("ints", False),
     "hist_edges": ("nums", False),
-    **{
-        name: ("num?", False)
-        for name in (
-            "saturated_frac",
-            "dead_frac",
-            "grad_norm",
-            "param_grad_norm",
-            "weight_norm",
-            "gamma_mean",
-            "beta_mean",
-            "running_mean_mean",
-            "running_var_mean",
-        )
-    },
+    **{name: ("num?", False) for name in LAYER_STATS[4:]},
 }
 # A field added to a dataclass must be added to its spec too, or records would lose it on reading.
 if set(_RECORD_SPEC) != set(_RECORD_FIELDS) - {"layers"} or set(_LAYER_SPEC) != {

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dualnorm.records import LAYER_STATS
+
 RECORD_COLUMNS = (
     "experiment",
     "variant",
@@ -30,23 +32,7 @@ RECORD_COLUMNS = (
     "elapsed_s",
     "message",
 )
-LAYER_COLUMNS = (
-    "name",
-    "kind",
-    "act_mean",
-    "act_std",
-    "act_min",
-    "act_max",
-    "saturated_frac",
-    "dead_frac",
-    "grad_norm",
-    "param_grad_norm",
-    "weight_norm",
-    "gamma_mean",
-    "beta_mean",
-    "running_mean_mean",
-    "running_var_mean",
-)
+LAYER_COLUMNS = ("name", "kind", *LAYER_STATS)
 
 
 def default_export_dir(experiment: str, base: str | os.PathLike[str] = "dualnorm-runs") -> Path:
