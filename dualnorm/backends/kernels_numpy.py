@@ -231,6 +231,25 @@ def _small_2d(x: np.ndarray) -> bool:
     return x.ndim == 2 and x.shape[0] <= _bn_block(x.shape[0], x.shape[1], 1) and x.size < PARALLEL_MIN
 
 
+def _bn_constants(
+    mean: np.ndarray, var: np.ndarray, weight: Any, bias: Any, eps: float, dt: np.dtype
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Per-channel float64 constants of the batch-norm forward: (inv_std, head, tail, a, b, fold).
+
+    y = (x - head - tail) * inv_std * w + beta = (x - head) * a + b, with b = beta - tail * a;
+    when ``fold``, y = x * a + b (b then also absorbs head * a): one operation fewer, exact
+    enough near zero.
+    """
+    inv_std = 1.0 / np.sqrt(var + eps)
+    head, tail = _split_mean(mean, dt)
+    a = inv_std if weight is None else inv_std * weight.astype(np.float64)
+    b = -tail * a if bias is None else bias.astype(np.float64) - tail * a
+    fold = _can_fold(head, inv_std)
+    if fold:
+        b = b - head.astype(np.float64) * a
+    return inv_std, head, tail, a, b, fold
+
+
 def _bn_train_small(
     x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, eps: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
@@ -253,13 +272,7 @@ def _bn_train_small(
     if np.isnan(mean).any():
         plain = x2.sum(axis=0, dtype=np.float64) / n
         mean = np.where(np.isnan(mean), plain, mean)
-    inv_std = 1.0 / np.sqrt(var + eps)
-    head, tail = _split_mean(mean, dt)
-    a = inv_std if weight is None else inv_std * weight.astype(np.float64)
-    b = -tail * a if bias is None else bias.astype(np.float64) - tail * a
-    fold = _can_fold(head, inv_std)
-    if fold:
-        b = b - head.astype(np.float64) * a
+    inv_std, head, tail, a, b, fold = _bn_constants(mean, var, weight, bias, eps, dt)
     y = np.empty_like(x2)
     if fold:
         np.multiply(x2, a.astype(dt), out=y)
@@ -283,14 +296,7 @@ def batch_norm_train(
     if np.isnan(mean).any():  # an inf in a channel: its mean is +-inf (as PyTorch), not NaN
         plain = x3.sum(axis=(0, 2), dtype=np.float64) / (n * s)
         mean = np.where(np.isnan(mean), plain, mean)
-    inv_std = 1.0 / np.sqrt(var + eps)
-    head, tail = _split_mean(mean, dt)
-    # y = (x - head - tail) * inv_std * w + b = (x - head) * a + (b - tail * a)
-    a = inv_std if weight is None else inv_std * weight.astype(np.float64)
-    b = -tail * a if bias is None else bias.astype(np.float64) - tail * a
-    fold = _can_fold(head, inv_std)
-    if fold:  # y = x * a + (b - mean * a): one operation fewer, exact enough near zero
-        b = b - head.astype(np.float64) * a
+    inv_std, head, tail, a, b, fold = _bn_constants(mean, var, weight, bias, eps, dt)
     xv, yv = _chan_view(x3), _chan_view(np.empty_like(x3))
     a32, b32, head_b = _chan_const(a, dt, s), _chan_const(b, dt, s), _chan_const(head, dt, s)
     y3 = yv.reshape(x3.shape)
