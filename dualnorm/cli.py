@@ -210,7 +210,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _error(problem)
     from dualnorm.backends.kernels_numba import add_compile_listener
 
-    add_compile_listener(lambda message: print(message, file=sys.stderr))  # a first run's compile pause
     try:
         records = exp.run(config)
     except (InputError, DatasetError, BackendError) as exc:
@@ -223,6 +222,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     complete = False
     status, failure = "failed", None
     summary: dict[str, dict[str, Any]] = {}
+    # a first run's compile pause gets one line; the listener goes with the run
+    stop_notices = add_compile_listener(lambda message: print(message, file=sys.stderr))
     try:
         _drive(exp, config, records, _Tee(writer, run_dir), summary, quiet=args.quiet)
         complete = True
@@ -235,6 +236,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         failure = str(exc)
         return _error(str(exc))
     finally:
+        stop_notices()
         run_dir.finish(status, failure)
         if writer is not None:
             where = writer.finish(complete)

@@ -301,20 +301,6 @@ def compare_records(streams: Mapping[str, Iterable[StepRecord]], tol: float) -> 
     return live.result()
 
 
-__all__ = [
-    "LAYER_STATS",
-    "BackendResult",
-    "ChildRun",
-    "CompareJob",
-    "Comparison",
-    "LiveComparison",
-    "VariantResult",
-    "compare_records",
-    "comparison_tables",
-    "rel_diff",
-]
-
-
 # --- showing it ------------------------------------------------------------------------------------
 
 
@@ -542,3 +528,17 @@ class CompareJob:
             if child.code not in (None, 0):
                 last = (child.stderr.strip().splitlines() or ["(no message)"])[-1]
                 result.error = f"exit {child.code}: {last}"
+
+
+__all__ = [
+    "LAYER_STATS",
+    "BackendResult",
+    "ChildRun",
+    "CompareJob",
+    "Comparison",
+    "LiveComparison",
+    "VariantResult",
+    "compare_records",
+    "comparison_tables",
+    "rel_diff",
+]

@@ -304,11 +304,7 @@ def drive(get_experiment: Any, config: Any, stop: Any, wait_turn: Any, emit: Any
 
 
 def _listen_for_compiles(callback: Any) -> Any:
-    """Forward the NumPy backend's "compiling kernels" notice, where numba is installed."""
-    import importlib.util
-
-    if importlib.util.find_spec("numba") is None:
-        return lambda: None
+    """Forward the NumPy backend's "compiling kernels" notice (never sent where numba is missing)."""
     from dualnorm.backends.kernels_numba import add_compile_listener
 
     return add_compile_listener(callback)

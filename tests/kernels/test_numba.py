@@ -298,9 +298,16 @@ def test_the_cli_prints_compile_notices(monkeypatch, capsys):
     from dualnorm import cli
 
     monkeypatch.setattr(kernels_numba, "_listeners", [])
+    drive = cli._drive
+
+    def compiling_drive(*args, **kwargs):  # a compile announced while the run trains
+        kernels_numba._announce("dualnorm: compiling numba kernels (test)")
+        return drive(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "_drive", compiling_drive)
     assert cli.main(["run", "dying-relu", "--steps", "2", "--quiet", "--backend", "numpy"]) == 0
-    kernels_numba._announce("dualnorm: compiling numba kernels (test)")
     assert "dualnorm: compiling numba kernels (test)" in capsys.readouterr().err
+    assert kernels_numba._listeners == []  # the run's listener went with the run
 
 
 # --- the NumPy kernels' small (N, C) path is the blocked path, bit for bit -----------------------
