@@ -50,6 +50,7 @@ class MSELoss(_Loss):
     """Mean squared error: ``mean((prediction - target)^2)`` over every element (as ``nn.MSELoss``)."""
 
     def forward(self, prediction: Any, target: Any) -> Any:  # type: ignore[override]
+        """The loss for ``prediction`` against ``target``: a 0-d array. Call the loss, ``loss_fn(prediction, target)``."""
         pred = self._array(prediction, "prediction")
         tgt = self._array(target, "target")
         if tuple(pred.shape) != tuple(tgt.shape):
@@ -63,6 +64,7 @@ class MSELoss(_Loss):
         return total / diff.size if self.reduction == "mean" else total
 
     def backward(self, grad_output: Any = 1.0) -> Any:
+        """dLoss/dPrediction for the last call, scaled by ``grad_output``; feed it to ``model.backward``."""
         diff = self._saved_values()["diff"]
         scale = 2.0 / diff.size if self.reduction == "mean" else 2.0
         if isinstance(grad_output, (int, float)):
@@ -79,6 +81,7 @@ class CrossEntropyLoss(_Loss):
     """
 
     def forward(self, prediction: Any, target: Any) -> Any:  # type: ignore[override]
+        """The loss for the logits ``prediction`` against ``target`` (class indices or probabilities): a 0-d array."""
         logits = self._array(prediction, "logits")
         if logits.ndim != 2:
             raise InputError(f"CrossEntropyLoss: logits must have shape (N, C), got {tuple(logits.shape)}")
@@ -109,6 +112,7 @@ class CrossEntropyLoss(_Loss):
         return target.astype(dtype)
 
     def backward(self, grad_output: Any = 1.0) -> Any:
+        """dLoss/dLogits for the last call, scaled by ``grad_output``; feed it to ``model.backward``."""
         saved = self._saved_values()
         log_probs, target = saved["log_probs"], saved["target"]
         n = log_probs.shape[0]
