@@ -36,7 +36,14 @@ def fence(text: str) -> str:
                     block.pop()
                 indent = min(len(b) - len(b.lstrip()) for b in block if b.strip())
                 stripped = line.rstrip()[:-2].rstrip()
-                out += [stripped + ":" if stripped else "", "", "```text", *(b[indent:] for b in block), "```", ""]
+                out += [
+                    stripped + ":" if stripped else "",
+                    "",
+                    "```text",
+                    *(b[indent:] for b in block),
+                    "```",
+                    "",
+                ]
                 i = j
                 continue
         out.append(line)

@@ -48,4 +48,6 @@ def test_no_test_marks_precede_a_block():
         for number, line in enumerate(lines, 1):
             if line.strip() == "<!-- no-test -->":
                 following = next((n.strip() for n in lines[number:] if n.strip()), "")
-                assert following.startswith("```"), f"{page.relative_to(ROOT)}:{number}: no fence after the mark"
+                assert following.startswith("```"), (
+                    f"{page.relative_to(ROOT)}:{number}: no fence after the mark"
+                )
