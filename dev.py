@@ -3,6 +3,7 @@
 
     python3 dev.py run     # the terminal UI, straight into the default demo (installs what it needs)
     python3 dev.py test    # the whole test suite on both backends (installs what it needs)
+    python3 dev.py docs    # serve the documentation site locally (mkdocs; `docs build --strict` builds it)
 
 Both create ``.venv`` next to this file on first use and reinstall only when
 ``pyproject.toml`` changes. Only the Python standard library is used here, so a
@@ -119,6 +120,11 @@ def main(argv: list[str]) -> int:
         # One pytest worker per core (pytest-xdist is in the dev extra) unless told otherwise.
         parallel = [] if any(a == "-n" or a.startswith("-n") for a in rest) else ["-n", "auto"]
         return run(PYTHON, "-m", "pytest", *parallel, *rest, check=False).returncode
+    if command == "docs":
+        ensure_venv("docs")
+        os.chdir(ROOT)  # mkdocs reads ./mkdocs.yml
+        os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")  # mkdocs-material's banner about its successor
+        return run(PYTHON, "-m", "mkdocs", *(rest or ["serve"]), check=False).returncode
     print(f"unknown command {command!r}; use 'run' or 'test' (see python3 dev.py --help)", file=sys.stderr)
     return 2
 
