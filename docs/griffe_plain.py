@@ -4,12 +4,17 @@ Fence them before mkdocstrings renders the docstring; the source files stay as t
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import griffe
 
 
+ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|exc):`~?([^`]+)`")
+
+
 def fence(text: str) -> str:
+    text = ROLE.sub(r"`\1`", text)  # Sphinx roles: plain code here
     lines = text.splitlines()
     out: list[str] = []
     i = 0
@@ -20,7 +25,7 @@ def fence(text: str) -> str:
             while i < len(lines) and lines[i].strip():
                 block.append(lines[i])
                 i += 1
-            out += ["```pycon", *block, "```"]
+            out += ["", "```pycon", *block, "```", ""]
             continue
         if line.rstrip().endswith("::") and not line.startswith(" ") and i + 1 < len(lines):
             # "text::" then a blank line then an indented block: a literal block
