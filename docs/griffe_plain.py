@@ -9,7 +9,6 @@ from typing import Any
 
 import griffe
 
-
 ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|exc):`~?([^`]+)`")
 
 
