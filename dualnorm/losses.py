@@ -47,7 +47,11 @@ class _Loss(Module):
 
 
 class MSELoss(_Loss):
-    """Mean squared error: ``mean((prediction - target)^2)`` over every element (as ``nn.MSELoss``)."""
+    """Mean squared error: ``mean((prediction - target)^2)`` over every element (as ``nn.MSELoss``).
+
+    Args:
+        reduction: "mean" (default) or "sum" over the elements.
+    """
 
     def forward(self, prediction: Any, target: Any) -> Any:  # type: ignore[override]
         """The loss for ``prediction`` against ``target``: a 0-d array. Call the loss, ``loss_fn(prediction, target)``."""
@@ -78,6 +82,9 @@ class CrossEntropyLoss(_Loss):
     ``target`` is either class indices of shape (N,) (integers) or class probabilities
     with the logits' shape (N, C). Uses a stable log-sum-exp, so huge logits do not
     overflow. ``backward`` returns ``(softmax(logits) - onehot) / N``.
+
+    Args:
+        reduction: "mean" (default) over the batch, or "sum".
     """
 
     def forward(self, prediction: Any, target: Any) -> Any:  # type: ignore[override]
