@@ -52,6 +52,20 @@ CASES = [
 IDS = [f"{expr}-{shape}" for expr, shape in CASES]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors: waking torch's thread pool costs more than the math."""
+    if not HAS_TORCH:
+        yield
+        return
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def _host(a):
     return np.asarray(dualnorm.to_numpy(a))
 
