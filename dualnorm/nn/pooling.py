@@ -86,7 +86,24 @@ class _Pool(_FollowsInput):
     def _geometry(
         self, x: Any, kernel: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool
     ) -> tuple[tuple[int, int], ...]:
-        """Checked (kernel, stride, padding, dilation, out_hw) as 2-d pairs; raises as PyTorch."""
+        """Checked (kernel, stride, padding, dilation, out_hw) as 2-d pairs; raises as PyTorch.
+
+        Remembered per input shape and arguments: on small inputs the checks cost as much as
+        the pooling. Only a geometry that passed is remembered, so a bad call raises every time.
+        """
+        key = (tuple(x.shape), repr((kernel, stride, padding, dilation, ceil_mode)))
+        cache = self.__dict__.setdefault("_geometry_cache", {})
+        found = cache.get(key)
+        if found is None:
+            found = self._check_geometry(x, kernel, stride, padding, dilation, ceil_mode)
+            if len(cache) >= 8:
+                cache.clear()
+            cache[key] = found
+        return found
+
+    def _check_geometry(
+        self, x: Any, kernel: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool
+    ) -> tuple[tuple[int, int], ...]:
         owner, dims, fn = self._owner(), self._dims, self._fn
         k = _ints(owner, "kernel_size", kernel, dims, fn)
         s = _ints(owner, "stride", stride, dims, fn)
