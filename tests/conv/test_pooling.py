@@ -426,3 +426,14 @@ def test_output_size_rule_is_torchs():
 def test_docstring_examples():
     result = doctest.testmod(pooling, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_changed_arguments_are_checked_again(backend):
+    pool = nn.MaxPool2d(2)
+    x = np.ones((1, 1, 4, 4), np.float32)
+    assert tuple(pool(x).shape) == (1, 1, 2, 2)
+    pool.padding = 2  # the remembered geometry was for padding=0
+    with pytest.raises(RuntimeInputError, match="MaxPool2d: pad should be at most half"):
+        pool(x)
+    pool.padding = 1
+    assert tuple(pool(x).shape) == (1, 1, 3, 3)
