@@ -256,9 +256,9 @@ def check_reference(experiment: str, variants: Sequence[str] | None = None) -> N
 
     exp = _experiment(experiment)
     config = RunConfig(backend="numpy", steps=1, variants=None if variants is None else tuple(variants))
-    task = _build_task(exp, config, exp.selected_variants(config)[0])
-    for _, module in task.model.named_children():
-        _layer_spec(module)
+    for variant in exp.selected_variants(config):
+        for _, module in _build_task(exp, config, variant).model.named_children():
+            _layer_spec(module)
 
 
 def run_reference(
@@ -286,12 +286,13 @@ def run_reference(
         variants=None if variants is None else tuple(variants),
     )  # fmt: skip
     exp.check_options(config)
+    check_reference(experiment, variants)  # every variant, before anything is written
     chosen = exp.selected_variants(config)
     n_steps, every = exp.steps(config), exp.record_every(config)
     writer: RunWriter | None = None
     for variant in chosen:
         task = _build_task(exp, config, variant)
-        specs = [_layer_spec(m) for _, m in task.model.named_children()]  # before anything is written
+        specs = [_layer_spec(m) for _, m in task.model.named_children()]
         if writer is None:
             writer = RunWriter(
                 out, name=f"{experiment}-{framework}", experiment=exp.name, variants=[],
