@@ -9,7 +9,8 @@ transfer per recording step carries everything:
   parameter gradients and of the weight; means of gamma, beta, running mean and running
   variance; ``num_batches_tracked``.
 
-NaN marks "not measured" (a fraction or squared norm is never NaN when measured).
+Which entries apply to a layer is known on the host (from the layer's kind and
+attributes) and passed along as ``present``; the device fills the others with NaN.
 The histogram follows :func:`dualnorm.training.layer_stats`: range [0, 1] after a Sigmoid,
 [-1, 1] after a Tanh, the data's [min, max] otherwise, values clipped into the end bins.
 """
@@ -30,17 +31,21 @@ SATURATION = {"Sigmoid": (0.01, 0.99), "Tanh": (-0.99, 0.99)}  # outside (low, h
 DEAD_KINDS = ("ReLU", "LeakyReLU")
 
 
-def _opt(value: float) -> float | None:
-    return None if math.isnan(value) else value
+def build_layer_stats(
+    name: str, kind: str, act: list[float] | None, par: list[float], present: frozenset[str]
+) -> LayerStats:
+    """A LayerStats from one layer's host vectors (``act`` None: no activation was captured).
 
-
-def _root(value: float) -> float | None:
-    return None if math.isnan(value) else math.sqrt(max(value, 0.0))
-
-
-def build_layer_stats(name: str, kind: str, act: list[float] | None, par: list[float]) -> LayerStats:
-    """A LayerStats from one layer's host vectors (``act`` None: no activation was captured)."""
+    ``present``: the :data:`PAR` entries measured for this layer (the rest are None).
+    """
     p = dict(zip(PAR, par, strict=True))
+
+    def _opt(key: str, values: dict[str, float] = p) -> float | None:
+        return values[key] if key in present else None
+
+    def _root(key: str) -> float | None:
+        return math.sqrt(max(p[key], 0.0)) if key in present else None
+
     if act is None:
         values = dict.fromkeys(ACT, math.nan)
         counts, edges = [], []
@@ -63,22 +68,26 @@ def build_layer_stats(name: str, kind: str, act: list[float] | None, par: list[f
         act_max=values["max"],
         hist_counts=counts,
         hist_edges=edges,
-        saturated_frac=_opt(values["saturated"]),
-        dead_frac=_opt(values["dead"]),
-        grad_norm=_root(p["grad_sq"]),
-        param_grad_norm=_root(p["param_grad_sq"]),
-        weight_norm=_root(p["weight_sq"]),
-        gamma_mean=_opt(p["gamma"]),
-        beta_mean=_opt(p["beta"]),
-        running_mean_mean=_opt(p["running_mean"]),
-        running_var_mean=_opt(p["running_var"]),
+        saturated_frac=values["saturated"] if act is not None and kind in SATURATION else None,
+        dead_frac=values["dead"] if act is not None and kind in DEAD_KINDS else None,
+        grad_norm=_root("grad_sq"),
+        param_grad_norm=_root("param_grad_sq"),
+        weight_norm=_root("weight_sq"),
+        gamma_mean=_opt("gamma"),
+        beta_mean=_opt("beta"),
+        running_mean_mean=_opt("running_mean"),
+        running_var_mean=_opt("running_var"),
     )
 
 
-def batches_tracked(names: list[str], pars: list[list[float]]) -> dict[str, int]:
+def batches_tracked(
+    names: list[str], pars: list[list[float]], present: list[frozenset[str]]
+) -> dict[str, int]:
     """``{layer: num_batches_tracked}`` for the layers that have the buffer."""
     i = PAR.index("batches")
-    return {name: int(par[i]) for name, par in zip(names, pars, strict=True) if not math.isnan(par[i])}
+    return {
+        name: int(par[i]) for name, par, has in zip(names, pars, present, strict=True) if "batches" in has
+    }
 
 
 def recorded_layers(named_modules: Any, has_children: Any, has_own_params: Any) -> list[tuple[str, Any]]:

@@ -130,7 +130,7 @@ class MLXWatcher(Watcher):
         counts = mx.zeros((bins,), dtype=mx.int32).at[index].add(1)
         return mx.stack([mean, std, mn, mxv, saturated, dead, lo, hi]), counts
 
-    def _param_summary(self, i: int, module: Any, grads: dict[str, list[Any]]) -> Any:
+    def _param_summary(self, i: int, module: Any, grads: dict[str, list[Any]]) -> tuple[Any, frozenset[str]]:
         mx = self.mx
         nan = mx.array(math.nan, dtype=mx.float32)
         arrays = _arrays(module, mx)
@@ -142,7 +142,8 @@ class MLXWatcher(Watcher):
             return nan if a is None else mx.mean(a.astype(mx.float32))
 
         values = dict.fromkeys(PAR, nan)
-        values["param_grad_sq"] = sq(grads.get(self.names[i], []))
+        if self.names[i] in grads:
+            values["param_grad_sq"] = sq(grads[self.names[i]])
         if "weight" in arrays:
             values["weight_sq"] = sq([arrays["weight"]])
         if type(module).__name__ in _NORM_NAMES:
@@ -150,7 +151,8 @@ class MLXWatcher(Watcher):
             values["beta"] = mean(arrays.get("bias"))
             values["running_mean"] = mean(arrays.get("running_mean"))
             values["running_var"] = mean(arrays.get("running_var"))
-        return mx.stack([values[k] for k in PAR])
+        present = frozenset(k for k, v in values.items() if v is not nan)  # absent entries: the nan itself
+        return mx.stack([values[k] for k in PAR]), present
 
     def _grads_by_layer(self, grads: Any) -> dict[str, list[Any]]:
         if grads is None:
@@ -173,8 +175,8 @@ class MLXWatcher(Watcher):
             None if out is None else self._activation_summary(out, kind)
             for out, kind in zip(self.outputs, (c.__name__ for c in self._classes), strict=True)
         ]
-        pars = [self._param_summary(i, m, by_layer) for i, (_, m) in enumerate(self.layers)]
-        floats = mx.concatenate([*(a[0] for a in acts if a is not None), *pars])
+        summaries = [self._param_summary(i, m, by_layer) for i, (_, m) in enumerate(self.layers)]
+        floats = mx.concatenate([*(a[0] for a in acts if a is not None), *(v for v, _ in summaries)])
         counts = [a[1] for a in acts if a is not None]
         counts_all = mx.concatenate(counts) if counts else mx.zeros((0,), dtype=mx.int32)
         mx.eval(floats, counts_all)  # the one evaluation, at the recording step only
@@ -193,6 +195,8 @@ class MLXWatcher(Watcher):
         for i, (name, _) in enumerate(self.layers):
             par = host_f[at_f : at_f + len(PAR)]
             at_f += len(PAR)
-            stats.append(build_layer_stats(name, self._classes[i].__name__, act_host[i], par))
+            stats.append(
+                build_layer_stats(name, self._classes[i].__name__, act_host[i], par, summaries[i][1])
+            )
         self.outputs = [None] * len(self.layers)
         return stats

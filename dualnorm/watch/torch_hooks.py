@@ -161,8 +161,8 @@ class TorchWatcher(Watcher):
 
     # --- reading --------------------------------------------------------------------------------
 
-    def _param_summary(self, i: int, module: Any, ref: Any) -> Any:
-        """The :data:`PAR` vector of one module, on ``ref``'s device and dtype."""
+    def _param_summary(self, i: int, module: Any, ref: Any) -> tuple[Any, frozenset[str]]:
+        """The :data:`PAR` vector of one module, on ``ref``'s device and dtype, and its measured keys."""
         torch = self.torch
         nan = torch.full((), math.nan, dtype=ref.dtype, device=ref.device)
 
@@ -194,7 +194,8 @@ class TorchWatcher(Watcher):
             values["running_mean"] = mean(buffers.get("running_mean"))
             values["running_var"] = mean(buffers.get("running_var"))
             values["batches"] = mean(buffers.get("num_batches_tracked"))
-        return torch.stack([values[k] for k in PAR])
+        present = frozenset(k for k, v in values.items() if v is not nan)
+        return torch.stack([values[k] for k in PAR]), present
 
     def layer_stats(self, grads: Any = None) -> list[Any] | None:
         """The captured step's LayerStats (None if no forward ran while armed)."""
@@ -203,6 +204,7 @@ class TorchWatcher(Watcher):
             return None
         # one flat vector per device: activation summaries then parameter summaries
         pieces: dict[Any, list[tuple[int, str, Any]]] = {}
+        self._present: list[frozenset[str]] = [frozenset()] * len(self.layers)
         with torch.no_grad():
             for i, (_, module) in enumerate(self.layers):
                 ref = self.act[i]
@@ -212,7 +214,8 @@ class TorchWatcher(Watcher):
                     ref = torch.empty(0, dtype=_accumulator(torch, device), device=device)
                 else:
                     pieces.setdefault(ref.device, []).append((i, "act", ref))
-                pieces.setdefault(ref.device, []).append((i, "par", self._param_summary(i, module, ref)))
+                vector, self._present[i] = self._param_summary(i, module, ref)
+                pieces.setdefault(ref.device, []).append((i, "par", vector))
             host: dict[tuple[int, str], list[float]] = {}
             for items in pieces.values():
                 flat = torch.cat([t.reshape(-1) for _, _, t in items]).cpu().tolist()  # one transfer
@@ -222,12 +225,14 @@ class TorchWatcher(Watcher):
                     at += t.numel()
         self._pars = [host[(i, "par")] for i in range(len(self.layers))]
         stats = [
-            build_layer_stats(name, type(module).__name__, host.get((i, "act")), self._pars[i])
+            build_layer_stats(
+                name, type(module).__name__, host.get((i, "act")), self._pars[i], self._present[i]
+            )
             for i, (name, module) in enumerate(self.layers)
         ]
         self._clear()
         return stats
 
     def extra(self) -> dict[str, Any]:
-        counts = batches_tracked(self.names, self._pars) if self._pars else {}
+        counts = batches_tracked(self.names, self._pars, self._present) if self._pars else {}
         return {"num_batches_tracked": counts} if counts else {}
