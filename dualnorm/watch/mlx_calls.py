@@ -10,8 +10,9 @@ Gradients come from the tree ``nn.value_and_grad`` returned, passed as
 ``run.log(step, loss=..., grads=grads)``: each layer's ``param_grad_norm`` is the norm of
 its parameters' gradients. The gradient with respect to a layer's *output*
 (``grad_norm``) is not available in MLX without changing the loss function, so it stays
-empty. The statistics are built lazily and evaluated by one ``mx.eval`` at the recording
-step, then cross to the host as two small arrays.
+empty. On a GPU the statistics are built lazily and evaluated by one ``mx.eval`` at the
+recording step, then cross to the host as two small arrays; on the CPU device the outputs
+are read as NumPy arrays and reduced by NumPy, which costs less for these small reductions.
 
 A step function under ``mx.compile`` is traced once, so the wrapped calls are not seen in
 it: compile the step only after tracking, or track the uncompiled step.
@@ -32,6 +33,7 @@ from dualnorm.watch._summary import (
     PAR,
     SATURATION,
     build_layer_stats,
+    host_activation_summary,
     recorded_layers,
 )
 
@@ -66,7 +68,7 @@ class MLXWatcher(Watcher):
     framework = "mlx"
     backend_name = "mlx.nn"
 
-    def __init__(self, model: Any, bins: int) -> None:
+    def __init__(self, model: Any, bins: int, host: bool | None = None) -> None:
         import mlx.core as mx
 
         self.mx = mx
@@ -81,6 +83,8 @@ class MLXWatcher(Watcher):
         self.names = [name for name, _ in self.layers]
         self._classes: list[type] = [type(m) for _, m in self.layers]
         self.device = str(mx.default_device())
+        # on the CPU device, NumPy reduces the few small arrays faster than a graph of MLX ops
+        self.host = mx.default_device() == mx.cpu if host is None else host
         self.outputs: list[Any] = [None] * len(self.layers)
 
     def arm(self) -> None:
@@ -166,11 +170,37 @@ class MLXWatcher(Watcher):
                 out.setdefault(owner, []).append(g)
         return out
 
+    def _host_layer_stats(self, by_layer: dict[str, list[Any]]) -> list[Any]:
+        stats = []
+        for i, (name, module) in enumerate(self.layers):
+            kind = self._classes[i].__name__
+            out = self.outputs[i]
+            act = None if out is None else host_activation_summary(np.array(out), kind, self.bins)
+            arrays = _arrays(module, self.mx)
+            values: dict[str, float] = {}
+            if name in by_layer:
+                values["param_grad_sq"] = sum(
+                    float(np.square(np.array(g, dtype=np.float64)).sum()) for g in by_layer[name]
+                )
+            if "weight" in arrays:
+                values["weight_sq"] = float(np.square(np.array(arrays["weight"], dtype=np.float64)).sum())
+            if kind in _NORM_NAMES:
+                for key, attr in (("gamma", "weight"), ("beta", "bias"), ("running_mean", "running_mean"),
+                                  ("running_var", "running_var")):  # fmt: skip
+                    if attr in arrays:
+                        values[key] = float(np.array(arrays[attr], dtype=np.float64).mean())
+            par = [values.get(k, math.nan) for k in PAR]
+            stats.append(build_layer_stats(name, kind, act, par, frozenset(values)))
+        self.outputs = [None] * len(self.layers)
+        return stats
+
     def layer_stats(self, grads: Any = None) -> list[Any] | None:
         mx = self.mx
         if all(o is None for o in self.outputs):
             return None
         by_layer = self._grads_by_layer(grads)
+        if self.host:
+            return self._host_layer_stats(by_layer)
         acts = [
             None if out is None else self._activation_summary(out, kind)
             for out, kind in zip(self.outputs, (c.__name__ for c in self._classes), strict=True)

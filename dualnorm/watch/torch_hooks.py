@@ -1,28 +1,31 @@
 """PyTorch models: forward hooks and output-gradient hooks, installed only for recording steps.
 
 While armed, every recorded module (a leaf of ``named_modules()``, or a module with
-parameters of its own) has a forward hook. The hook summarizes the output at once, on the
-output's device (a few reductions and a histogram by ``bincount``; nothing crosses to the
-host), because a later in-place op (``out += identity``, ``ReLU(inplace=True)``) may
-change the tensor itself. It also hooks the output tensor for its gradient, whose squared
-norm is kept, also on the device. The gradient is taken by a tensor hook rather than
-``register_full_backward_hook``: a full backward hook wraps the output in a custom
-autograd function, and PyTorch then refuses the in-place residual add that every ResNet
-block does right after its last batch norm.
+parameters of its own) has a forward hook. The hook summarizes the output at once,
+because a later in-place op (``out += identity``, ``ReLU(inplace=True)``) may change the
+tensor itself, and hooks the output tensor for its gradient, whose squared norm is kept.
+The gradient is taken by a tensor hook rather than ``register_full_backward_hook``: a full
+backward hook wraps the output in a custom autograd function, and PyTorch then refuses
+the in-place residual add that every ResNet block does right after its last batch norm.
 
-At the recording step the run reads the summaries and the parameters (gradient and weight
-norms, gamma/beta, running statistics, ``num_batches_tracked``), reduced on the device as
-well, and brings them to the host in one transfer per device. Then it disarms: every hook
-handle is removed, so between recording steps the model runs exactly as untracked.
+Where the reductions run: tensors on CUDA or MPS are reduced on their device (a few
+reductions and a histogram by ``bincount``), and at the recording step everything a
+device holds (activation summaries, gradient and weight norms, gamma/beta, running
+statistics, ``num_batches_tracked``) crosses to the host in one transfer. CPU tensors are
+viewed as NumPy arrays (no copy) and reduced by NumPy, whose per-call cost is a fraction
+of torch's for these small reductions.
 
-Forwards under ``torch.no_grad()`` (an evaluation pass) do not replace the summary of a
-training forward already captured for the step.
+After reading, the run disarms: every hook handle is removed, so between recording steps
+the model runs exactly as untracked. Forwards under ``torch.no_grad()`` (an evaluation
+pass) do not replace the summary of a training forward already captured for the step.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+import numpy as np
 
 from dualnorm.watch import Watcher
 from dualnorm.watch._summary import (
@@ -32,6 +35,7 @@ from dualnorm.watch._summary import (
     SATURATION,
     batches_tracked,
     build_layer_stats,
+    host_activation_summary,
     recorded_layers,
 )
 
@@ -57,12 +61,19 @@ def _first_tensor(torch: Any, output: Any) -> Any:
     return None
 
 
+def _numpy(torch: Any, t: Any) -> np.ndarray:
+    """A CPU tensor as a NumPy array (a view; half types widened, which NumPy lacks)."""
+    t = t.detach()
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t = t.float()
+    return t.numpy()
+
+
 def activation_summary(torch: Any, output: Any, kind: str, bins: int) -> Any:
     """The :data:`~dualnorm.watch._summary.ACT` vector of one output, computed on its device."""
     x = output.detach()
     flat = x.reshape(-1)
-    n = flat.numel()
-    if n == 0 or not (flat.is_floating_point() or flat.is_complex()):
+    if flat.numel() == 0 or not flat.is_floating_point():
         return None
     xf = flat.to(_accumulator(torch, flat.device))
     var, mean = torch.var_mean(xf, correction=0)
@@ -87,12 +98,16 @@ def activation_summary(torch: Any, output: Any, kind: str, bins: int) -> Any:
 
 
 class TorchWatcher(Watcher):
-    """Per-layer statistics of a ``torch.nn.Module`` (see the module doc)."""
+    """Per-layer statistics of a ``torch.nn.Module`` (see the module doc).
+
+    ``host``: reduce with NumPy on the host (default: when the model's parameters are on
+    the CPU) rather than with torch on the tensors' device.
+    """
 
     framework = "torch"
     backend_name = "torch"
 
-    def __init__(self, model: Any, bins: int) -> None:
+    def __init__(self, model: Any, bins: int, host: bool | None = None) -> None:
         import torch
 
         self.torch = torch
@@ -107,8 +122,10 @@ class TorchWatcher(Watcher):
         self._norms = _norm_classes(torch.nn)
         first = next(model.parameters(), None)
         self.device = str(first.device) if first is not None else "cpu"
+        self.host = (first is None or first.device.type == "cpu") if host is None else host
         self._handles: list[Any] = []
         self._pars: list[list[float]] = []  # the last recorded step's parameter summaries
+        self._present: list[frozenset[str]] = []
         self._clear()
 
     def _clear(self) -> None:
@@ -143,7 +160,11 @@ class TorchWatcher(Watcher):
             out = _first_tensor(torch, output)
             if out is None or (not torch.is_grad_enabled() and self.act[i] is not None):
                 return
-            self.act[i] = activation_summary(torch, out, kind, self.bins)
+            on_host = self.host and out.device.type == "cpu"
+            if on_host:
+                self.act[i] = host_activation_summary(_numpy(torch, out), kind, self.bins)
+            else:
+                self.act[i] = activation_summary(torch, out, kind, self.bins)
             self._calls[i] += 1
             self.grad_sq[i] = None
             if out.requires_grad:
@@ -151,9 +172,14 @@ class TorchWatcher(Watcher):
 
                 def grad_hook(grad: Any) -> None:
                     self.hook_calls += 1
-                    if call == self._calls[i]:
-                        g = grad.detach().to(_accumulator(torch, grad.device))
-                        self.grad_sq[i] = torch.dot(g.reshape(-1), g.reshape(-1))
+                    if call != self._calls[i]:
+                        return  # the gradient of an earlier call of a module called twice
+                    if on_host:
+                        g = _numpy(torch, grad).reshape(-1).astype(np.float64)
+                        self.grad_sq[i] = float(np.dot(g, g))
+                    else:
+                        g = grad.detach().reshape(-1).to(_accumulator(torch, grad.device))
+                        self.grad_sq[i] = torch.dot(g, g)
 
                 out.register_hook(grad_hook)
 
@@ -161,73 +187,90 @@ class TorchWatcher(Watcher):
 
     # --- reading --------------------------------------------------------------------------------
 
-    def _param_summary(self, i: int, module: Any, ref: Any) -> tuple[Any, frozenset[str]]:
-        """The :data:`PAR` vector of one module, on ``ref``'s device and dtype, and its measured keys."""
-        torch = self.torch
-        nan = torch.full((), math.nan, dtype=ref.dtype, device=ref.device)
-
-        def sq(tensors: list[Any]) -> Any:
-            if not tensors:
-                return nan
-            return sum(t.detach().to(ref.dtype).square().sum() for t in tensors)
-
-        def mean(t: Any) -> Any:
-            return nan if t is None else t.detach().to(ref.dtype).mean()
-
+    def _param_values(self, i: int, module: Any) -> dict[str, Any]:
+        """The measured :data:`PAR` entries of one module, as tensors on their devices."""
         params = dict(module.named_parameters(recurse=False))
-        grads = [p.grad for p in params.values() if p.grad is not None]
+        grads = [p.grad.detach() for p in params.values() if p.grad is not None]
         weight = params.get("weight")
-        values = {
-            "grad_sq": nan if self.grad_sq[i] is None else self.grad_sq[i].to(ref.device, ref.dtype),
-            "param_grad_sq": sq(grads),
-            "weight_sq": nan if weight is None else sq([weight]),
-            "gamma": nan,
-            "beta": nan,
-            "running_mean": nan,
-            "running_var": nan,
-            "batches": nan,
-        }
+        values: dict[str, Any] = {}
+        if self.grad_sq[i] is not None:
+            values["grad_sq"] = self.grad_sq[i]
+        if grads:
+            values["param_grad_sq"] = grads
+        if weight is not None:
+            values["weight_sq"] = [weight.detach()]
         if isinstance(module, self._norms):
             buffers = dict(module.named_buffers(recurse=False))
-            values["gamma"] = mean(weight)
-            values["beta"] = mean(params.get("bias"))
-            values["running_mean"] = mean(buffers.get("running_mean"))
-            values["running_var"] = mean(buffers.get("running_var"))
-            values["batches"] = mean(buffers.get("num_batches_tracked"))
-        present = frozenset(k for k, v in values.items() if v is not nan)
-        return torch.stack([values[k] for k in PAR]), present
+            for key, t in (("gamma", weight), ("beta", params.get("bias")),
+                           ("running_mean", buffers.get("running_mean")),
+                           ("running_var", buffers.get("running_var")),
+                           ("batches", buffers.get("num_batches_tracked"))):  # fmt: skip
+                if t is not None:
+                    values[key] = t.detach()
+        return values
+
+    def _host_par(self, values: dict[str, Any]) -> list[float]:
+        torch = self.torch
+        out = []
+        for key in PAR:
+            v = values.get(key)
+            if v is None:
+                out.append(math.nan)
+            elif isinstance(v, float):
+                out.append(v)
+            elif isinstance(v, list):  # squared norms
+                out.append(sum(float(np.square(_numpy(torch, t.cpu()), dtype=np.float64).sum()) for t in v))
+            else:
+                out.append(float(_numpy(torch, v.cpu()).mean(dtype=np.float64)))
+        return out
+
+    def _device_par(self, values: dict[str, Any], ref: Any) -> Any:
+        torch = self.torch
+        nan = torch.full((), math.nan, dtype=ref.dtype, device=ref.device)
+        out = []
+        for key in PAR:
+            v = values.get(key)
+            if v is None:
+                out.append(nan)
+            elif isinstance(v, list):
+                out.append(sum(t.to(ref.device, ref.dtype).square().sum() for t in v))
+            else:
+                out.append(v.to(ref.device, ref.dtype).mean())
+        return torch.stack(out)
 
     def layer_stats(self, grads: Any = None) -> list[Any] | None:
         """The captured step's LayerStats (None if no forward ran while armed)."""
         torch = self.torch
         if all(a is None for a in self.act):
             return None
-        # one flat vector per device: activation summaries then parameter summaries
-        pieces: dict[Any, list[tuple[int, str, Any]]] = {}
-        self._present: list[frozenset[str]] = [frozenset()] * len(self.layers)
+        n = len(self.layers)
+        acts: list[list[float] | None] = [a if isinstance(a, list) or a is None else None for a in self.act]
+        pars: list[list[float]] = [[] for _ in range(n)]
+        present: list[frozenset[str]] = []
+        on_device: dict[Any, list[tuple[int, str, Any]]] = {}  # device -> what crosses in one transfer
         with torch.no_grad():
             for i, (_, module) in enumerate(self.layers):
+                values = self._param_values(i, module)
+                present.append(frozenset(values))
                 ref = self.act[i]
-                if ref is None:
-                    first = next(module.parameters(recurse=False), None)
-                    device = first.device if first is not None else torch.device("cpu")
-                    ref = torch.empty(0, dtype=_accumulator(torch, device), device=device)
+                if isinstance(ref, torch.Tensor):
+                    on_device.setdefault(ref.device, []).append((i, "act", ref))
+                    on_device[ref.device].append((i, "par", self._device_par(values, ref)))
                 else:
-                    pieces.setdefault(ref.device, []).append((i, "act", ref))
-                vector, self._present[i] = self._param_summary(i, module, ref)
-                pieces.setdefault(ref.device, []).append((i, "par", vector))
-            host: dict[tuple[int, str], list[float]] = {}
-            for items in pieces.values():
+                    pars[i] = self._host_par(values)
+            for items in on_device.values():
                 flat = torch.cat([t.reshape(-1) for _, _, t in items]).cpu().tolist()  # one transfer
                 at = 0
                 for i, what, t in items:
-                    host[(i, what)] = flat[at : at + t.numel()]
+                    part = flat[at : at + t.numel()]
                     at += t.numel()
-        self._pars = [host[(i, "par")] for i in range(len(self.layers))]
+                    if what == "act":
+                        acts[i] = part
+                    else:
+                        pars[i] = part
+        self._pars, self._present = pars, present
         stats = [
-            build_layer_stats(
-                name, type(module).__name__, host.get((i, "act")), self._pars[i], self._present[i]
-            )
+            build_layer_stats(name, type(module).__name__, acts[i], pars[i], present[i])
             for i, (name, module) in enumerate(self.layers)
         ]
         self._clear()

@@ -45,13 +45,15 @@ def _outputs(model, x):
     return outs
 
 
-def test_records_carry_activation_gradient_and_bn_statistics_by_module_path(tmp_path):
+@pytest.mark.parametrize("host", [True, False], ids=["reduced-by-numpy", "reduced-on-device"])
+def test_records_carry_activation_gradient_and_bn_statistics_by_module_path(tmp_path, host):
     model = _model()
     opt = optim.SGD(learning_rate=0.1)
     step_fn = nn.value_and_grad(model, _loss)
     rng = np.random.default_rng(0)
     expected = {}
     with dualnorm.track(model, dir=tmp_path / "run", every=3) as run:
+        run._watcher.host = host  # CPU tensors go to NumPy by default; the device path is the same maths
         for step in range(1, 7):
             x = mx.array(rng.normal(size=(16, 4)).astype(np.float32))
             y = mx.array(rng.random((16, 3)).astype(np.float32))

@@ -76,12 +76,14 @@ def _replay(model, x, y):
     return {k: (v.detach().clone(), v.grad.clone()) for k, v in outputs.items()}, grads
 
 
-def test_records_carry_activation_gradient_and_bn_statistics_by_module_path(tmp_path):
+@pytest.mark.parametrize("host", [True, False], ids=["reduced-by-numpy", "reduced-on-device"])
+def test_records_carry_activation_gradient_and_bn_statistics_by_module_path(tmp_path, host):
     torch.manual_seed(0)
     model = Net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     expected = {}
     with dualnorm.track(model, dir=tmp_path / "run", every=3) as run:
+        run._watcher.host = host  # CPU tensors go to NumPy by default; the device path is the same maths
         for step in range(1, 7):
             x, y = torch.randn(16, 4), torch.rand(16, 3)
             if step in (1, 3, 6):
@@ -176,7 +178,7 @@ def test_forward_under_no_grad_does_not_replace_the_training_forward(tmp_path):
             model(x * 100)  # an evaluation pass after the step
         run.log(1, loss=0.0)
     layer = dualnorm.read_run(tmp_path / "run")[0][0].layers[0]
-    assert layer.act_mean == pytest.approx(float(model(x).mean()), rel=1e-6)
+    assert layer.act_mean == pytest.approx(float(model(x).detach().mean()), rel=1e-6)
     assert layer.grad_norm == pytest.approx(math.sqrt(8))
 
 
