@@ -13,8 +13,9 @@
    of the ``run.log`` calls themselves (timed inside the loop, so independent of the step's noise).
 2. Tracking a PyTorch or mlx.nn model (``--framework torch`` / ``mlx.nn``): the same MLP
    written in that framework, trained on the same batches with the framework's SGD, timed
-   untracked and tracked with ``run.log`` every step and per-layer statistics every 1, 10
-   and 100 steps. The variants are interleaved within each repeat (A/B/C/D, then again),
+   untracked, with a scalar-only tracker, and tracked with ``run.log`` every step and
+   per-layer statistics every 1, 10 and 100 steps, in CPU time of this process (one thread:
+   the load of other processes on a shared machine does not count). The variants are interleaved within each repeat (A/B/C/D, then again),
    and the best repeat of each is kept; plus the median ``run.log`` call with and without
    layer statistics.
 3. UI memory: resident memory (VmRSS) of this process after folding N records (no layer
@@ -167,26 +168,33 @@ def _framework_setup(framework: str):
 
 
 def _framework_train(batches, step_fn, steps: int, run=None) -> float:
+    """CPU µs per step (``time.process_time``: the other processes of a loaded machine do not count)."""
     LOG_TIME.clear()
-    start = time.perf_counter()
+    start = time.process_time()
     for step in range(1, steps + 1):
         value, grads = step_fn(*batches[step % len(batches)])
         if run is not None:
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             record = run.log(step, loss=value, grads=grads)
-            LOG_TIME.append((time.perf_counter() - t0, bool(record.layers)))
-    return (time.perf_counter() - start) / steps * 1e6
+            LOG_TIME.append((time.process_time() - t0, bool(record.layers)))
+    return (time.process_time() - start) / steps * 1e6
 
 
 def bench_framework(framework: str, steps: int, repeats: int) -> dict[str, float]:
     model, batches, step_fn = _framework_setup(framework)
     _framework_train(batches, step_fn, 50)  # warm up
     every = (1, 10, 100)
-    results: dict[str, list[float]] = {"no tracking": [], **{f"tracked, every={k}": [] for k in every}}
+    results: dict[str, list[float]] = {
+        "no tracking": [],
+        "scalars only (track(None))": [],
+        **{f"tracked, every={k}": [] for k in every},
+    }
     calls: dict[str, list[float]] = {"run.log, scalars": [], "run.log, with layer statistics": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):  # interleaved: each repeat runs every variant once
             results["no tracking"].append(_framework_train(batches, step_fn, steps))
+            with dualnorm.track(None, dir=Path(tmp) / f"s-{r}") as run:
+                results["scalars only (track(None))"].append(_framework_train(batches, step_fn, steps, run))
             for k in every:
                 with dualnorm.track(model, every=k, dir=Path(tmp) / f"{k}-{r}") as run:
                     results[f"tracked, every={k}"].append(_framework_train(batches, step_fn, steps, run))
@@ -248,9 +256,9 @@ def main() -> None:
             base = r["no tracking"]
             for k, v in r.items():
                 if k.startswith("run.log"):
-                    print(f"  {framework:6s} {k:32s} {v:8.1f} µs per call (median)")
+                    print(f"  {framework:6s} {k:32s} {v:8.1f} CPU µs per call (median)")
                 else:
-                    print(f"  {framework:6s} {k:32s} {v:8.1f} µs/step  ({(v / base - 1) * 100:+5.1f} %)")
+                    print(f"  {framework:6s} {k:32s} {v:8.1f} CPU µs/step  ({(v / base - 1) * 100:+5.1f} %)")
         for backend in args.backend or ([] if frameworks else dualnorm.available_backends()):
             r = bench_overhead(backend, args.steps, args.repeats)
             base = r["no tracking"]

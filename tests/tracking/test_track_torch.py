@@ -277,19 +277,13 @@ def _torch_dying_relu_losses(steps: int) -> list[float]:
     return losses
 
 
-def test_compare_against_torch_and_mlx_nn_reference_runs_on_dying_relu(tmp_path, capsys):
+def test_compare_against_torch_and_mlx_nn_reference_runs_on_dying_relu(tmp_path, capsys, monkeypatch):
     steps = 10
     backends = "numpy,torch" + (",mlx.nn" if HAS_MLX else "")
     argv = ["compare", "dying-relu", "--backends", backends, "--steps", str(steps), "--variants", "batchnorm"]
-    argv += [
-        "--record-every",
-        "5",
-        "--no-tui",
-        "--json",
-        str(tmp_path / "c.json"),
-        "--out",
-        str(tmp_path / "runs"),
-    ]
+    argv += ["--record-every", "5", "--no-tui", "--json", str(tmp_path / "c.json")]
+    argv += ["--out", str(tmp_path / "runs")]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the child processes' torch: tiny ops, a shared machine
     assert cli_main(argv) == 0
     result = json.loads((tmp_path / "c.json").read_text())
     assert result["agree"] is True
