@@ -509,8 +509,9 @@ def track(
     per-layer statistics (the same as the built-in experiments record) are taken from its
     latest forward and backward every ``every`` steps; ``None`` for a plain scalar logger.
     PyTorch models are hooked for the recording steps only; for mlx.nn models pass the
-    step's gradient tree, ``run.log(step, loss=..., grads=grads)`` (see :mod:`dualnorm.watch`). ``dir``: the run directory (default
-    ``root/<name>-<time>``). Use as a context manager, or call ``run.finish()``.
+    step's gradient tree, ``run.log(step, loss=..., grads=grads)`` (see :mod:`dualnorm.watch`).
+    ``dir``: the run directory (default ``root/<name>-<time>``). Use as a context manager,
+    or call ``run.finish()``.
     """
     return Run(model, name=name, every=every, dir=dir, experiment=experiment, variant=variant, root=root)
 
