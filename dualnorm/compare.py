@@ -15,6 +15,10 @@ Per-layer statistics (activation mean/std/min/max, saturation, dead units, norms
 gamma/beta, running statistics) are compared as absolute differences wherever both
 streams recorded the same variant, step and layer.
 
+Besides dualnorm's backends, a stream may be a reference run of the same experiment in
+PyTorch or mlx.nn (labels ``torch``, ``mlx.nn``; see :mod:`dualnorm.references`), trained
+from the same initial weights: the comparison then measures dualnorm against the framework.
+
 >>> from dualnorm.records import StepRecord
 >>> a = [StepRecord("e", "v", 1, 1, 2.0, "numpy"), StepRecord("e", "v", 2, 1, 1.0, "numpy")]
 >>> b = [StepRecord("e", "v", 1, 1, 2.0, "mlx"), StepRecord("e", "v", 2, 1, 1.1, "mlx")]

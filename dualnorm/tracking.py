@@ -9,6 +9,9 @@
 >>> [r.step for r in records], meta["status"]
 ([1, 2, 3], 'finished')
 
+``track(model)`` also takes a ``torch.nn.Module`` or an ``mlx.nn.Module``: the same run
+directory and records, with layers named by module path (see :mod:`dualnorm.watch`).
+
 A run directory holds
 
 * ``records.jsonl``: one :class:`~dualnorm.records.StepRecord` JSON object per line, appended
