@@ -312,3 +312,23 @@ def test_compare_refuses_a_reference_run_of_an_experiment_it_cannot_rebuild(tmp_
     assert cli_main(argv) == 2
     assert "BatchRenorm1d" in capsys.readouterr().err
     assert not (tmp_path / "r" / "torch").exists()
+
+
+def test_neither_torch_nor_mlx_is_imported_for_a_dualnorm_model_or_a_non_model(tmp_path):
+    import subprocess
+
+    code = (
+        "import sys, dualnorm\n"
+        "from dualnorm import nn\n"
+        f"with dualnorm.track(nn.Sequential(nn.Linear(2, 2)), dir={str(tmp_path / 'r')!r}) as run:\n"
+        "    run.log(1, loss=1.0)\n"
+        "try:\n"
+        f"    dualnorm.track(object(), dir={str(tmp_path / 's')!r})\n"
+        "except dualnorm.InputError as exc:\n"
+        "    print(exc)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mlx')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    message, imported = out.stdout.strip().splitlines()
+    assert "torch.nn.Module or an mlx.nn.Module" in message and "got object" in message
+    assert imported == "[]"
