@@ -20,6 +20,8 @@ from mlx.utils import tree_flatten  # noqa: E402
 
 import dualnorm  # noqa: E402
 
+pytestmark = pytest.mark.mlx
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples"))
 
@@ -141,3 +143,50 @@ def test_dying_relu_example_in_mlx(tmp_path, capsys):
     reader = RunReader(dirs["batchnorm"])
     assert [r.to_dict() for r in reader.poll()] == [r.to_dict() for r in bn]
     assert reader.meta()["backend"] == "mlx.nn"
+
+
+@pytest.mark.slow
+def test_compare_screen_overlays_an_mlx_nn_reference_run_with_dualnorm(tmp_path):
+    """``dualnorm compare dying-relu --backends numpy,mlx.nn`` live in the UI: both curves, one table."""
+    pytest.importorskip("textual")
+    import asyncio
+    import io
+    import time
+
+    from rich.console import Console
+
+    from dualnorm.backends import get_backend
+    from dualnorm.compare import CompareJob, compare_records
+    from dualnorm.references import reference_framework
+    from tui.app import DualnormApp
+    from tui.compare import CompareScreen
+
+    backends = {"numpy": get_backend("numpy"), "mlx.nn": reference_framework("mlx.nn")}
+    args = ["--steps", "12", "--variants", "batchnorm", "--record-every", "4"]
+    job = CompareJob("dying-relu", backends, tmp_path / "cmp", run_args=args)
+
+    async def scenario():
+        app = DualnormApp({}, backends=["numpy"], backend="numpy", runs_root="none", compare=(job, 1e-2))
+        async with app.run_test(size=(140, 45)) as pilot:
+            end = time.monotonic() + 60
+            while not (isinstance(app.screen, CompareScreen) and job.done.is_set()
+                       and app.screen.runner.finished.is_set()):  # fmt: skip
+                assert time.monotonic() < end, "the compare runs did not finish"
+                await pilot.pause(0.05)
+            screen = app.screen
+            screen.poll(force=True)
+            await pilot.pause()
+            console = Console(width=160, file=io.StringIO(), record=True)
+            console.print(screen.panel)
+            return set(screen.state.variants), screen.comparison.result(), console.export_text()
+
+    job.start()
+    try:
+        curves, live, panel = asyncio.run(scenario())
+    finally:
+        job.stop()
+    assert {"numpy/batchnorm", "mlx.nn/batchnorm"} <= curves
+    files = {label: dualnorm.read_run(path)[0] for label, path in job.run_dirs.items()}
+    expected = compare_records(files, 1e-2).backends["mlx.nn"]
+    assert live.backends["mlx.nn"].max_rel_loss_diff == expected.max_rel_loss_diff < 1e-4
+    assert live.backends["mlx.nn"].steps == 12 and "mlx.nn" in panel
