@@ -12,9 +12,12 @@ and the layers normalize with them) and training goes on for ``--steps`` more, a
 of the learning rate.
 
 ``dualnorm.track(model)`` records each BN layer (``stem.1``, ``blocks.0.bn1`` ...) with its
-gamma, beta, running mean and variance, and ``extra["num_batches_tracked"]``. In the
-viewer (``dualnorm tui runs/frozen``) the running statistics move until the freeze, then
-are flat lines; gamma and beta keep learning unless ``--freeze-affine`` freezes them too.
+gamma, beta, running mean and variance, and ``extra["num_batches_tracked"]``; this script
+prints ``blocks.0.bn1``'s at every recorded step. The running statistics move until the
+freeze, then stay exactly where they were, as ``num_batches_tracked`` does; gamma and beta
+keep learning unless ``--freeze-affine`` freezes them too. The viewer (``dualnorm tui
+runs/frozen``) shows the loss and each layer's gamma and beta; its export (``e``) writes
+every recorded step's statistics, running mean and variance included, to ``layers.csv``.
 Every record's ``extra["scalars"]["bn_frozen"]`` says which phase it is in.
 """
 
