@@ -450,8 +450,8 @@ def _add_compare_parser(sub: Any, names: list[str]) -> None:
     p.add_argument(
         "--backends",
         type=_csv,
-        help="comma-separated, the first is the reference: numpy, mlx-cpu, mlx-gpu "
-        "(default: every one available here)",
+        help="comma-separated, the first is the reference: numpy, mlx-cpu, mlx-gpu, and torch, mlx.nn "
+        "(the experiment written in PyTorch / mlx.nn, when installed) (default: every backend here)",
     )
     p.add_argument(
         "--tol",
@@ -501,7 +501,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     from dualnorm.backends import available_labels, get_backend
     from dualnorm.compare import CompareJob
-    from dualnorm.errors import BackendError
+    from dualnorm.errors import BackendError, InputError
+    from dualnorm.references import FRAMEWORKS, check_reference, reference_framework
     from dualnorm.tracking import OutputPathError, check_output_dir, check_output_file, default_run_dir
 
     console = Console(width=None if sys.stdout.isatty() else 160)
@@ -510,14 +511,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     backends = {}
     for label in labels:
         try:
-            backends[label] = get_backend(label)
-        except BackendError as exc:
-            return _error(f"{exc} (backends available here: {', '.join(here)})")
+            backends[label] = reference_framework(label) if label in FRAMEWORKS else get_backend(label)
+        except (BackendError, InputError) as exc:
+            return _error(f"{exc} (backends available here: {', '.join(here)}; references: torch, mlx.nn)")
     if len(labels) < 2:
         return _error(f"compare needs at least two backends; available here: {', '.join(here)}")
     exp, problem = _resolve_experiment(args.experiment)
     if problem:
         return _error(problem)
+    try:
+        if any(label in FRAMEWORKS for label in labels):
+            check_reference(args.experiment, args.variants)
+    except InputError as exc:
+        return _error(str(exc))
     try:
         if args.json:
             check_output_file(args.json)

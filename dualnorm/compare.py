@@ -15,6 +15,10 @@ Per-layer statistics (activation mean/std/min/max, saturation, dead units, norms
 gamma/beta, running statistics) are compared as absolute differences wherever both
 streams recorded the same variant, step and layer.
 
+Besides dualnorm's backends, a stream may be a reference run of the same experiment in
+PyTorch or mlx.nn (labels ``torch``, ``mlx.nn``; see :mod:`dualnorm.references`), trained
+from the same initial weights: the comparison then measures dualnorm against the framework.
+
 >>> from dualnorm.records import StepRecord
 >>> a = [StepRecord("e", "v", 1, 1, 2.0, "numpy"), StepRecord("e", "v", 2, 1, 1.0, "numpy")]
 >>> b = [StepRecord("e", "v", 1, 1, 2.0, "mlx"), StepRecord("e", "v", 2, 1, 1.1, "mlx")]
@@ -396,14 +400,29 @@ class ChildRun:
     stderr: str = ""
 
 
+def _child_command(experiment: str, backend: Any, run_dir: Path, run_args: Sequence[str]) -> list[str]:
+    """The process that makes one stream: ``dualnorm run`` on a backend, or a framework's reference run."""
+    from dualnorm.references import ReferenceFramework
+
+    if isinstance(backend, ReferenceFramework):  # torch / mlx.nn: dualnorm.references
+        head = ["dualnorm.references", experiment, "--framework", backend.name]
+    else:
+        head = ["dualnorm", "run", experiment, "--backend", backend.name, "--device", backend.device]
+    return [sys.executable, "-m", *head, "--out", str(run_dir), "--quiet", *run_args]
+
+
 class CompareJob:
     """Runs one experiment on several backends, each in its own ``dualnorm run`` process.
 
-    Each child writes a run directory ``out_dir/<label>`` (records.jsonl + meta.json), so
-    a viewer can follow it live and the runs can be reopened later. By default the
-    children run one after another: on a small machine, concurrent runs share the cores
-    and their timings stop being comparable. ``start()`` launches them from a thread and
-    returns at once; ``wait()`` blocks; ``stop()`` ends whatever still runs.
+    A ``backends`` value may also be a :class:`~dualnorm.references.ReferenceFramework`
+    (labels ``torch``, ``mlx.nn``): that stream is the experiment trained in PyTorch or
+    mlx.nn from the same initial weights (:mod:`dualnorm.references`).
+
+        Each child writes a run directory ``out_dir/<label>`` (records.jsonl + meta.json), so
+        a viewer can follow it live and the runs can be reopened later. By default the
+        children run one after another: on a small machine, concurrent runs share the cores
+        and their timings stop being comparable. ``start()`` launches them from a thread and
+        returns at once; ``wait()`` blocks; ``stop()`` ends whatever still runs.
     """
 
     def __init__(
@@ -422,16 +441,7 @@ class CompareJob:
             label: ChildRun(
                 label,
                 self.out_dir / label,
-                [
-                    sys.executable,
-                    "-m",
-                    "dualnorm",
-                    "run",
-                    experiment,
-                    *("--backend", backend.name, "--device", backend.device),
-                    *("--out", str(self.out_dir / label), "--quiet"),
-                    *run_args,
-                ],
+                _child_command(experiment, backend, self.out_dir / label, run_args),
             )
             for label, backend in backends.items()
         }

@@ -9,6 +9,9 @@
 >>> [r.step for r in records], meta["status"]
 ([1, 2, 3], 'finished')
 
+``track(model)`` also takes a ``torch.nn.Module`` or an ``mlx.nn.Module``: the same run
+directory and records, with layers named by module path (see :mod:`dualnorm.watch`).
+
 A run directory holds
 
 * ``records.jsonl``: one :class:`~dualnorm.records.StepRecord` JSON object per line, appended
@@ -326,14 +329,10 @@ class Run:
         root: str | os.PathLike[str] = DEFAULT_RUNS_DIR,
         bins: int | None = None,
     ) -> None:
-        from dualnorm.nn.module import Module
         from dualnorm.training import HIST_BINS
+        from dualnorm.watch import framework_of, watcher_for
 
-        if model is not None and not isinstance(model, Module):
-            raise InputError(
-                f"track() takes a dualnorm model (a dualnorm.nn.Module) or None, got {type(model).__name__}",
-                type_error=True,
-            )
+        framework = None if model is None else framework_of(model)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise InputError(
                 f"track(every=...) must be a positive integer (record layers every K steps), got {every!r}"
@@ -343,8 +342,13 @@ class Run:
         self.every = every
         self.variant = variant
         self.bins = HIST_BINS if bins is None else bins
-        self.backend = model.backend if model is not None else None
-        backend_name = None if self.backend is None else self.backend.name
+        # a torch.nn / mlx.nn model is watched by its framework's adapter (dualnorm.watch)
+        self._watcher = (
+            watcher_for(model, self.bins) if model is not None and framework != "dualnorm" else None
+        )
+        self._layers_pending = False  # a recording step found nothing captured: record at the next log
+        self.backend = model.backend if framework == "dualnorm" else None
+        backend_name = self._watcher.backend_name if self._watcher else self.backend and self.backend.name
         directory = Path(os.fspath(dir)) if dir is not None else default_run_dir(name, root)
         self.writer = RunWriter(
             directory,
@@ -357,7 +361,11 @@ class Run:
         )
         self.dir = self.writer.dir
         self.backend_name = self.writer.meta["backend"]
-        self._capture = _Capture(model) if model is not None else None
+        self._capture = _Capture(model) if framework == "dualnorm" else None
+        if self._watcher is not None:
+            self.writer.meta["device"] = self._watcher.device
+            self.writer._write_meta()
+            self._watcher.arm()  # the first log records layers
         self._start = time.perf_counter()
         self._logged = 0
         self._last_step = 0
@@ -370,12 +378,14 @@ class Run:
         accuracy: float | None = None,
         epoch: int | None = None,
         layers: bool | None = None,
+        grads: Any = None,
         **scalars: float,
     ) -> StepRecord:
         """Write one record for ``step``; per-layer statistics on step 1 and every ``every`` steps.
 
         ``layers=True/False`` forces or skips the layer statistics for this call. Extra
-        keyword scalars go to ``record.extra["scalars"]``.
+        keyword scalars go to ``record.extra["scalars"]``. ``grads``: for an mlx.nn model,
+        the gradient tree of this step (from ``nn.value_and_grad``), read at recording steps.
         """
         if self.writer.closed:
             raise InputError(
@@ -397,8 +407,11 @@ class Run:
                     type_error=True,
                 ) from None
         want_layers = layers if layers is not None else (self._logged == 0 or step % self.every == 0)
-        stats = self._layer_stats() if want_layers and self._capture is not None else []
         extra: dict[str, Any] = {}
+        if self._watcher is not None:
+            stats = self._watched_stats(step, want_layers or self._layers_pending, grads, extra)
+        else:
+            stats = self._layer_stats() if want_layers and self._capture is not None else []
         if scalars:
             extra["scalars"] = {k: clean[k] for k in scalars}
         if loss is None:
@@ -433,10 +446,35 @@ class Run:
         with np.errstate(all="ignore"):
             return record_layers(self.backend, cap.names, cap.children, cap.outputs, grads, self.bins)
 
+    def _watched_stats(self, step: int, want: bool, grads: Any, extra: dict[str, Any]) -> list[Any]:
+        """A torch.nn / mlx.nn model's layer statistics, and the arming for the next step.
+
+        The watcher captures only while armed: from the log before a recording step to that
+        step's log. The next step is guessed from the stride between logs (steps logged one
+        by one: step + 1); when the guess misses, the record is taken at the following log.
+        """
+        watcher = self._watcher
+        assert watcher is not None
+        stats: list[Any] = []
+        if want:
+            found = watcher.layer_stats(grads)
+            self._layers_pending = found is None
+            if found is not None:
+                stats = found
+                extra.update(watcher.extra())
+        stride = max(1, step - self._last_step) if self._logged else 1
+        if self._layers_pending or (step + stride) % self.every == 0:
+            watcher.arm()
+        else:
+            watcher.disarm()
+        return stats
+
     def finish(self, status: str = "finished", error: str | None = None) -> None:
         """Close the run with a final status ("finished", "failed" or "interrupted")."""
         if self._capture is not None:
             self._capture.release()
+        if self._watcher is not None:
+            self._watcher.disarm()
         self.writer.finish(status, error)
 
     @property
@@ -474,10 +512,13 @@ def track(
 ) -> Run:
     """Start tracking a training run into a run directory (see the module doc).
 
-    ``model``: a dualnorm model whose per-layer statistics (the same as the built-in
-    experiments record) are taken from its latest forward and backward every ``every``
-    steps; ``None`` for a plain scalar logger. ``dir``: the run directory (default
-    ``root/<name>-<time>``). Use as a context manager, or call ``run.finish()``.
+    ``model``: a dualnorm model, a ``torch.nn.Module`` or an ``mlx.nn.Module`` whose
+    per-layer statistics (the same as the built-in experiments record) are taken from its
+    latest forward and backward every ``every`` steps; ``None`` for a plain scalar logger.
+    PyTorch models are hooked for the recording steps only; for mlx.nn models pass the
+    step's gradient tree, ``run.log(step, loss=..., grads=grads)`` (see :mod:`dualnorm.watch`).
+    ``dir``: the run directory (default ``root/<name>-<time>``). Use as a context manager,
+    or call ``run.finish()``.
     """
     return Run(model, name=name, every=every, dir=dir, experiment=experiment, variant=variant, root=root)
 
