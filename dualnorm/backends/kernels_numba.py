@@ -29,6 +29,7 @@ import os
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -109,7 +110,21 @@ def _kernel(name: str) -> Any:
         py, reduces = _SOURCES[base]
         fn = _compiled[name] = numba.njit(
             parallel=variant != "serial", cache=True, fastmath=_REDUCE_MATH if reduces else False, nogil=True
-        )(py)
+        )(_variant_source(py, variant))
+    return fn
+
+
+def _variant_source(py: Callable[..., Any], variant: str) -> Callable[..., Any]:
+    """``py`` under a name of its own per variant: numba's on-disk cache keys an entry by the
+    function's qualified name and signature, not by ``parallel=``, so the serial and parallel
+    compiles of one function would share (and overwrite) one entry, and whichever was compiled
+    first would be loaded for both."""
+    if not variant:
+        return py
+    fn = types.FunctionType(py.__code__, py.__globals__, f"{py.__name__}_{variant}", py.__defaults__)
+    fn.__qualname__ = f"{py.__qualname__}_{variant}"
+    fn.__module__ = py.__module__
+    fn.__doc__ = py.__doc__
     return fn
 
 
