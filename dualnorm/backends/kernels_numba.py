@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import sys
 import threading
@@ -51,7 +52,9 @@ log = logging.getLogger("dualnorm")
 _listeners: list[Callable[[str], None]] = []
 _lock = threading.Lock()  # one parallel launch at a time (numba's workqueue layer is not re-entrant)
 _compiled: dict[str, Any] = {}
-_signatures: dict[str, set[Any]] = {}  # (dtype, ndim) keys each kernel has been called with
+_seen: set[tuple[Any, ...]] = set()  # (kernel, dtype, ndim) each kernel has been called with
+_unlocked: set[str] = set()  # kernels that may run without _lock (serial, or a re-entrant layer)
+_threads_set = threading.local()  # the numba thread count this thread last set
 _announced = False
 _TAG = object()  # first item of a context made here (smaller arrays carry the NumPy kernels')
 _numba: Any = None
@@ -142,25 +145,44 @@ def _announce(message: str) -> None:
 
 
 def _run(name: str, *args: Any) -> Any:
-    """Call kernel ``name``; a compile that takes more than a second is announced (once a process)."""
+    """Call kernel ``name``; a compile that takes more than a second is announced (once a process).
+
+    Serial kernels are re-entrant (``nogil``, no thread pool): they run without a lock, so
+    threads of the caller's own (data-parallel workers) overlap. A parallel launch holds
+    ``_lock`` only under the workqueue layer, the one that is not re-entrant."""
     fn = _compiled.get(name) or _kernel(name)
-    key = (args[0].dtype, args[0].ndim)  # what varies between a kernel's signatures in practice
-    seen = _signatures.setdefault(name, set())
-    if key in seen:
+    key = (name, args[0].dtype, args[0].ndim)  # what varies between a kernel's signatures in practice
+    if key in _seen:
+        if name in _unlocked:
+            return fn(*args)
         with _lock:
             return fn(*args)
-    seen.add(key)
+    return _first_run(name, key, fn, args)
+
+
+def _first_run(name: str, key: tuple[Any, ...], fn: Any, args: tuple[Any, ...]) -> Any:
     timer = threading.Timer(NOTICE_AFTER_S, _announce_once)
     timer.daemon = True
     timer.start()
     t0 = time.perf_counter()
     try:
         with _lock:
-            return fn(*args)
+            out = fn(*args)
+        if name.endswith(":serial") or _layer() not in ("workqueue", None):
+            _unlocked.add(name)
+        _seen.add(key)
+        return out
     finally:
         timer.cancel()
         if time.perf_counter() - t0 > NOTICE_AFTER_S:
             log.info("numba kernel %s compiled or loaded in %.1f s", name, time.perf_counter() - t0)
+
+
+def _layer() -> str | None:
+    try:
+        return _numba.threading_layer() if _numba is not None else None
+    except ValueError:  # no parallel launch yet
+        return None
 
 
 def _announce_once() -> None:
@@ -175,9 +197,11 @@ def _threads(units: int, size: int) -> int:
     waking a pool costs more than the work, and far more when the cores are busy."""
     if size < PARALLEL_MIN:
         return 1
-    numba = _import_numba()
-    nt = max(1, min(_npk.get_num_threads(), units, numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(nt)
+    numba = _numba or _import_numba()
+    nt = max(1, min(_npk._num_threads, units, numba.config.NUMBA_NUM_THREADS))
+    if getattr(_threads_set, "n", 0) != nt:  # numba's setting is per thread; setting it costs µs
+        numba.set_num_threads(nt)
+        _threads_set.n = nt
     return nt
 
 
@@ -430,6 +454,9 @@ def _ln_backward(g, x, w, mean, inv, centred, nt, dx, dw, db):
             for k in range(d):
                 xh = (xr[k] - head) * i32 + off
                 dr[k] = i32 * (gr[k] * w[k] - mg - xh * mgx)
+    for t in range(1, nt):  # merge the per-thread sums into row 0 (cheaper here than in NumPy)
+        dw[0] += dw[t]
+        db[0] += db[t]
 
 
 def _gn_forward(x, w, b, groups, eps, nt, y, mean, inv):
@@ -511,6 +538,9 @@ def _gn_backward(g, x, w, groups, mean, inv, nt, dx, dw, db):
                 dr = dx[u, c]
                 for k in range(s):
                     dr[k] = a * gr[k] + b2 * (xr[k] - head) + k2
+    for t in range(1, nt):  # merge the per-thread sums into row 0 (cheaper here than in NumPy)
+        dw[0] += dw[t]
+        db[0] += db[t]
 
 
 def _bne_forward2(x, head, a, bb, nt, y):
@@ -677,7 +707,7 @@ def _rows_bwd(
     dw = np.empty((nt, d))
     db = np.empty((nt, d))
     _run(_pick("ln_backward", nt), g2, x2, w, mean, inv, centred, nt, dx2, dw, db)
-    return dx2, dw.sum(axis=0), db.sum(axis=0)
+    return dx2, dw[0], db[0]  # the kernel merged the threads' sums into row 0
 
 
 def layer_norm(
@@ -691,7 +721,7 @@ def layer_norm(
     if not _use(x):
         return _npk.layer_norm(B, x, weight, bias, axes, eps)
     trailing = tuple(x.shape[x.ndim - len(axes) :])
-    d = int(np.prod(trailing))
+    d = math.prod(trailing)
     dt = x.dtype
     x2 = np.ascontiguousarray(x).reshape(-1, d)
     w = _affine(weight, d, 1.0, dt)
@@ -752,7 +782,7 @@ def group_norm_backward(
     _run(
         _pick("gn_backward", nt), g3, x3, _affine(weight, c, 1.0, dt), num_groups, mean, inv, nt, dx3, dw, db
     )
-    return dx3.reshape(shape), dw.sum(axis=0).astype(dt), db.sum(axis=0).astype(dt)
+    return dx3.reshape(shape), dw[0].astype(dt), db[0].astype(dt)  # merged into row 0 by the kernel
 
 
 def rms_norm(
@@ -763,11 +793,11 @@ def rms_norm(
 
         return reference.reference(B, x, weight, axes, eps)
     trailing = tuple(x.shape[x.ndim - len(axes) :])
-    d = int(np.prod(trailing))
+    d = math.prod(trailing)
     dt = x.dtype
     x2 = np.ascontiguousarray(x).reshape(-1, d)
     w = _affine(weight, d, 1.0, dt)
-    y2, mean, inv = _rows_fwd(x2, w, np.zeros(d, dt), eps, False)
+    y2, mean, inv = _rows_fwd(x2, w, _affine(None, d, 0.0, dt), eps, False)
     return y2.reshape(x.shape), (_TAG, x2, mean, inv, x.shape, trailing)
 
 

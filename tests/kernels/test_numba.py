@@ -280,7 +280,7 @@ def test_a_slow_compile_is_announced_once(monkeypatch):
     monkeypatch.setattr(kernels_numba, "_announced", False)
     monkeypatch.setitem(kernels_numba._compiled, "fake", _slow_kernel(0.3))
     monkeypatch.setitem(kernels_numba._compiled, "fake2", _slow_kernel(0.3))
-    monkeypatch.setattr(kernels_numba, "_signatures", {})
+    monkeypatch.setattr(kernels_numba, "_seen", set())
     heard = []
     remove = kernels_numba.add_compile_listener(heard.append)
     try:
