@@ -158,10 +158,14 @@ def _colsum(block: np.ndarray, ones_k: np.ndarray, ones_s: np.ndarray) -> np.nda
     """Per-channel sums of a (k, C, S) block, float32 BLAS, returned as float64 (C,)."""
     k, c, s = block.shape
     if s == 1:
-        return (ones_k @ block.reshape(k, c)).astype(np.float64)
-    if s > SEG:
-        return _rowsum(block.reshape(k * c, s)).reshape(k, c).sum(axis=0)
-    return (block.reshape(k * c, s) @ ones_s).reshape(k, c).sum(axis=0, dtype=np.float64)
+        sums = (ones_k @ block.reshape(k, c)).astype(np.float64)
+    elif s > SEG:
+        sums = _rowsum(block.reshape(k * c, s)).reshape(k, c).sum(axis=0)
+    else:
+        sums = (block.reshape(k * c, s) @ ones_s).reshape(k, c).sum(axis=0, dtype=np.float64)
+    if np.isinf(sums).any():  # a float32 sum past 3.4e38 (data near 3e38): the float64 sum is finite
+        sums = block.sum(axis=(0, 2), dtype=np.float64)
+    return sums
 
 
 def _coldot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -223,7 +227,19 @@ def _bn_stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return count, mean, m2
 
     count, mean, m2 = functools.reduce(chan_merge, _parallel(part, n, x3.size))
-    return mean, m2 / count
+    return mean, _var_in_float64_where_it_overflowed(x3, m2 / count)
+
+
+def _var_in_float64_where_it_overflowed(x3: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """Channels of (N, C, S) ``x3`` whose float32 squares overflowed (|x - mean| > 1.8e19, e.g.
+    data at 1e30) get their variance again in float64, where it is finite: 1 / std is then
+    representable (1e-30) and x_hat is not 0. Costs nothing where nothing overflowed."""
+    bad = np.flatnonzero(np.isinf(var))
+    if bad.size:
+        xb = x3[:, bad, :].astype(np.float64)
+        var = var.copy()
+        var[bad] = xb.var(axis=(0, 2))
+    return var
 
 
 def _small_2d(x: np.ndarray) -> bool:
@@ -261,14 +277,14 @@ def _bn_train_small(
     dt = x2.dtype
     nb = float(n)
     ones_k = _ones(n, dt)
-    m0 = ((ones_k @ x2).astype(np.float64) / nb).astype(dt)
+    m0 = (_colsum(x2.reshape(n, c, 1), ones_k, ones_k) / nb).astype(dt)
     d = _scratch(x2.size, dt).reshape(n, c)
     np.subtract(x2, m0, out=d)
-    sd = (ones_k @ d).astype(np.float64)
+    sd = _colsum(d.reshape(n, c, 1), ones_k, ones_k)
     bmean = m0 + sd / nb
     bm2 = np.maximum(np.einsum("ij,ij->j", d, d).astype(np.float64) - sd * sd / nb, 0.0)
     count, mean, m2 = chan_merge((0.0, np.zeros(c), np.zeros(c)), (nb, bmean, bm2))
-    var = m2 / count
+    var = _var_in_float64_where_it_overflowed(x2.reshape(n, c, 1), m2 / count)
     if np.isnan(mean).any():
         plain = x2.sum(axis=0, dtype=np.float64) / n
         mean = np.where(np.isnan(mean), plain, mean)
@@ -468,6 +484,9 @@ def _rows_forward(
             sd = _rowsum(d)
             corr = sd / d_len
             var = np.maximum(_rowsum(d, d) / d_len - corr * corr, 0.0)
+            if np.isinf(var).any():  # float32 squares past 3.4e38 (data at 1e30): those rows in float64
+                bad = np.flatnonzero(np.isinf(var))
+                var[bad] = xv[bad].astype(np.float64).var(axis=1)
             istd = 1.0 / np.sqrt(var + eps)
             mean = m0 + corr
             h = mean.astype(dt)

@@ -131,9 +131,10 @@ def moments(B: Backend, x: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
 
 
 def _mean_of(xp: Any, mean0: Any, correction: Any) -> Any:
-    """mean0 + correction; mean0 where the correction is NaN (an inf in the data: the mean is
-    +-inf, as PyTorch's running_mean shows, not NaN)."""
-    return xp.where(xp.isnan(correction), mean0, mean0 + correction)
+    """mean0 + correction; mean0 where the correction is not finite (an inf in the data, or a
+    float32 sum past 3.4e38 near float32's max: the mean is +-inf, as PyTorch's running_mean
+    shows, not inf - inf = NaN)."""
+    return xp.where(xp.isfinite(correction), mean0 + correction, mean0)
 
 
 def _var_of(xp: Any, mean_sq: Any, correction: Any) -> Any:
@@ -143,11 +144,30 @@ def _var_of(xp: Any, mean_sq: Any, correction: Any) -> Any:
     return xp.where(xp.isnan(var), mean_sq, xp.maximum(var, 0.0))
 
 
+# A float32 square overflows from |x - mean| > 1.8e19, where the variance itself is past float32
+# (PyTorch: inf, so x_hat = 0 or NaN) but 1 / std is not. There the inverse standard deviation
+# comes from the squares of the deviations scaled by 2^-96 first: for every finite float32
+# deviation above 2^64 (up to 2^129) the scaled square neither overflows nor underflows, and
+# powers of two scale exactly.
+_DOWN = 2.0**-96
+
+
+def inv_std_of(B: Backend, centred: Any, axes: tuple[int, ...], var: Any, eps: float) -> Any:
+    """1 / sqrt(var + eps) of the ``centred`` data, also where ``var`` overflowed its dtype."""
+    inv_std = B.rsqrt(var + eps)
+    xp = B.xp
+    if xp is np and not np.isinf(var).any():  # eager NumPy: only pay where it overflowed
+        return inv_std
+    scaled = accurate_mean(B, xp.square(centred * _DOWN), axes)
+    rescued = B.rsqrt(scaled) * _DOWN  # eps is far below a variance past 3e38
+    return xp.where(xp.isinf(var) & xp.isfinite(scaled), rescued, inv_std)
+
+
 @overridable
 def normalize(B: Backend, x: Any, axes: tuple[int, ...], eps: float) -> tuple[Any, Any, Any, Any]:
     """x_hat = (x - mean) / sqrt(var + eps) over ``axes``; returns (x_hat, inv_std, mean, var)."""
     mean, var, centred = moments(B, x, axes)
-    inv_std = B.rsqrt(var + eps)
+    inv_std = inv_std_of(B, centred, axes, var, eps)
     return centred * inv_std, inv_std, mean, var
 
 
@@ -412,7 +432,7 @@ def group_norm_backward(B: Backend, grad_y: Any, ctx: Any, weight: Any | None) -
 @overridable
 def rms_norm(B: Backend, x: Any, weight: Any | None, axes: tuple[int, ...], eps: float) -> tuple[Any, Any]:
     """RMS norm over the trailing ``axes``: y = x / sqrt(mean(x^2) + eps) * weight. Returns (y, ctx)."""
-    inv_rms = B.rsqrt(accurate_mean(B, x * x, axes) + eps)
+    inv_rms = inv_std_of(B, x, axes, accurate_mean(B, x * x, axes), eps)
     x_hat = x * inv_rms
     return (x_hat if weight is None else x_hat * weight), (x_hat, inv_rms)
 
