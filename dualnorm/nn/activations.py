@@ -84,7 +84,15 @@ class LeakyReLU(_Elementwise):
 
 
 class Sigmoid(_Elementwise):
-    """1 / (1 + exp(-x)); saturates (gradient ~ 0) for |x| large: the vanishing gradient."""
+    """1 / (1 + exp(-x)); saturates (gradient ~ 0) for |x| large: the vanishing gradient.
+
+    Takes bool input as 0.0 and 1.0, as PyTorch's sigmoid does.
+    """
+
+    def _input(self, x: Any) -> Any:
+        if str(getattr(x, "dtype", "")).rsplit(".", 1)[-1] in ("bool", "bool_"):
+            x = self.backend.to_numpy(x).astype(self.backend.numpy_dtype(self.dtype))
+        return super()._input(x)
 
     def forward(self, x: Any) -> Any:
         x = self._input(x)
@@ -131,7 +139,8 @@ class SELU(_Elementwise):
     def _derivative(self, saved: dict[str, Any]) -> Any:
         xp = self.xp
         x = saved["x"]
-        return self.scale * xp.where(x > 0, 1.0, self.alpha * xp.exp(xp.minimum(x, 0.0))).astype(x.dtype)
+        # x <= 0 picks the exponential side, as PyTorch's elu_backward: at NaN the slope is scale.
+        return self.scale * xp.where(x <= 0, self.alpha * xp.exp(xp.minimum(x, 0.0)), 1.0).astype(x.dtype)
 
 
 class Identity(_FollowsInput):
