@@ -86,9 +86,12 @@ def test_selu_backward_at_nan_is_the_positive_slope(backend):
 
 
 def test_sigmoid_takes_bool_input_as_zero_and_one(backend):
-    y = dualnorm.to_numpy(nn.Sigmoid()(np.array([True, False])))
+    sigmoid = nn.Sigmoid()
+    y = dualnorm.to_numpy(sigmoid(np.array([True, False])))
     np.testing.assert_allclose(y, [1 / (1 + np.exp(-1.0)), 0.5], rtol=1e-6)
     assert y.dtype == np.float32
+    with pytest.raises(ValueError, match=r"Sigmoid\.backward: the last forward's input was bool"):
+        sigmoid.backward(np.ones(2, np.float32))  # a bool has no gradient, as in PyTorch
     torch = pytest.importorskip("torch")
     np.testing.assert_allclose(y, torch.sigmoid(torch.tensor([True, False])).numpy(), rtol=1e-6)
 
