@@ -159,8 +159,11 @@ def inv_std_of(B: Backend, centred: Any, axes: tuple[int, ...], var: Any, eps: f
     if xp is np and not np.isinf(var).any():  # eager NumPy: only pay where it overflowed
         return inv_std
     scaled = accurate_mean(B, xp.square(centred * _DOWN), axes)
-    rescued = B.rsqrt(scaled) * _DOWN  # eps is far below a variance past 3e38
-    return xp.where(xp.isinf(var) & xp.isfinite(scaled), rescued, inv_std)
+    overflowed = xp.isinf(var) & xp.isfinite(scaled)
+    # rsqrt of 1 where unused: elsewhere `scaled` underflows to 0, and a gradient through the
+    # unused branch of a where (mx.grad) would be 0 * inf = NaN
+    safe = xp.where(overflowed, scaled, 1.0)
+    return xp.where(overflowed, B.rsqrt(safe) * _DOWN, inv_std)  # eps is far below a variance past 3e38
 
 
 @overridable
