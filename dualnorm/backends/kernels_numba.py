@@ -38,6 +38,7 @@ import numpy as np
 
 from dualnorm.backends import kernels_numpy as _npk
 from dualnorm.backends.base import Backend
+from dualnorm.nn.functional import writes_out
 
 # Per call numba takes 0.2-0.36x the NumPy kernels' time from 1 000 elements up
 # (benchmarks/crossover.py), but importing numba and loading the cached kernels adds about 1.2 s
@@ -637,11 +638,17 @@ def _units(xv: np.ndarray) -> int:
     return xv.shape[0] if xv.ndim == 2 else xv.shape[0] * xv.shape[1]
 
 
+@writes_out
 def batch_norm_train(
-    B: Backend, x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, eps: float
+    B: Backend,
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
     if not _use(x):
-        return _npk.batch_norm_train(B, x, weight, bias, eps)
+        return _npk.batch_norm_train(B, x, weight, bias, eps, out=out)
     n, c = x.shape[0], x.shape[1]
     dt = x.dtype
     x3 = np.ascontiguousarray(x).reshape(n, c, -1)
@@ -649,7 +656,7 @@ def batch_norm_train(
         x3 = x3.reshape(1, 1, -1) if x3.shape[2] == 1 else x3
     xv, nd = _bn_view(x3)
     nt = _threads(_units(xv), x3.size)
-    y = np.empty_like(xv)
+    y = _out_view(out, xv)
     w, b = _affine(weight, c, 1.0, dt), _affine(bias, c, 0.0, dt)
     mean, var, inv, tail, head = _run(_pick("bn_forward" + nd, nt), xv, w, b, float(eps), nt, y)
     ctx = (_TAG, xv, nd, inv, tail, head, x.shape)
@@ -675,6 +682,14 @@ def batch_norm_train_backward(
 _fills: dict[tuple[int, float, Any], np.ndarray] = {}
 
 
+def _out_view(out: np.ndarray | None, xv: np.ndarray) -> np.ndarray:
+    """Where the kernel writes y: ``out`` (checked by F.check_out) seen as ``xv``'s shape when it is
+    contiguous, so no new array is made; else a new array (the dispatcher copies it into ``out``)."""
+    if out is not None and out.flags.c_contiguous:
+        return out.reshape(xv.shape)
+    return np.empty_like(xv)
+
+
 def _affine(v: np.ndarray | None, n: int, fill: float, dt: np.dtype) -> np.ndarray:
     """The parameter as a contiguous ``dt`` vector; ones / zeros (cached; never written) when absent."""
     if v is None:
@@ -688,10 +703,12 @@ def _affine(v: np.ndarray | None, n: int, fill: float, dt: np.dtype) -> np.ndarr
     return np.ascontiguousarray(v, dtype=dt).reshape(n)
 
 
-def _rows_fwd(x2: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, centred: bool) -> tuple[Any, ...]:
+def _rows_fwd(
+    x2: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, centred: bool, out: np.ndarray | None = None
+) -> tuple[Any, ...]:
     rows = x2.shape[0]
     nt = _threads(rows, x2.size)
-    y2 = np.empty_like(x2)
+    y2 = _out_view(out, x2)
     mean = np.empty(rows)
     inv = np.empty(rows)
     _run(_pick("ln_forward", nt), x2, w, b, float(eps), centred, nt, y2, mean, inv)
@@ -710,6 +727,7 @@ def _rows_bwd(
     return dx2, dw[0], db[0]  # the kernel merged the threads' sums into row 0
 
 
+@writes_out
 def layer_norm(
     B: Backend,
     x: np.ndarray,
@@ -717,16 +735,17 @@ def layer_norm(
     bias: np.ndarray | None,
     axes: tuple[int, ...],
     eps: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Any]:
     if not _use(x):
-        return _npk.layer_norm(B, x, weight, bias, axes, eps)
+        return _npk.layer_norm(B, x, weight, bias, axes, eps, out=out)
     trailing = tuple(x.shape[x.ndim - len(axes) :])
     d = math.prod(trailing)
     dt = x.dtype
     x2 = np.ascontiguousarray(x).reshape(-1, d)
     w = _affine(weight, d, 1.0, dt)
     b = _affine(bias, d, 0.0, dt)
-    y2, mean, inv = _rows_fwd(x2, w, b, eps, True)
+    y2, mean, inv = _rows_fwd(x2, w, b, eps, True, out)
     return y2.reshape(x.shape), (_TAG, x2, mean, inv, x.shape, trailing)
 
 
@@ -743,6 +762,7 @@ def layer_norm_backward(
     return dx2.reshape(shape), dw.astype(dt).reshape(trailing), db.astype(dt).reshape(trailing)
 
 
+@writes_out
 def group_norm(
     B: Backend,
     x: np.ndarray,
@@ -750,15 +770,16 @@ def group_norm(
     weight: np.ndarray | None,
     bias: np.ndarray | None,
     eps: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Any]:
     if not _use(x):
-        return _npk.group_norm(B, x, num_groups, weight, bias, eps)
+        return _npk.group_norm(B, x, num_groups, weight, bias, eps, out=out)
     n, c = x.shape[0], x.shape[1]
     dt = x.dtype
     x3 = np.ascontiguousarray(x).reshape(n * num_groups, c // num_groups, -1)
     units = x3.shape[0]
     nt = _threads(units, x3.size)
-    y3 = np.empty_like(x3)
+    y3 = _out_view(out, x3)
     mean = np.empty(units)
     inv = np.empty(units)
     w, b = _affine(weight, c, 1.0, dt), _affine(bias, c, 0.0, dt)
@@ -785,8 +806,14 @@ def group_norm_backward(
     return dx3.reshape(shape), dw[0].astype(dt), db[0].astype(dt)  # merged into row 0 by the kernel
 
 
+@writes_out
 def rms_norm(
-    B: Backend, x: np.ndarray, weight: np.ndarray | None, axes: tuple[int, ...], eps: float
+    B: Backend,
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    axes: tuple[int, ...],
+    eps: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Any]:
     if not _use(x):
         from dualnorm.nn.functional import rms_norm as reference
@@ -797,7 +824,7 @@ def rms_norm(
     dt = x.dtype
     x2 = np.ascontiguousarray(x).reshape(-1, d)
     w = _affine(weight, d, 1.0, dt)
-    y2, mean, inv = _rows_fwd(x2, w, _affine(None, d, 0.0, dt), eps, False)
+    y2, mean, inv = _rows_fwd(x2, w, _affine(None, d, 0.0, dt), eps, False, out)
     return y2.reshape(x.shape), (_TAG, x2, mean, inv, x.shape, trailing)
 
 
@@ -815,6 +842,7 @@ def rms_norm_backward(
     return dx2.reshape(shape), dw.astype(dt).reshape(trailing)
 
 
+@writes_out
 def batch_norm_eval(
     B: Backend,
     x: np.ndarray,
@@ -823,6 +851,7 @@ def batch_norm_eval(
     running_mean: np.ndarray,
     running_var: np.ndarray,
     eps: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Any]:
     if not _use(x):
         from dualnorm.nn.functional import batch_norm_eval as reference
@@ -842,7 +871,7 @@ def batch_norm_eval(
     tail = mean - head
     a = inv * (1.0 if weight is None else np.asarray(weight, dtype=np.float64).reshape(c))
     bb = (0.0 if bias is None else np.asarray(bias, dtype=np.float64).reshape(c)) - tail * a
-    y = np.empty_like(xv)
+    y = _out_view(out, xv)
     _run(_pick("bne_forward" + nd, nt), xv, head, a.astype(dt), bb.astype(dt), nt, y)
     return y.reshape(x.shape), (_TAG, xv, nd, inv, tail, head, x.shape)
 

@@ -134,6 +134,14 @@ def _rowsum(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     return head.sum(axis=1, dtype=np.float64) + tail
 
 
+def _out_view(out: np.ndarray | None, xv: np.ndarray) -> np.ndarray:
+    """Where a forward writes y: ``out`` (checked by F.check_out) seen as ``xv``'s shape when it is
+    contiguous, so no new array is made; else a new array (the dispatcher copies it into ``out``)."""
+    if out is not None and out.flags.c_contiguous:
+        return out.reshape(xv.shape)
+    return np.empty_like(xv)
+
+
 def _split_mean(mean: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """float64 mean -> (head in ``dtype``, float64 tail) with head + tail == mean."""
     head = mean.astype(dtype)
@@ -267,7 +275,11 @@ def _bn_constants(
 
 
 def _bn_train_small(
-    x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, eps: float
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
     """:func:`batch_norm_train` on one (N, C) block: the same operations in the same order
     (bit for bit the same results), without the blocking and threading machinery, whose
@@ -289,7 +301,7 @@ def _bn_train_small(
         plain = x2.sum(axis=0, dtype=np.float64) / n
         mean = np.where(np.isnan(mean), plain, mean)
     inv_std, head, tail, a, b, fold = _bn_constants(mean, var, weight, bias, eps, dt)
-    y = np.empty_like(x2)
+    y = _out_view(out, x2)
     if fold:
         np.multiply(x2, a.astype(dt), out=y)
     else:
@@ -300,11 +312,17 @@ def _bn_train_small(
     return y, mean.astype(dt), var.astype(dt), ctx
 
 
+@F.writes_out
 def batch_norm_train(
-    B: Backend, x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, eps: float
+    B: Backend,
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
     if _small_2d(x):
-        return _bn_train_small(x, weight, bias, eps)
+        return _bn_train_small(x, weight, bias, eps, out)
     x3 = _bn_view(x)
     n, c, s = x3.shape
     dt = x3.dtype
@@ -313,7 +331,7 @@ def batch_norm_train(
         plain = x3.sum(axis=(0, 2), dtype=np.float64) / (n * s)
         mean = np.where(np.isnan(mean), plain, mean)
     inv_std, head, tail, a, b, fold = _bn_constants(mean, var, weight, bias, eps, dt)
-    xv, yv = _chan_view(x3), _chan_view(np.empty_like(x3))
+    xv, yv = _chan_view(x3), _chan_view(_out_view(out, x3))
     a32, b32, head_b = _chan_const(a, dt, s), _chan_const(b, dt, s), _chan_const(head, dt, s)
     y3 = yv.reshape(x3.shape)
     step = _bn_block(n, c, s)
@@ -461,8 +479,9 @@ def _rows_forward(
     w: np.ndarray | None,
     b: np.ndarray | None,
     eps: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """x2: (units, U) contiguous. Returns y2, head, tail, inv_std (per row)."""
+    """x2: (units, U) contiguous. Returns y2 (in ``out`` when given), head, tail, inv_std (per row)."""
     units, size = x2.shape
     dt = x2.dtype
     d_len = size // rows_per_unit
@@ -470,7 +489,7 @@ def _rows_forward(
     head = np.empty(rows, dt)
     tail = np.empty(rows)
     inv = np.empty(rows)
-    y2 = np.empty_like(x2)
+    y2 = _out_view(out, x2)
     step = max(1, CHUNK // size)
 
     def part(lo: int, hi: int) -> None:
@@ -562,6 +581,7 @@ def _rows_backward(
     return dx2, sum(p[0] for p in parts), sum(p[1] for p in parts)
 
 
+@F.writes_out
 def layer_norm(
     B: Backend,
     x: np.ndarray,
@@ -569,13 +589,14 @@ def layer_norm(
     bias: np.ndarray | None,
     axes: tuple[int, ...],
     eps: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Any]:
     trailing = tuple(x.shape[x.ndim - len(axes) :])
     d_len = int(np.prod(trailing))
     x2 = np.ascontiguousarray(x).reshape(-1, d_len)
     w = None if weight is None else weight.reshape(d_len).astype(x2.dtype, copy=False)
     b = None if bias is None else bias.reshape(d_len).astype(x2.dtype, copy=False)
-    y2, head, tail, inv = _rows_forward(x2, 1, (d_len,), w, b, eps)
+    y2, head, tail, inv = _rows_forward(x2, 1, (d_len,), w, b, eps, out)
     return y2.reshape(x.shape), (x2, head, tail, inv, x.shape, trailing)
 
 
@@ -591,6 +612,7 @@ def layer_norm_backward(
     return dx2.reshape(shape), sgx.astype(dt).reshape(trailing), sg.astype(dt).reshape(trailing)
 
 
+@F.writes_out
 def group_norm(
     B: Backend,
     x: np.ndarray,
@@ -598,6 +620,7 @@ def group_norm(
     weight: np.ndarray | None,
     bias: np.ndarray | None,
     eps: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Any]:
     n, c = x.shape[0], x.shape[1]
     x2 = np.ascontiguousarray(x).reshape(n, -1)
@@ -605,7 +628,7 @@ def group_norm(
     dt = x2.dtype
     w = None if weight is None else weight.astype(dt, copy=False).reshape(c, 1)
     b = None if bias is None else bias.astype(dt, copy=False).reshape(c, 1)
-    y2, head, tail, inv = _rows_forward(x2, num_groups, (c, s), w, b, eps)
+    y2, head, tail, inv = _rows_forward(x2, num_groups, (c, s), w, b, eps, out)
     return y2.reshape(x.shape), (x2, num_groups, head, tail, inv, x.shape)
 
 

@@ -44,10 +44,58 @@ def overridable(fn: F) -> F:
     @functools.wraps(fn)
     def dispatch(B: Backend, *args: Any, **kwargs: Any) -> Any:
         impl = B.kernels.get(name)
+        if kwargs.get("out") is not None and name in OUT_FORWARDS:
+            return _forward_into(B, impl or fn, name, kwargs.pop("out"), args, kwargs)
+        kwargs.pop("out", None)
         return (impl or fn)(B, *args, **kwargs)
 
     dispatch.reference = fn  # type: ignore[attr-defined]
     return dispatch  # type: ignore[return-value]
+
+
+# Forwards that take ``out=`` (as NumPy ufuncs do): y is written into ``out`` and ``out`` returned
+# in its place. A kernel marked ``writes_out`` writes there directly (no new output array); any
+# other is copied in. The backward keeps the input, never y, so ``out`` may be reused freely
+# once the forward returned (not while it still overlaps the input).
+OUT_FORWARDS = {"batch_norm_train", "batch_norm_eval", "layer_norm", "group_norm", "rms_norm"}
+
+
+def writes_out(fn: F) -> F:
+    """Mark a kernel that takes ``out=`` and writes y there itself."""
+    fn.writes_out = True  # type: ignore[attr-defined]
+    return fn
+
+
+def check_out(B: Backend, out: Any, x: Any, what: str) -> np.ndarray:
+    """``out`` if it can take the forward of ``x``; else a clear :class:`InputError`."""
+    if B.name != "numpy" or not isinstance(out, np.ndarray):
+        raise InputError(
+            f"{what}: out= takes a NumPy array on the NumPy backend (MLX arrays are immutable); got "
+            f"{type(out).__name__} on the {B.name} backend. Use the returned array instead."
+        )
+    if out.shape != tuple(x.shape) or out.dtype != x.dtype or not out.flags.writeable:
+        raise InputError(
+            f"{what}: out has shape {out.shape} and dtype {out.dtype}"
+            f"{'' if out.flags.writeable else ' (read-only)'}; expected a writeable array of the "
+            f"input's shape {tuple(x.shape)} and dtype {x.dtype}"
+        )
+    if np.may_share_memory(out, x):
+        raise InputError(f"{what}: out overlaps the input, which the backward reads; pass a separate array")
+    return out
+
+
+def _forward_into(
+    B: Backend, impl: Callable[..., Any], name: str, out: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    check_out(B, out, args[0], name)
+    if getattr(impl, "writes_out", False):
+        result = impl(B, *args, out=out, **kwargs)
+    else:
+        result = impl(B, *args, **kwargs)
+    y = result[0]
+    if not np.may_share_memory(y, out):
+        np.copyto(out, y)
+    return (out, *result[1:])
 
 
 def kernels_in(namespace: dict[str, Any]) -> dict[str, Callable[..., Any]]:
