@@ -46,6 +46,10 @@ from dualnorm.nn.functional import writes_out
 # at demo sizes. From 2^17 elements a call saves about a millisecond; smaller arrays keep the
 # NumPy kernels, so the demos start exactly as fast as without numba. 0 = numba at every size.
 MIN_ELEMENTS = 1 << 17
+# Once numba is loaded (a large layer imported it), its import is paid: from LOADED_MIN elements
+# up the serial kernels take 0.2-0.36x the NumPy kernels' time (benchmarks/crossover.py), so
+# the small layers of the same process take them too.
+LOADED_MIN = 1 << 12
 NOTICE_AFTER_S = 1.0
 PARALLEL_MIN = _npk.PARALLEL_MIN  # below this many elements, one thread
 
@@ -207,7 +211,11 @@ def _threads(units: int, size: int) -> int:
 
 
 def _use(x: np.ndarray) -> bool:
-    return x.size >= MIN_ELEMENTS and x.dtype in (np.float32, np.float64)
+    n = x.size
+    return (n >= MIN_ELEMENTS or (n >= LOADED_MIN and _numba is not None)) and x.dtype in (
+        np.float32,
+        np.float64,
+    )
 
 
 # --- the kernels (plain Python, compiled by numba on first use) ----------------------------
