@@ -43,10 +43,14 @@ def _best(fn: Callable[[], Any], repeats: int) -> float:
     return best
 
 
-def _dualnorm(exps: list[int], repeats: int) -> dict[str, float]:
+def _dualnorm(exps: list[int], repeats: int, numba_loaded: bool) -> dict[str, float]:
     import numpy as np
 
     import dualnorm.nn as nn
+    from dualnorm.backends import kernels_numba
+
+    if numba_loaded:  # as in a process whose large layers loaded numba: small layers use it too
+        kernels_numba._import_numba()
 
     make = {
         "BN1d": lambda: nn.BatchNorm1d(1024),
@@ -115,12 +119,14 @@ def _torch(exps: list[int], repeats: int, threads: int) -> dict[str, float]:
     return out
 
 
-def _child(which: str, threads: int, exps: list[int], repeats: int) -> dict[str, float]:
+def _child(which: str, threads: int, exps: list[int], repeats: int, numba_loaded: bool) -> dict[str, float]:
     env = dict(os.environ, DUALNORM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     env.update(MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), DUALNORM_KERNELS="numba")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "benchmarks.ratios", "--worker", which, "--threads", str(threads)]
-    cmd += ["--repeats", str(repeats), "--exps", *map(str, exps)]
+    cmd += ["--repeats", str(repeats), "--exps", *map(str, exps)] + (
+        ["--numba-loaded"] if numba_loaded else []
+    )
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -132,10 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument(
+        "--numba-loaded",
+        action="store_true",
+        help="dualnorm's process loads numba first (as after a large layer): small layers use it too",
+    )
     parser.add_argument("--worker", choices=["dualnorm", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker == "dualnorm":
-        print(json.dumps(_dualnorm(args.exps, args.repeats)))
+        print(json.dumps(_dualnorm(args.exps, args.repeats, args.numba_loaded)))
         return 0
     if args.worker == "torch":
         print(json.dumps(_torch(args.exps, args.repeats, args.threads)))
@@ -146,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):
         for which, threads in plan:
             key = f"{which}-{threads}"
-            got = _child(which, threads, args.exps, args.repeats)
+            got = _child(which, threads, args.exps, args.repeats, args.numba_loaded)
             runs[key] = {k: min(v, runs.get(key, {}).get(k, v)) for k, v in got.items()}
     dn, tc, one = runs[f"dualnorm-{args.threads}"], runs[f"torch-{args.threads}"], runs["dualnorm-1"]
     print(
