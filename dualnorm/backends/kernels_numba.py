@@ -322,11 +322,13 @@ def _bn_forward3(x, w, b, eps, nt, y):
 
 
 def _bn_grad_finish(x, w, m, inv, tail, sg, sgx):
-    """dx = a * g + bc * (x - head) + k per channel, and the parameter gradients."""
+    """dx = a * (g + c2 * (x - head)) + k per channel, and the parameter gradients.
+
+    a * c2 is kept as two factors: at 1e30 it is ~1e-60, below float32 (its term would vanish)."""
     c = inv.shape[0]
     nt = sg.shape[0]
     a = np.empty(c, x.dtype)
-    bc = np.empty(c, x.dtype)
+    c2 = np.empty(c, x.dtype)
     k = np.empty(c, x.dtype)
     gw = np.empty(c, x.dtype)
     gb = np.empty(c, x.dtype)
@@ -338,13 +340,13 @@ def _bn_grad_finish(x, w, m, inv, tail, sg, sgx):
             sum_gt += sgx[t, j]
         sum_gc = sum_gt - tail[j] * sum_g  # sum of g * (x - mean)
         aj = np.float64(w[j]) * inv[j]
-        bcj = -aj * inv[j] * inv[j] * sum_gc / m
+        c2j = -inv[j] * inv[j] * sum_gc / m
         a[j] = aj
-        bc[j] = bcj
-        k[j] = -aj * (sum_g / m) - bcj * tail[j]
+        c2[j] = c2j
+        k[j] = -aj * (sum_g / m) - aj * c2j * tail[j]
         gw[j] = inv[j] * sum_gc
         gb[j] = sum_g
-    return a, bc, k, gw, gb
+    return a, c2, k, gw, gb
 
 
 def _bn_backward2(g, x, w, inv, tail, head, nt, dx):
@@ -361,14 +363,14 @@ def _bn_backward2(g, x, w, inv, tail, head, nt, dx):
                 gv = np.float64(gr[j])
                 a1[j] += gv
                 a2[j] += gv * np.float64(xr[j] - head[j])
-    a, bc, k, gw, gb = _bn_grad_finish(x, w, n, inv, tail, sg, sgx)
+    a, c2, k, gw, gb = _bn_grad_finish(x, w, n, inv, tail, sg, sgx)
     for t in prange(nt):
         for i in range(n * t // nt, n * (t + 1) // nt):
             xr = x[i]
             gr = g[i]
             dr = dx[i]
             for j in range(c):
-                dr[j] = a[j] * gr[j] + bc[j] * (xr[j] - head[j]) + k[j]
+                dr[j] = a[j] * (gr[j] + c2[j] * (xr[j] - head[j])) + k[j]
     return gw, gb
 
 
@@ -393,16 +395,16 @@ def _bn_backward3(g, x, w, inv, tail, head, nt, dx):
                 q += gv * np.float64(xr[k] - h)
             a1[j] += p
             a2[j] += q
-    a, bc, k, gw, gb = _bn_grad_finish(x, w, n * s, inv, tail, sg, sgx)
+    a, c2, k, gw, gb = _bn_grad_finish(x, w, n * s, inv, tail, sg, sgx)
     for t in prange(nt):
         for u in range(units * t // nt, units * (t + 1) // nt):
             j = u % c
             xr = x[u // c, j]
             gr = g[u // c, j]
             dr = dx[u // c, j]
-            h, aj, bj, kj = head[j], a[j], bc[j], k[j]
+            h, aj, cj, kj = head[j], a[j], c2[j], k[j]
             for q in range(s):
-                dr[q] = aj * gr[q] + bj * (xr[q] - h) + kj
+                dr[q] = aj * (gr[q] + cj * (xr[q] - h)) + kj
     return gw, gb
 
 
@@ -536,17 +538,19 @@ def _gn_backward(g, x, w, groups, mean, inv, nt, dx, dw, db):
                 s_gwx += wc * sgh
             mg = s_gw / m
             mgx = s_gwx / m
-            # dx = istd * (g*w - mg - x_hat * mgx) = (istd*w) g + bc (x - head) + k
-            bc = -istd * istd * mgx
+            # dx = istd * (g*w - mg - x_hat * mgx) = istd * (w g + c3 (x - head)) + k, with
+            # c3 = -istd * mgx; istd * c3 stays two factors (~1e-60 at 1e30, below float32)
+            c3 = -istd * mgx
+            i32 = x.dtype.type(istd)
+            c3_32 = x.dtype.type(c3)
+            k2 = x.dtype.type(-istd * mg - istd * c3 * tail)
             for c in range(cg):
-                a = x.dtype.type(istd * np.float64(w[c0 + c]))
-                b2 = x.dtype.type(bc)
-                k2 = x.dtype.type(-istd * mg - bc * tail)
+                wc = x.dtype.type(w[c0 + c])
                 xr = x[u, c]
                 gr = g[u, c]
                 dr = dx[u, c]
                 for k in range(s):
-                    dr[k] = a * gr[k] + b2 * (xr[k] - head) + k2
+                    dr[k] = i32 * (wc * gr[k] + c3_32 * (xr[k] - head)) + k2
     for t in range(1, nt):  # merge the per-thread sums into row 0 (cheaper here than in NumPy)
         dw[0] += dw[t]
         db[0] += db[t]

@@ -389,14 +389,15 @@ def batch_norm_train_backward(
     w = np.ones(c) if weight is None else weight.astype(np.float64)
     a = w * inv_std
     mean_gxhat = inv_std * sum_gc / m
-    # dx = a * (g - mean(g) - x_hat * mean(g x_hat)) = a*g + bc*(x - head) + k
-    bc = -a * inv_std * mean_gxhat
-    k = -a * (sum_g / m) - bc * tail
-    if fold:  # = a*g + bc*x + (k - bc*head)
-        k = k - bc * head.astype(np.float64)
+    # dx = a * (g - mean(g) - x_hat * mean(g x_hat)) = a * (g + c2 * (x - head)) + k; a * c2 stays
+    # two factors: at 1e30 it is ~1e-60, below float32, and its term would vanish
+    c2 = -inv_std * mean_gxhat
+    k = -a * (sum_g / m) - a * c2 * tail
+    if fold:  # = a * (g + c2 * x) + (k - a * c2 * head)
+        k = k - a * c2 * head.astype(np.float64)
     gv, xv = _chan_view(g3), _chan_view(x3)
     dxv = _chan_view(np.empty_like(x3))
-    a32, bc32, k32, head_c = (_chan_const(v, dt, s) for v in (a, bc, k, head))
+    a32, c2_32, k32, head_c = (_chan_const(v, dt, s) for v in (a, c2, k, head))
     dx3 = dxv.reshape(x3.shape)
 
     def apply(lo: int, hi: int) -> None:
@@ -405,12 +406,12 @@ def batch_norm_train_backward(
             out = dxv[i:j]
             t = _scratch(out.size, dt).reshape(out.shape)
             if fold:
-                np.multiply(xv[i:j], bc32, out=t)
+                np.multiply(xv[i:j], c2_32, out=t)
             else:
                 np.subtract(xv[i:j], head_c, out=t)
-                np.multiply(t, bc32, out=t)
-            np.multiply(gv[i:j], a32, out=out)
-            np.add(out, t, out=out)
+                np.multiply(t, c2_32, out=t)
+            np.add(gv[i:j], t, out=out)
+            np.multiply(out, a32, out=out)
             np.add(out, k32, out=out)
 
     _parallel(apply, n, x3.size)
@@ -447,19 +448,19 @@ def _bn_train_backward_small(
     w = np.ones(c) if weight is None else weight.astype(np.float64)
     a = w * inv_std
     mean_gxhat = inv_std * sum_gc / m
-    bc = -a * inv_std * mean_gxhat
-    k = -a * (sum_g / m) - bc * tail
+    c2 = -inv_std * mean_gxhat
+    k = -a * (sum_g / m) - a * c2 * tail
     if fold:
-        k = k - bc * head.astype(np.float64)
+        k = k - a * c2 * head.astype(np.float64)
     dx = np.empty_like(x2)
     t = _scratch(dx.size, dt).reshape(n, c)
     if fold:
-        np.multiply(x2, bc.astype(dt), out=t)
+        np.multiply(x2, c2.astype(dt), out=t)
     else:
         np.subtract(x2, head.astype(dt), out=t)
-        np.multiply(t, bc.astype(dt), out=t)
-    np.multiply(g2, a.astype(dt), out=dx)
-    np.add(dx, t, out=dx)
+        np.multiply(t, c2.astype(dt), out=t)
+    np.add(g2, t, out=dx)
+    np.multiply(dx, a.astype(dt), out=dx)
     np.add(dx, k.astype(dt), out=dx)
     grad_w = (inv_std * sum_gc).astype(dt)
     return dx, grad_w, sum_g.astype(dt)

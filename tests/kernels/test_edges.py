@@ -40,15 +40,20 @@ def test_data_at_1e30_normalizes_as_in_float64(backend, rng, name):
     x = (rng.standard_normal((6, 8, 4, 4)) * 1e30).astype(np.float32)
     layer = make()
     y = dualnorm.to_numpy(layer(x)).astype(np.float64)
-    if name == "GroupNorm":
-        want = _ref_norm(x.reshape(6, 4, -1), (2,), 1e-5).reshape(x.shape)
-    else:
-        want = _ref_norm(x, axes, 1e-5 if centred else float(np.finfo(np.float32).eps), centred)
+    eps = 1e-5 if centred else float(np.finfo(np.float32).eps)
+    xv, av = (x.reshape(6, 4, -1), (2,)) if name == "GroupNorm" else (x, axes)
+    want = _ref_norm(xv, av, eps, centred).reshape(x.shape)
     np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
-    # the backward stays finite and matches float64's: dL/dx of sum(y * g) is O(1e-30)
+    # the backward matches float64's: dx = inv_std * (g - mean(g) - x_hat * mean(g x_hat)) ~ 1e-30
     g = rng.standard_normal(x.shape).astype(np.float32)
     dx = dualnorm.to_numpy(layer.backward(g)).astype(np.float64)
-    assert np.isfinite(dx).all() and np.abs(dx).max() > 0
+    x64, g64 = xv.astype(np.float64), g.reshape(xv.shape).astype(np.float64)
+    mean = x64.mean(axis=av, keepdims=True) if centred else 0.0
+    inv = 1.0 / np.sqrt(((x64 - mean) ** 2).mean(axis=av, keepdims=True) + eps)
+    xhat = (x64 - mean) * inv
+    mean_g = g64.mean(axis=av, keepdims=True) if centred else 0.0
+    want_dx = (inv * (g64 - mean_g - xhat * (g64 * xhat).mean(axis=av, keepdims=True))).reshape(x.shape)
+    np.testing.assert_allclose(dx, want_dx, rtol=0, atol=1e-3 * np.abs(want_dx).max())
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
