@@ -296,6 +296,107 @@ def run_sweep(
     return points
 
 
+# --- the sweep's PyTorch CPU row: its own process, dualnorm's thread count ------------------------
+
+TORCH_LABEL = "torch-cpu"
+
+
+def torch_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def _torch_layer(case: Case) -> Any:
+    import torch
+
+    if case.kind == "batchnorm":
+        return (
+            torch.nn.BatchNorm1d(case.channels)
+            if len(case.shape) <= 3
+            else torch.nn.BatchNorm2d(case.channels)
+        )
+    if case.kind == "layernorm":
+        return torch.nn.LayerNorm(case.channels)
+    return torch.nn.GroupNorm(case.groups, case.channels)
+
+
+def _torch_worker() -> None:
+    """In the child: time PyTorch's forward+backward of the cases read from stdin (JSON) as
+    :func:`run_sweep` times dualnorm's; print {case id: [first call s, median s]}."""
+    import sys
+
+    import torch
+
+    spec = json.loads(sys.stdin.read())
+    torch.set_num_threads(spec["threads"])
+    result = {}
+    for kind, shape, groups in spec["cases"]:
+        case = Case(kind, tuple(shape), groups)
+        x, g = inputs(case)
+        layer = _torch_layer(case).train()
+        tx = torch.from_numpy(x).requires_grad_(True)
+        tg = torch.from_numpy(g)
+
+        def fwdbwd(layer: Any = layer, tx: Any = tx, tg: Any = tg) -> None:
+            tx.grad = None
+            layer.zero_grad(set_to_none=True)
+            layer(tx).backward(tg)
+
+        t0 = time.perf_counter()
+        fwdbwd()
+        first = time.perf_counter() - t0
+        times = time_interleaved({"t": fwdbwd}, repeats=spec["repeats"], warmup=1)["t"]
+        result[case.id] = [first, median(times)]
+    print(json.dumps({"threads": torch.get_num_threads(), "cases": result}))
+
+
+def torch_sweep(
+    cases: list[Case], repeats: int, threads: int | None = None
+) -> tuple[dict[str, tuple[float, float]], int]:
+    """PyTorch CPU's (first call, median) seconds per case id, timed in a child process (its own
+    thread pools, set to ``threads``: by default dualnorm's NumPy kernel thread count), and the
+    thread count PyTorch ran with."""
+    import subprocess
+    import sys
+
+    from dualnorm.backends import kernels_numpy
+
+    threads = threads or kernels_numpy.get_num_threads()
+    spec = {
+        "cases": [[c.kind, list(c.shape), c.groups] for c in cases],
+        "repeats": repeats,
+        "threads": threads,
+    }
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    root = os.path.dirname(
+        os.path.dirname(os.path.abspath(dualnorm.__file__))
+    )  # this dualnorm, in the child too
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-c", "from dualnorm.bench import _torch_worker; _torch_worker()"],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the PyTorch timing process failed: {done.stderr.strip()[-500:]}")
+    reply = json.loads(done.stdout.strip().splitlines()[-1])
+    return {k: (v[0], v[1]) for k, v in reply["cases"].items()}, reply["threads"]
+
+
+def add_torch_row(points: list[SweepPoint], repeats: int, threads: int | None = None) -> int:
+    """Add PyTorch CPU (:data:`TORCH_LABEL`) to every sweep point, timed in its own process;
+    returns PyTorch's thread count."""
+    cases = [sweep_case(p.kind, p.elements) for p in points]  # a point's exact size gives its case back
+    timed, used = torch_sweep(cases, repeats, threads)
+    for p in points:
+        p.first_call_s[TORCH_LABEL], p.median_s[TORCH_LABEL] = timed[p.case]
+    return used
+
+
 def crossovers(points: list[SweepPoint], labels: list[str]) -> dict[str, dict[str, int | None]]:
     """Per layer and backend (not the reference, the first label): the smallest size from which
     it is faster than the reference at every larger size measured; None if it never is."""
@@ -495,6 +596,11 @@ def _main_sweep(args: argparse.Namespace, labels: list[str], console: Any) -> in
         points = run_sweep(
             labels, sizes, repeats=repeats, progress=lambda what: status.update(f"measuring {what}")
         )
+        if torch_installed():
+            status.update("measuring PyTorch CPU (its own process)")
+            torch_threads = add_torch_row(points, repeats)
+            labels = [*labels, TORCH_LABEL]
+            console.print(f"[dim]{TORCH_LABEL}: PyTorch in its own process, {torch_threads} thread(s)[/]")
     payload = _sweep_report(console, points, labels)
     info = machine()
     console.print(

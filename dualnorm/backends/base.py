@@ -128,7 +128,11 @@ class Backend(abc.ABC):
                 type_error=True,
             )
         if dtype is None:
-            dtype = self.float64 if host.dtype == np.float64 else self.float32
+            if host.dtype.kind in "iu" and isinstance(value, np.ndarray):
+                # Integer arrays stay integer (class labels), as the NumPy backend keeps them.
+                dtype = self.int64
+            else:
+                dtype = self.float64 if host.dtype == np.float64 else self.float32
         return self._from_numpy(host, dtype)
 
     @abc.abstractmethod

@@ -37,6 +37,7 @@ class _XP:
     """Just enough of a backend for F.accurate_sum and F.two_pass_moments inside compiled functions."""
 
     xp = mx
+    rsqrt = staticmethod(mx.rsqrt)
 
 
 _MLX: Any = _XP()
@@ -52,7 +53,7 @@ def _bn_forward(ndim: int, eps: float, has_w: bool, has_b: bool) -> Any:
 
     def fwd(x: mx.array, *params: mx.array) -> tuple[mx.array, ...]:
         mean0, corr, var, centred = F.two_pass_moments(_MLX, x, axes)
-        inv_std = mx.rsqrt(var + eps)
+        inv_std = F.inv_std_of(_MLX, centred - corr, axes, var, eps)
         scale = inv_std * params[0].reshape(shape) if has_w else inv_std
         y = (centred - corr) * scale
         if has_b:
@@ -111,7 +112,7 @@ def _gn_forward(groups: int, eps: float, has_w: bool, has_b: bool) -> Any:
         n, c = x.shape[0], x.shape[1]
         xg = x.reshape(n, groups, -1)
         mean0, corr, var, centred = F.two_pass_moments(_MLX, xg, (2,))
-        inv_std = mx.rsqrt(var + eps)
+        inv_std = F.inv_std_of(_MLX, centred - corr, (2,), var, eps)
         x_hat = ((centred - corr) * inv_std).reshape(n, c, -1)
         if has_w:
             x_hat = x_hat * params[0].reshape(1, c, 1)

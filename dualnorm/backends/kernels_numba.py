@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +38,7 @@ import numpy as np
 
 from dualnorm.backends import kernels_numpy as _npk
 from dualnorm.backends.base import Backend
+from dualnorm.nn.functional import writes_out
 
 # Per call numba takes 0.2-0.36x the NumPy kernels' time from 1 000 elements up
 # (benchmarks/crossover.py), but importing numba and loading the cached kernels adds about 1.2 s
@@ -43,6 +46,10 @@ from dualnorm.backends.base import Backend
 # at demo sizes. From 2^17 elements a call saves about a millisecond; smaller arrays keep the
 # NumPy kernels, so the demos start exactly as fast as without numba. 0 = numba at every size.
 MIN_ELEMENTS = 1 << 17
+# Once numba is loaded (a large layer imported it), its import is paid: from LOADED_MIN elements
+# up the serial kernels take 0.2-0.36x the NumPy kernels' time (benchmarks/crossover.py), so
+# the small layers of the same process take them too.
+LOADED_MIN = 1 << 12
 NOTICE_AFTER_S = 1.0
 PARALLEL_MIN = _npk.PARALLEL_MIN  # below this many elements, one thread
 
@@ -50,7 +57,9 @@ log = logging.getLogger("dualnorm")
 _listeners: list[Callable[[str], None]] = []
 _lock = threading.Lock()  # one parallel launch at a time (numba's workqueue layer is not re-entrant)
 _compiled: dict[str, Any] = {}
-_signatures: dict[str, set[Any]] = {}  # (dtype, ndim) keys each kernel has been called with
+_seen: set[tuple[Any, ...]] = set()  # (kernel, dtype, ndim) each kernel has been called with
+_unlocked: set[str] = set()  # kernels that may run without _lock (serial, or a re-entrant layer)
+_threads_set = threading.local()  # the numba thread count this thread last set
 _announced = False
 _TAG = object()  # first item of a context made here (smaller arrays carry the NumPy kernels')
 _numba: Any = None
@@ -109,7 +118,21 @@ def _kernel(name: str) -> Any:
         py, reduces = _SOURCES[base]
         fn = _compiled[name] = numba.njit(
             parallel=variant != "serial", cache=True, fastmath=_REDUCE_MATH if reduces else False, nogil=True
-        )(py)
+        )(_variant_source(py, variant))
+    return fn
+
+
+def _variant_source(py: Callable[..., Any], variant: str) -> Callable[..., Any]:
+    """``py`` under a name of its own per variant: numba's on-disk cache keys an entry by the
+    function's qualified name and signature, not by ``parallel=``, so the serial and parallel
+    compiles of one function would share (and overwrite) one entry, and whichever was compiled
+    first would be loaded for both."""
+    if not variant:
+        return py
+    fn = types.FunctionType(py.__code__, py.__globals__, f"{py.__name__}_{variant}", py.__defaults__)
+    fn.__qualname__ = f"{py.__qualname__}_{variant}"
+    fn.__module__ = py.__module__
+    fn.__doc__ = py.__doc__
     return fn
 
 
@@ -127,25 +150,44 @@ def _announce(message: str) -> None:
 
 
 def _run(name: str, *args: Any) -> Any:
-    """Call kernel ``name``; a compile that takes more than a second is announced (once a process)."""
+    """Call kernel ``name``; a compile that takes more than a second is announced (once a process).
+
+    Serial kernels are re-entrant (``nogil``, no thread pool): they run without a lock, so
+    threads of the caller's own (data-parallel workers) overlap. A parallel launch holds
+    ``_lock`` only under the workqueue layer, the one that is not re-entrant."""
     fn = _compiled.get(name) or _kernel(name)
-    key = (args[0].dtype, args[0].ndim)  # what varies between a kernel's signatures in practice
-    seen = _signatures.setdefault(name, set())
-    if key in seen:
+    key = (name, args[0].dtype, args[0].ndim)  # what varies between a kernel's signatures in practice
+    if key in _seen:
+        if name in _unlocked:
+            return fn(*args)
         with _lock:
             return fn(*args)
-    seen.add(key)
+    return _first_run(name, key, fn, args)
+
+
+def _first_run(name: str, key: tuple[Any, ...], fn: Any, args: tuple[Any, ...]) -> Any:
     timer = threading.Timer(NOTICE_AFTER_S, _announce_once)
     timer.daemon = True
     timer.start()
     t0 = time.perf_counter()
     try:
         with _lock:
-            return fn(*args)
+            out = fn(*args)
+        if name.endswith(":serial") or _layer() not in ("workqueue", None):
+            _unlocked.add(name)
+        _seen.add(key)
+        return out
     finally:
         timer.cancel()
         if time.perf_counter() - t0 > NOTICE_AFTER_S:
             log.info("numba kernel %s compiled or loaded in %.1f s", name, time.perf_counter() - t0)
+
+
+def _layer() -> str | None:
+    try:
+        return _numba.threading_layer() if _numba is not None else None
+    except ValueError:  # no parallel launch yet
+        return None
 
 
 def _announce_once() -> None:
@@ -160,14 +202,20 @@ def _threads(units: int, size: int) -> int:
     waking a pool costs more than the work, and far more when the cores are busy."""
     if size < PARALLEL_MIN:
         return 1
-    numba = _import_numba()
-    nt = max(1, min(_npk.get_num_threads(), units, numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(nt)
+    numba = _numba or _import_numba()
+    nt = max(1, min(_npk._num_threads, units, numba.config.NUMBA_NUM_THREADS))
+    if getattr(_threads_set, "n", 0) != nt:  # numba's setting is per thread; setting it costs µs
+        numba.set_num_threads(nt)
+        _threads_set.n = nt
     return nt
 
 
 def _use(x: np.ndarray) -> bool:
-    return x.size >= MIN_ELEMENTS and x.dtype in (np.float32, np.float64)
+    n = x.size
+    return (n >= MIN_ELEMENTS or (n >= LOADED_MIN and _numba is not None)) and x.dtype in (
+        np.float32,
+        np.float64,
+    )
 
 
 # --- the kernels (plain Python, compiled by numba on first use) ----------------------------
@@ -274,11 +322,13 @@ def _bn_forward3(x, w, b, eps, nt, y):
 
 
 def _bn_grad_finish(x, w, m, inv, tail, sg, sgx):
-    """dx = a * g + bc * (x - head) + k per channel, and the parameter gradients."""
+    """dx = a * (g + c2 * (x - head)) + k per channel, and the parameter gradients.
+
+    a * c2 is kept as two factors: at 1e30 it is ~1e-60, below float32 (its term would vanish)."""
     c = inv.shape[0]
     nt = sg.shape[0]
     a = np.empty(c, x.dtype)
-    bc = np.empty(c, x.dtype)
+    c2 = np.empty(c, x.dtype)
     k = np.empty(c, x.dtype)
     gw = np.empty(c, x.dtype)
     gb = np.empty(c, x.dtype)
@@ -290,13 +340,13 @@ def _bn_grad_finish(x, w, m, inv, tail, sg, sgx):
             sum_gt += sgx[t, j]
         sum_gc = sum_gt - tail[j] * sum_g  # sum of g * (x - mean)
         aj = np.float64(w[j]) * inv[j]
-        bcj = -aj * inv[j] * inv[j] * sum_gc / m
+        c2j = -inv[j] * inv[j] * sum_gc / m
         a[j] = aj
-        bc[j] = bcj
-        k[j] = -aj * (sum_g / m) - bcj * tail[j]
+        c2[j] = c2j
+        k[j] = -aj * (sum_g / m) - aj * c2j * tail[j]
         gw[j] = inv[j] * sum_gc
         gb[j] = sum_g
-    return a, bc, k, gw, gb
+    return a, c2, k, gw, gb
 
 
 def _bn_backward2(g, x, w, inv, tail, head, nt, dx):
@@ -313,14 +363,14 @@ def _bn_backward2(g, x, w, inv, tail, head, nt, dx):
                 gv = np.float64(gr[j])
                 a1[j] += gv
                 a2[j] += gv * np.float64(xr[j] - head[j])
-    a, bc, k, gw, gb = _bn_grad_finish(x, w, n, inv, tail, sg, sgx)
+    a, c2, k, gw, gb = _bn_grad_finish(x, w, n, inv, tail, sg, sgx)
     for t in prange(nt):
         for i in range(n * t // nt, n * (t + 1) // nt):
             xr = x[i]
             gr = g[i]
             dr = dx[i]
             for j in range(c):
-                dr[j] = a[j] * gr[j] + bc[j] * (xr[j] - head[j]) + k[j]
+                dr[j] = a[j] * (gr[j] + c2[j] * (xr[j] - head[j])) + k[j]
     return gw, gb
 
 
@@ -345,16 +395,16 @@ def _bn_backward3(g, x, w, inv, tail, head, nt, dx):
                 q += gv * np.float64(xr[k] - h)
             a1[j] += p
             a2[j] += q
-    a, bc, k, gw, gb = _bn_grad_finish(x, w, n * s, inv, tail, sg, sgx)
+    a, c2, k, gw, gb = _bn_grad_finish(x, w, n * s, inv, tail, sg, sgx)
     for t in prange(nt):
         for u in range(units * t // nt, units * (t + 1) // nt):
             j = u % c
             xr = x[u // c, j]
             gr = g[u // c, j]
             dr = dx[u // c, j]
-            h, aj, bj, kj = head[j], a[j], bc[j], k[j]
+            h, aj, cj, kj = head[j], a[j], c2[j], k[j]
             for q in range(s):
-                dr[q] = aj * gr[q] + bj * (xr[q] - h) + kj
+                dr[q] = aj * (gr[q] + cj * (xr[q] - h)) + kj
     return gw, gb
 
 
@@ -415,6 +465,9 @@ def _ln_backward(g, x, w, mean, inv, centred, nt, dx, dw, db):
             for k in range(d):
                 xh = (xr[k] - head) * i32 + off
                 dr[k] = i32 * (gr[k] * w[k] - mg - xh * mgx)
+    for t in range(1, nt):  # merge the per-thread sums into row 0 (cheaper here than in NumPy)
+        dw[0] += dw[t]
+        db[0] += db[t]
 
 
 def _gn_forward(x, w, b, groups, eps, nt, y, mean, inv):
@@ -485,17 +538,22 @@ def _gn_backward(g, x, w, groups, mean, inv, nt, dx, dw, db):
                 s_gwx += wc * sgh
             mg = s_gw / m
             mgx = s_gwx / m
-            # dx = istd * (g*w - mg - x_hat * mgx) = (istd*w) g + bc (x - head) + k
-            bc = -istd * istd * mgx
+            # dx = istd * (g*w - mg - x_hat * mgx) = istd * (w g + c3 (x - head)) + k, with
+            # c3 = -istd * mgx; istd * c3 stays two factors (~1e-60 at 1e30, below float32)
+            c3 = -istd * mgx
+            i32 = x.dtype.type(istd)
+            c3_32 = x.dtype.type(c3)
+            k2 = x.dtype.type(-istd * mg - istd * c3 * tail)
             for c in range(cg):
-                a = x.dtype.type(istd * np.float64(w[c0 + c]))
-                b2 = x.dtype.type(bc)
-                k2 = x.dtype.type(-istd * mg - bc * tail)
+                wc = x.dtype.type(w[c0 + c])
                 xr = x[u, c]
                 gr = g[u, c]
                 dr = dx[u, c]
                 for k in range(s):
-                    dr[k] = a * gr[k] + b2 * (xr[k] - head) + k2
+                    dr[k] = i32 * (wc * gr[k] + c3_32 * (xr[k] - head)) + k2
+    for t in range(1, nt):  # merge the per-thread sums into row 0 (cheaper here than in NumPy)
+        dw[0] += dw[t]
+        db[0] += db[t]
 
 
 def _bne_forward2(x, head, a, bb, nt, y):
@@ -592,11 +650,17 @@ def _units(xv: np.ndarray) -> int:
     return xv.shape[0] if xv.ndim == 2 else xv.shape[0] * xv.shape[1]
 
 
+@writes_out
 def batch_norm_train(
-    B: Backend, x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, eps: float
+    B: Backend,
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
     if not _use(x):
-        return _npk.batch_norm_train(B, x, weight, bias, eps)
+        return _npk.batch_norm_train(B, x, weight, bias, eps, out=out)
     n, c = x.shape[0], x.shape[1]
     dt = x.dtype
     x3 = np.ascontiguousarray(x).reshape(n, c, -1)
@@ -604,7 +668,7 @@ def batch_norm_train(
         x3 = x3.reshape(1, 1, -1) if x3.shape[2] == 1 else x3
     xv, nd = _bn_view(x3)
     nt = _threads(_units(xv), x3.size)
-    y = np.empty_like(xv)
+    y = _out_view(out, xv)
     w, b = _affine(weight, c, 1.0, dt), _affine(bias, c, 0.0, dt)
     mean, var, inv, tail, head = _run(_pick("bn_forward" + nd, nt), xv, w, b, float(eps), nt, y)
     ctx = (_TAG, xv, nd, inv, tail, head, x.shape)
@@ -630,6 +694,14 @@ def batch_norm_train_backward(
 _fills: dict[tuple[int, float, Any], np.ndarray] = {}
 
 
+def _out_view(out: np.ndarray | None, xv: np.ndarray) -> np.ndarray:
+    """Where the kernel writes y: ``out`` (checked by F.check_out) seen as ``xv``'s shape when it is
+    contiguous, so no new array is made; else a new array (the dispatcher copies it into ``out``)."""
+    if out is not None and out.flags.c_contiguous:
+        return out.reshape(xv.shape)
+    return np.empty_like(xv)
+
+
 def _affine(v: np.ndarray | None, n: int, fill: float, dt: np.dtype) -> np.ndarray:
     """The parameter as a contiguous ``dt`` vector; ones / zeros (cached; never written) when absent."""
     if v is None:
@@ -643,10 +715,12 @@ def _affine(v: np.ndarray | None, n: int, fill: float, dt: np.dtype) -> np.ndarr
     return np.ascontiguousarray(v, dtype=dt).reshape(n)
 
 
-def _rows_fwd(x2: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, centred: bool) -> tuple[Any, ...]:
+def _rows_fwd(
+    x2: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, centred: bool, out: np.ndarray | None = None
+) -> tuple[Any, ...]:
     rows = x2.shape[0]
     nt = _threads(rows, x2.size)
-    y2 = np.empty_like(x2)
+    y2 = _out_view(out, x2)
     mean = np.empty(rows)
     inv = np.empty(rows)
     _run(_pick("ln_forward", nt), x2, w, b, float(eps), centred, nt, y2, mean, inv)
@@ -662,9 +736,10 @@ def _rows_bwd(
     dw = np.empty((nt, d))
     db = np.empty((nt, d))
     _run(_pick("ln_backward", nt), g2, x2, w, mean, inv, centred, nt, dx2, dw, db)
-    return dx2, dw.sum(axis=0), db.sum(axis=0)
+    return dx2, dw[0], db[0]  # the kernel merged the threads' sums into row 0
 
 
+@writes_out
 def layer_norm(
     B: Backend,
     x: np.ndarray,
@@ -672,16 +747,17 @@ def layer_norm(
     bias: np.ndarray | None,
     axes: tuple[int, ...],
     eps: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Any]:
     if not _use(x):
-        return _npk.layer_norm(B, x, weight, bias, axes, eps)
+        return _npk.layer_norm(B, x, weight, bias, axes, eps, out=out)
     trailing = tuple(x.shape[x.ndim - len(axes) :])
-    d = int(np.prod(trailing))
+    d = math.prod(trailing)
     dt = x.dtype
     x2 = np.ascontiguousarray(x).reshape(-1, d)
     w = _affine(weight, d, 1.0, dt)
     b = _affine(bias, d, 0.0, dt)
-    y2, mean, inv = _rows_fwd(x2, w, b, eps, True)
+    y2, mean, inv = _rows_fwd(x2, w, b, eps, True, out)
     return y2.reshape(x.shape), (_TAG, x2, mean, inv, x.shape, trailing)
 
 
@@ -698,6 +774,7 @@ def layer_norm_backward(
     return dx2.reshape(shape), dw.astype(dt).reshape(trailing), db.astype(dt).reshape(trailing)
 
 
+@writes_out
 def group_norm(
     B: Backend,
     x: np.ndarray,
@@ -705,15 +782,16 @@ def group_norm(
     weight: np.ndarray | None,
     bias: np.ndarray | None,
     eps: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Any]:
     if not _use(x):
-        return _npk.group_norm(B, x, num_groups, weight, bias, eps)
+        return _npk.group_norm(B, x, num_groups, weight, bias, eps, out=out)
     n, c = x.shape[0], x.shape[1]
     dt = x.dtype
     x3 = np.ascontiguousarray(x).reshape(n * num_groups, c // num_groups, -1)
     units = x3.shape[0]
     nt = _threads(units, x3.size)
-    y3 = np.empty_like(x3)
+    y3 = _out_view(out, x3)
     mean = np.empty(units)
     inv = np.empty(units)
     w, b = _affine(weight, c, 1.0, dt), _affine(bias, c, 0.0, dt)
@@ -737,22 +815,28 @@ def group_norm_backward(
     _run(
         _pick("gn_backward", nt), g3, x3, _affine(weight, c, 1.0, dt), num_groups, mean, inv, nt, dx3, dw, db
     )
-    return dx3.reshape(shape), dw.sum(axis=0).astype(dt), db.sum(axis=0).astype(dt)
+    return dx3.reshape(shape), dw[0].astype(dt), db[0].astype(dt)  # merged into row 0 by the kernel
 
 
+@writes_out
 def rms_norm(
-    B: Backend, x: np.ndarray, weight: np.ndarray | None, axes: tuple[int, ...], eps: float
+    B: Backend,
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    axes: tuple[int, ...],
+    eps: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Any]:
     if not _use(x):
         from dualnorm.nn.functional import rms_norm as reference
 
         return reference.reference(B, x, weight, axes, eps)
     trailing = tuple(x.shape[x.ndim - len(axes) :])
-    d = int(np.prod(trailing))
+    d = math.prod(trailing)
     dt = x.dtype
     x2 = np.ascontiguousarray(x).reshape(-1, d)
     w = _affine(weight, d, 1.0, dt)
-    y2, mean, inv = _rows_fwd(x2, w, np.zeros(d, dt), eps, False)
+    y2, mean, inv = _rows_fwd(x2, w, _affine(None, d, 0.0, dt), eps, False, out)
     return y2.reshape(x.shape), (_TAG, x2, mean, inv, x.shape, trailing)
 
 
@@ -770,6 +854,7 @@ def rms_norm_backward(
     return dx2.reshape(shape), dw.astype(dt).reshape(trailing)
 
 
+@writes_out
 def batch_norm_eval(
     B: Backend,
     x: np.ndarray,
@@ -778,6 +863,7 @@ def batch_norm_eval(
     running_mean: np.ndarray,
     running_var: np.ndarray,
     eps: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Any]:
     if not _use(x):
         from dualnorm.nn.functional import batch_norm_eval as reference
@@ -797,7 +883,7 @@ def batch_norm_eval(
     tail = mean - head
     a = inv * (1.0 if weight is None else np.asarray(weight, dtype=np.float64).reshape(c))
     bb = (0.0 if bias is None else np.asarray(bias, dtype=np.float64).reshape(c)) - tail * a
-    y = np.empty_like(xv)
+    y = _out_view(out, xv)
     _run(_pick("bne_forward" + nd, nt), xv, head, a.astype(dt), bb.astype(dt), nt, y)
     return y.reshape(x.shape), (_TAG, xv, nd, inv, tail, head, x.shape)
 

@@ -134,6 +134,14 @@ def _rowsum(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     return head.sum(axis=1, dtype=np.float64) + tail
 
 
+def _out_view(out: np.ndarray | None, xv: np.ndarray) -> np.ndarray:
+    """Where a forward writes y: ``out`` (checked by F.check_out) seen as ``xv``'s shape when it is
+    contiguous, so no new array is made; else a new array (the dispatcher copies it into ``out``)."""
+    if out is not None and out.flags.c_contiguous:
+        return out.reshape(xv.shape)
+    return np.empty_like(xv)
+
+
 def _split_mean(mean: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """float64 mean -> (head in ``dtype``, float64 tail) with head + tail == mean."""
     head = mean.astype(dtype)
@@ -158,10 +166,14 @@ def _colsum(block: np.ndarray, ones_k: np.ndarray, ones_s: np.ndarray) -> np.nda
     """Per-channel sums of a (k, C, S) block, float32 BLAS, returned as float64 (C,)."""
     k, c, s = block.shape
     if s == 1:
-        return (ones_k @ block.reshape(k, c)).astype(np.float64)
-    if s > SEG:
-        return _rowsum(block.reshape(k * c, s)).reshape(k, c).sum(axis=0)
-    return (block.reshape(k * c, s) @ ones_s).reshape(k, c).sum(axis=0, dtype=np.float64)
+        sums = (ones_k @ block.reshape(k, c)).astype(np.float64)
+    elif s > SEG:
+        sums = _rowsum(block.reshape(k * c, s)).reshape(k, c).sum(axis=0)
+    else:
+        sums = (block.reshape(k * c, s) @ ones_s).reshape(k, c).sum(axis=0, dtype=np.float64)
+    if np.isinf(sums).any():  # a float32 sum past 3.4e38 (data near 3e38): the float64 sum is finite
+        sums = block.sum(axis=(0, 2), dtype=np.float64)
+    return sums
 
 
 def _coldot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -223,7 +235,19 @@ def _bn_stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return count, mean, m2
 
     count, mean, m2 = functools.reduce(chan_merge, _parallel(part, n, x3.size))
-    return mean, m2 / count
+    return mean, _var_in_float64_where_it_overflowed(x3, m2 / count)
+
+
+def _var_in_float64_where_it_overflowed(x3: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """Channels of (N, C, S) ``x3`` whose float32 squares overflowed (|x - mean| > 1.8e19, e.g.
+    data at 1e30) get their variance again in float64, where it is finite: 1 / std is then
+    representable (1e-30) and x_hat is not 0. Costs nothing where nothing overflowed."""
+    bad = np.flatnonzero(np.isinf(var))
+    if bad.size:
+        xb = x3[:, bad, :].astype(np.float64)
+        var = var.copy()
+        var[bad] = xb.var(axis=(0, 2))
+    return var
 
 
 def _small_2d(x: np.ndarray) -> bool:
@@ -251,7 +275,11 @@ def _bn_constants(
 
 
 def _bn_train_small(
-    x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, eps: float
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
     """:func:`batch_norm_train` on one (N, C) block: the same operations in the same order
     (bit for bit the same results), without the blocking and threading machinery, whose
@@ -261,19 +289,19 @@ def _bn_train_small(
     dt = x2.dtype
     nb = float(n)
     ones_k = _ones(n, dt)
-    m0 = ((ones_k @ x2).astype(np.float64) / nb).astype(dt)
+    m0 = (_colsum(x2.reshape(n, c, 1), ones_k, ones_k) / nb).astype(dt)
     d = _scratch(x2.size, dt).reshape(n, c)
     np.subtract(x2, m0, out=d)
-    sd = (ones_k @ d).astype(np.float64)
+    sd = _colsum(d.reshape(n, c, 1), ones_k, ones_k)
     bmean = m0 + sd / nb
     bm2 = np.maximum(np.einsum("ij,ij->j", d, d).astype(np.float64) - sd * sd / nb, 0.0)
     count, mean, m2 = chan_merge((0.0, np.zeros(c), np.zeros(c)), (nb, bmean, bm2))
-    var = m2 / count
+    var = _var_in_float64_where_it_overflowed(x2.reshape(n, c, 1), m2 / count)
     if np.isnan(mean).any():
         plain = x2.sum(axis=0, dtype=np.float64) / n
         mean = np.where(np.isnan(mean), plain, mean)
     inv_std, head, tail, a, b, fold = _bn_constants(mean, var, weight, bias, eps, dt)
-    y = np.empty_like(x2)
+    y = _out_view(out, x2)
     if fold:
         np.multiply(x2, a.astype(dt), out=y)
     else:
@@ -284,11 +312,17 @@ def _bn_train_small(
     return y, mean.astype(dt), var.astype(dt), ctx
 
 
+@F.writes_out
 def batch_norm_train(
-    B: Backend, x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, eps: float
+    B: Backend,
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
     if _small_2d(x):
-        return _bn_train_small(x, weight, bias, eps)
+        return _bn_train_small(x, weight, bias, eps, out)
     x3 = _bn_view(x)
     n, c, s = x3.shape
     dt = x3.dtype
@@ -297,7 +331,7 @@ def batch_norm_train(
         plain = x3.sum(axis=(0, 2), dtype=np.float64) / (n * s)
         mean = np.where(np.isnan(mean), plain, mean)
     inv_std, head, tail, a, b, fold = _bn_constants(mean, var, weight, bias, eps, dt)
-    xv, yv = _chan_view(x3), _chan_view(np.empty_like(x3))
+    xv, yv = _chan_view(x3), _chan_view(_out_view(out, x3))
     a32, b32, head_b = _chan_const(a, dt, s), _chan_const(b, dt, s), _chan_const(head, dt, s)
     y3 = yv.reshape(x3.shape)
     step = _bn_block(n, c, s)
@@ -355,14 +389,15 @@ def batch_norm_train_backward(
     w = np.ones(c) if weight is None else weight.astype(np.float64)
     a = w * inv_std
     mean_gxhat = inv_std * sum_gc / m
-    # dx = a * (g - mean(g) - x_hat * mean(g x_hat)) = a*g + bc*(x - head) + k
-    bc = -a * inv_std * mean_gxhat
-    k = -a * (sum_g / m) - bc * tail
-    if fold:  # = a*g + bc*x + (k - bc*head)
-        k = k - bc * head.astype(np.float64)
+    # dx = a * (g - mean(g) - x_hat * mean(g x_hat)) = a * (g + c2 * (x - head)) + k; a * c2 stays
+    # two factors: at 1e30 it is ~1e-60, below float32, and its term would vanish
+    c2 = -inv_std * mean_gxhat
+    k = -a * (sum_g / m) - a * c2 * tail
+    if fold:  # = a * (g + c2 * x) + (k - a * c2 * head)
+        k = k - a * c2 * head.astype(np.float64)
     gv, xv = _chan_view(g3), _chan_view(x3)
     dxv = _chan_view(np.empty_like(x3))
-    a32, bc32, k32, head_c = (_chan_const(v, dt, s) for v in (a, bc, k, head))
+    a32, c2_32, k32, head_c = (_chan_const(v, dt, s) for v in (a, c2, k, head))
     dx3 = dxv.reshape(x3.shape)
 
     def apply(lo: int, hi: int) -> None:
@@ -371,12 +406,12 @@ def batch_norm_train_backward(
             out = dxv[i:j]
             t = _scratch(out.size, dt).reshape(out.shape)
             if fold:
-                np.multiply(xv[i:j], bc32, out=t)
+                np.multiply(xv[i:j], c2_32, out=t)
             else:
                 np.subtract(xv[i:j], head_c, out=t)
-                np.multiply(t, bc32, out=t)
-            np.multiply(gv[i:j], a32, out=out)
-            np.add(out, t, out=out)
+                np.multiply(t, c2_32, out=t)
+            np.add(gv[i:j], t, out=out)
+            np.multiply(out, a32, out=out)
             np.add(out, k32, out=out)
 
     _parallel(apply, n, x3.size)
@@ -413,19 +448,19 @@ def _bn_train_backward_small(
     w = np.ones(c) if weight is None else weight.astype(np.float64)
     a = w * inv_std
     mean_gxhat = inv_std * sum_gc / m
-    bc = -a * inv_std * mean_gxhat
-    k = -a * (sum_g / m) - bc * tail
+    c2 = -inv_std * mean_gxhat
+    k = -a * (sum_g / m) - a * c2 * tail
     if fold:
-        k = k - bc * head.astype(np.float64)
+        k = k - a * c2 * head.astype(np.float64)
     dx = np.empty_like(x2)
     t = _scratch(dx.size, dt).reshape(n, c)
     if fold:
-        np.multiply(x2, bc.astype(dt), out=t)
+        np.multiply(x2, c2.astype(dt), out=t)
     else:
         np.subtract(x2, head.astype(dt), out=t)
-        np.multiply(t, bc.astype(dt), out=t)
-    np.multiply(g2, a.astype(dt), out=dx)
-    np.add(dx, t, out=dx)
+        np.multiply(t, c2.astype(dt), out=t)
+    np.add(g2, t, out=dx)
+    np.multiply(dx, a.astype(dt), out=dx)
     np.add(dx, k.astype(dt), out=dx)
     grad_w = (inv_std * sum_gc).astype(dt)
     return dx, grad_w, sum_g.astype(dt)
@@ -445,8 +480,9 @@ def _rows_forward(
     w: np.ndarray | None,
     b: np.ndarray | None,
     eps: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """x2: (units, U) contiguous. Returns y2, head, tail, inv_std (per row)."""
+    """x2: (units, U) contiguous. Returns y2 (in ``out`` when given), head, tail, inv_std (per row)."""
     units, size = x2.shape
     dt = x2.dtype
     d_len = size // rows_per_unit
@@ -454,7 +490,7 @@ def _rows_forward(
     head = np.empty(rows, dt)
     tail = np.empty(rows)
     inv = np.empty(rows)
-    y2 = np.empty_like(x2)
+    y2 = _out_view(out, x2)
     step = max(1, CHUNK // size)
 
     def part(lo: int, hi: int) -> None:
@@ -468,6 +504,9 @@ def _rows_forward(
             sd = _rowsum(d)
             corr = sd / d_len
             var = np.maximum(_rowsum(d, d) / d_len - corr * corr, 0.0)
+            if np.isinf(var).any():  # float32 squares past 3.4e38 (data at 1e30): those rows in float64
+                bad = np.flatnonzero(np.isinf(var))
+                var[bad] = xv[bad].astype(np.float64).var(axis=1)
             istd = 1.0 / np.sqrt(var + eps)
             mean = m0 + corr
             h = mean.astype(dt)
@@ -543,6 +582,7 @@ def _rows_backward(
     return dx2, sum(p[0] for p in parts), sum(p[1] for p in parts)
 
 
+@F.writes_out
 def layer_norm(
     B: Backend,
     x: np.ndarray,
@@ -550,13 +590,14 @@ def layer_norm(
     bias: np.ndarray | None,
     axes: tuple[int, ...],
     eps: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Any]:
     trailing = tuple(x.shape[x.ndim - len(axes) :])
     d_len = int(np.prod(trailing))
     x2 = np.ascontiguousarray(x).reshape(-1, d_len)
     w = None if weight is None else weight.reshape(d_len).astype(x2.dtype, copy=False)
     b = None if bias is None else bias.reshape(d_len).astype(x2.dtype, copy=False)
-    y2, head, tail, inv = _rows_forward(x2, 1, (d_len,), w, b, eps)
+    y2, head, tail, inv = _rows_forward(x2, 1, (d_len,), w, b, eps, out)
     return y2.reshape(x.shape), (x2, head, tail, inv, x.shape, trailing)
 
 
@@ -572,6 +613,7 @@ def layer_norm_backward(
     return dx2.reshape(shape), sgx.astype(dt).reshape(trailing), sg.astype(dt).reshape(trailing)
 
 
+@F.writes_out
 def group_norm(
     B: Backend,
     x: np.ndarray,
@@ -579,6 +621,7 @@ def group_norm(
     weight: np.ndarray | None,
     bias: np.ndarray | None,
     eps: float,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Any]:
     n, c = x.shape[0], x.shape[1]
     x2 = np.ascontiguousarray(x).reshape(n, -1)
@@ -586,7 +629,7 @@ def group_norm(
     dt = x2.dtype
     w = None if weight is None else weight.astype(dt, copy=False).reshape(c, 1)
     b = None if bias is None else bias.astype(dt, copy=False).reshape(c, 1)
-    y2, head, tail, inv = _rows_forward(x2, num_groups, (c, s), w, b, eps)
+    y2, head, tail, inv = _rows_forward(x2, num_groups, (c, s), w, b, eps, out)
     return y2.reshape(x.shape), (x2, num_groups, head, tail, inv, x.shape)
 
 

@@ -51,9 +51,13 @@ def check_momentum(value: Any, owner: str) -> float | None:
     return number
 
 
-def as_shape(value: Any, owner: str, name: str = "normalized_shape") -> tuple[int, ...]:
+def as_shape(
+    value: Any, owner: str, name: str = "normalized_shape", *, allow_empty: bool = False
+) -> tuple[int, ...]:
     shape = (value,) if isinstance(value, int) else tuple(value)
-    if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape):
+    if (not shape and not allow_empty) or any(
+        isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape
+    ):
         raise InputError(
             f"{owner}: {name} must be a positive int or a non-empty tuple of them, got {value!r}"
         )

@@ -84,13 +84,28 @@ class LeakyReLU(_Elementwise):
 
 
 class Sigmoid(_Elementwise):
-    """1 / (1 + exp(-x)); saturates (gradient ~ 0) for |x| large: the vanishing gradient."""
+    """1 / (1 + exp(-x)); saturates (gradient ~ 0) for |x| large: the vanishing gradient.
+
+    Takes bool input as 0.0 and 1.0, as PyTorch's sigmoid does; as there, a bool input has
+    no gradient (its backward raises).
+    """
 
     def forward(self, x: Any) -> Any:
+        from_bool = str(getattr(x, "dtype", "")).rsplit(".", 1)[-1] in ("bool", "bool_")
+        if from_bool:
+            x = self.backend.to_numpy(x).astype(self.backend.numpy_dtype(self.dtype))
         x = self._input(x)
         y = self.backend.sigmoid(x)
-        self._save(y=y, shape=tuple(x.shape))
+        self._save(y=y, shape=tuple(x.shape), from_bool=from_bool)
         return y
+
+    def backward(self, grad_output: Any) -> Any:
+        if self._saved_values().get("from_bool"):
+            raise InputError(
+                "Sigmoid.backward: the last forward's input was bool, which has no gradient (as in PyTorch, "
+                "where a bool tensor cannot require grad). Convert the input to float32 to backpropagate."
+            )
+        return super().backward(grad_output)
 
     def _derivative(self, saved: dict[str, Any]) -> Any:
         y = saved["y"]
@@ -131,7 +146,8 @@ class SELU(_Elementwise):
     def _derivative(self, saved: dict[str, Any]) -> Any:
         xp = self.xp
         x = saved["x"]
-        return self.scale * xp.where(x > 0, 1.0, self.alpha * xp.exp(xp.minimum(x, 0.0))).astype(x.dtype)
+        # x <= 0 picks the exponential side, as PyTorch's elu_backward: at NaN the slope is scale.
+        return self.scale * xp.where(x <= 0, self.alpha * xp.exp(xp.minimum(x, 0.0)), 1.0).astype(x.dtype)
 
 
 class Identity(_FollowsInput):

@@ -131,11 +131,16 @@ class _BatchNorm(_NormBase):
 
     def _update_running_stats(self, mean: Any, var: Any, n: int) -> None:
         """The exponential moving average PyTorch keeps (unbiased variance)."""
-        self.num_batches_tracked = self.num_batches_tracked + 1
-        factor = 1.0 / self.num_batches_tracked.astype(self.dtype) if self.momentum is None else self.momentum
+        # Straight into the buffer table (what __setattr__ does for a buffer), fewest array ops:
+        # this runs every training step, and its Python cost is most of a small layer's overhead.
+        buffers = self._buffers
+        tracked = buffers["num_batches_tracked"] + 1
+        buffers["num_batches_tracked"] = tracked
+        factor = 1.0 / tracked.astype(self.dtype) if self.momentum is None else self.momentum
+        keep = 1 - factor
         unbiased = var.reshape(-1) * (n / max(n - 1, 1))
-        self.running_mean = (1 - factor) * self.running_mean + factor * mean.reshape(-1)
-        self.running_var = (1 - factor) * self.running_var + factor * unbiased
+        buffers["running_mean"] = keep * buffers["running_mean"] + factor * mean.reshape(-1)
+        buffers["running_var"] = keep * buffers["running_var"] + factor * unbiased
 
     def forward(self, x: Any) -> Any:
         x = self._input(x)

@@ -44,10 +44,58 @@ def overridable(fn: F) -> F:
     @functools.wraps(fn)
     def dispatch(B: Backend, *args: Any, **kwargs: Any) -> Any:
         impl = B.kernels.get(name)
+        if kwargs.get("out") is not None and name in OUT_FORWARDS:
+            return _forward_into(B, impl or fn, name, kwargs.pop("out"), args, kwargs)
+        kwargs.pop("out", None)
         return (impl or fn)(B, *args, **kwargs)
 
     dispatch.reference = fn  # type: ignore[attr-defined]
     return dispatch  # type: ignore[return-value]
+
+
+# Forwards that take ``out=`` (as NumPy ufuncs do): y is written into ``out`` and ``out`` returned
+# in its place. A kernel marked ``writes_out`` writes there directly (no new output array); any
+# other is copied in. The backward keeps the input, never y, so ``out`` may be reused freely
+# once the forward returned (not while it still overlaps the input).
+OUT_FORWARDS = {"batch_norm_train", "batch_norm_eval", "layer_norm", "group_norm", "rms_norm"}
+
+
+def writes_out(fn: F) -> F:
+    """Mark a kernel that takes ``out=`` and writes y there itself."""
+    fn.writes_out = True  # type: ignore[attr-defined]
+    return fn
+
+
+def check_out(B: Backend, out: Any, x: Any, what: str) -> np.ndarray:
+    """``out`` if it can take the forward of ``x``; else a clear :class:`InputError`."""
+    if B.name != "numpy" or not isinstance(out, np.ndarray):
+        raise InputError(
+            f"{what}: out= takes a NumPy array on the NumPy backend (MLX arrays are immutable); got "
+            f"{type(out).__name__} on the {B.name} backend. Use the returned array instead."
+        )
+    if out.shape != tuple(x.shape) or out.dtype != x.dtype or not out.flags.writeable:
+        raise InputError(
+            f"{what}: out has shape {out.shape} and dtype {out.dtype}"
+            f"{'' if out.flags.writeable else ' (read-only)'}; expected a writeable array of the "
+            f"input's shape {tuple(x.shape)} and dtype {x.dtype}"
+        )
+    if np.may_share_memory(out, x):
+        raise InputError(f"{what}: out overlaps the input, which the backward reads; pass a separate array")
+    return out
+
+
+def _forward_into(
+    B: Backend, impl: Callable[..., Any], name: str, out: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    check_out(B, out, args[0], name)
+    if getattr(impl, "writes_out", False):
+        result = impl(B, *args, out=out, **kwargs)
+    else:
+        result = impl(B, *args, **kwargs)
+    y = result[0]
+    if not np.may_share_memory(y, out):
+        np.copyto(out, y)
+    return (out, *result[1:])
 
 
 def kernels_in(namespace: dict[str, Any]) -> dict[str, Callable[..., Any]]:
@@ -131,9 +179,10 @@ def moments(B: Backend, x: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
 
 
 def _mean_of(xp: Any, mean0: Any, correction: Any) -> Any:
-    """mean0 + correction; mean0 where the correction is NaN (an inf in the data: the mean is
-    +-inf, as PyTorch's running_mean shows, not NaN)."""
-    return xp.where(xp.isnan(correction), mean0, mean0 + correction)
+    """mean0 + correction; mean0 where the correction is not finite (an inf in the data, or a
+    float32 sum past 3.4e38 near float32's max: the mean is +-inf, as PyTorch's running_mean
+    shows, not inf - inf = NaN)."""
+    return xp.where(xp.isfinite(correction), mean0 + correction, mean0)
 
 
 def _var_of(xp: Any, mean_sq: Any, correction: Any) -> Any:
@@ -143,11 +192,33 @@ def _var_of(xp: Any, mean_sq: Any, correction: Any) -> Any:
     return xp.where(xp.isnan(var), mean_sq, xp.maximum(var, 0.0))
 
 
+# A float32 square overflows from |x - mean| > 1.8e19, where the variance itself is past float32
+# (PyTorch: inf, so x_hat = 0 or NaN) but 1 / std is not. There the inverse standard deviation
+# comes from the squares of the deviations scaled by 2^-96 first: for every finite float32
+# deviation above 2^64 (up to 2^129) the scaled square neither overflows nor underflows, and
+# powers of two scale exactly.
+_DOWN = 2.0**-96
+
+
+def inv_std_of(B: Backend, centred: Any, axes: tuple[int, ...], var: Any, eps: float) -> Any:
+    """1 / sqrt(var + eps) of the ``centred`` data, also where ``var`` overflowed its dtype."""
+    inv_std = B.rsqrt(var + eps)
+    xp = B.xp
+    if xp is np and not np.isinf(var).any():  # eager NumPy: only pay where it overflowed
+        return inv_std
+    scaled = accurate_mean(B, xp.square(centred * _DOWN), axes)
+    overflowed = xp.isinf(var) & xp.isfinite(scaled)
+    # rsqrt of 1 where unused: elsewhere `scaled` underflows to 0, and a gradient through the
+    # unused branch of a where (mx.grad) would be 0 * inf = NaN
+    safe = xp.where(overflowed, scaled, 1.0)
+    return xp.where(overflowed, B.rsqrt(safe) * _DOWN, inv_std)  # eps is far below a variance past 3e38
+
+
 @overridable
 def normalize(B: Backend, x: Any, axes: tuple[int, ...], eps: float) -> tuple[Any, Any, Any, Any]:
     """x_hat = (x - mean) / sqrt(var + eps) over ``axes``; returns (x_hat, inv_std, mean, var)."""
     mean, var, centred = moments(B, x, axes)
-    inv_std = B.rsqrt(var + eps)
+    inv_std = inv_std_of(B, centred, axes, var, eps)
     return centred * inv_std, inv_std, mean, var
 
 
@@ -412,7 +483,7 @@ def group_norm_backward(B: Backend, grad_y: Any, ctx: Any, weight: Any | None) -
 @overridable
 def rms_norm(B: Backend, x: Any, weight: Any | None, axes: tuple[int, ...], eps: float) -> tuple[Any, Any]:
     """RMS norm over the trailing ``axes``: y = x / sqrt(mean(x^2) + eps) * weight. Returns (y, ctx)."""
-    inv_rms = B.rsqrt(accurate_mean(B, x * x, axes) + eps)
+    inv_rms = inv_std_of(B, x, axes, accurate_mean(B, x * x, axes), eps)
     x_hat = x * inv_rms
     return (x_hat if weight is None else x_hat * weight), (x_hat, inv_rms)
 

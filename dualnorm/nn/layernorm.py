@@ -22,6 +22,12 @@ from dualnorm.nn.module import Module
 class _TrailingNorm(Module):
     def _check(self, x: Any) -> tuple[int, ...]:
         k = len(self.normalized_shape)
+        if k == 0:
+            raise RuntimeInputError(
+                f"{type(self).__name__}(normalized_shape=()) normalizes over no dimension: as in PyTorch, the "
+                "layer can be built but not called (normalized_shape must have at least one dimension). "
+                f"Give the trailing shape to normalize over, e.g. {type(self).__name__}({tuple(x.shape)[-1:]})"
+            )
         if x.ndim < k or tuple(x.shape[x.ndim - k :]) != self.normalized_shape:
             # A RuntimeError (as PyTorch raises) and a ValueError (as dualnorm always did).
             raise RuntimeInputError(
@@ -83,7 +89,8 @@ class LayerNorm(_TrailingNorm):
         dtype: str | None = None,
     ) -> None:
         super().__init__(dtype=dtype)
-        self.normalized_shape = as_shape(normalized_shape, "LayerNorm")
+        # () builds, as in PyTorch; calling it raises (as PyTorch's forward does).
+        self.normalized_shape = as_shape(normalized_shape, "LayerNorm", allow_empty=True)
         self.eps = check_non_negative("eps", eps, "LayerNorm")
         self.elementwise_affine = bool(elementwise_affine)
         object.__setattr__(self, "weight", None)

@@ -204,7 +204,11 @@ class Module:
     # Layers whose ``weight`` and ``bias`` are each a Parameter or None (the norms).
     def _params(self) -> tuple[Any, Any]:
         """(weight, bias) arrays for the functional/kernel calls; each may be None."""
-        weight, bias = getattr(self, "weight", None), getattr(self, "bias", None)
+        d = self.__dict__
+        if "weight" in d or "bias" in d:  # a plain attribute (None) shadows the parameter table
+            weight, bias = getattr(self, "weight", None), getattr(self, "bias", None)
+        else:  # straight from the table: __getattr__'s search costs more than a small kernel
+            weight, bias = d["_parameters"].get("weight"), d["_parameters"].get("bias")
         return (None if weight is None else weight.data, None if bias is None else bias.data)
 
     def _accumulate_affine(self, grad_w: Any, grad_b: Any) -> None:

@@ -84,3 +84,12 @@ def _small_sweep(real):
         return real(labels, sizes, kinds=("layernorm",), repeats=1, progress=progress)
 
     return run
+
+
+def test_the_sweep_adds_pytorch_cpu_timed_in_its_own_process():
+    pytest.importorskip("torch")
+    points = run_sweep(["numpy"], sizes=(1_000,), kinds=("layernorm", "groupnorm"), repeats=1)
+    assert bench.add_torch_row(points, repeats=1, threads=1) == 1  # PyTorch ran on the asked threads
+    for p in points:
+        assert set(p.median_s) == {"numpy", bench.TORCH_LABEL} == set(p.first_call_s)
+        assert p.median_s[bench.TORCH_LABEL] > 0

@@ -194,7 +194,9 @@ def test_backend_asarray_keeps_native_arrays_and_casts():
     assert B.asarray(a) is a
     assert B.asarray(a, mx.float64).dtype == mx.float64
     assert B.asarray(np.array([1.0]), None).dtype == mx.float64  # float64 stays float64
-    assert B.asarray(np.array([1], dtype=np.int8)).dtype == mx.float32
+    # integer arrays stay integer (class labels), as on the NumPy backend; lists of ints become float32
+    assert B.asarray(np.array([1], dtype=np.int8)).dtype == mx.int64
+    assert B.asarray([1, 2]).dtype == mx.float32
     with pytest.raises(TypeError, match="bool"):
         B.asarray(mx.array([True]))
 

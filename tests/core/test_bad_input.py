@@ -162,7 +162,10 @@ def test_instance_norm_single_spatial_element(backend):
         (lambda: nn.InstanceNorm1d(0), ("num_features", "0")),
         (lambda: nn.InstanceNorm2d(3, momentum=2), ("momentum", "2")),
         (lambda: nn.LayerNorm(0), ("normalized_shape", "0")),
-        (lambda: nn.LayerNorm(()), ("normalized_shape", "()")),
+        (
+            lambda: nn.LayerNorm(())(np.ones((2, 3), np.float32)),
+            ("normalized_shape=()", "(3,)"),
+        ),  # builds; the call raises
         (lambda: nn.LayerNorm(4, eps=-1), ("eps", "-1")),
         (lambda: nn.RMSNorm((2, -1)), ("normalized_shape", "(2, -1)")),
         (lambda: nn.RMSNorm(4, eps=-0.5), ("eps", "-0.5")),

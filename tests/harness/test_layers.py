@@ -37,23 +37,10 @@ WATCHDOG_S = float(os.environ.get("DUALNORM_HARNESS_WATCHDOG", "300"))
 # fails today because of a layer or kernel bug. Remove an entry when its fix lands (strict xfail
 # fails the case once it passes). "needs torch": the case only fails with torch as the oracle.
 XFAIL: dict[tuple[str, str, str], tuple[str, bool]] = {
-    ("GroupNorm", "huge", "mlx"): (
-        "1e30: the variance overflows float32; dualnorm gives x̂ = 0 (torch float32: NaN), the float64 answer is finite and not 0",
-        True,
-    ),
-    ("GroupNorm", "huge", "numpy"): (
-        "1e30: the variance overflows float32; dualnorm gives x̂ = 0 (torch float32: NaN), the float64 answer is finite and not 0",
-        True,
-    ),
     ("LayerNorm", "huge", "mlx"): (
         "1e30: the variance overflows float32; dualnorm gives x̂ = 0 (torch float32: NaN), the float64 answer is finite and not 0",
         True,
     ),
-    ("LayerNorm", "huge", "numpy"): (
-        "1e30: the variance overflows float32; dualnorm gives x̂ = 0 (torch float32: NaN), the float64 answer is finite and not 0",
-        True,
-    ),
-    ("SELU", "nan", "*"): ("backward at a NaN input gives NaN where torch is finite", True),
 }
 
 

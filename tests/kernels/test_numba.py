@@ -215,6 +215,27 @@ def test_small_arrays_take_the_numpy_kernels(backend, rng, kernel_table, monkeyp
     assert calls == []
 
 
+def test_small_arrays_take_numba_once_it_is_loaded(backend, rng, kernel_table, monkeypatch):
+    B = dualnorm.get_backend()
+    if B.name != "numpy" or kernel_table != "numba":
+        pytest.skip("the numba table on the NumPy backend only")
+    monkeypatch.setattr(kernels_numba, "MIN_ELEMENTS", 1 << 17)
+    calls = []
+    original = kernels_numba._run
+    monkeypatch.setattr(kernels_numba, "_run", lambda *a: calls.append(a[0]) or original(*a))
+    x = (rng.standard_normal((64, 128)) + 3).astype(np.float32)  # 2^13 elements
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = np.full(128, 2.0, np.float32), np.ones(128, np.float32)
+    loaded = kernels_numba._import_numba()
+    monkeypatch.setattr(kernels_numba, "_numba", None)  # a process that never loaded numba: NumPy kernels
+    _ln(B, B.kernels, x, w, b, g, (1,))
+    assert calls == []
+    monkeypatch.setattr(kernels_numba, "_numba", loaded)  # loaded, as a large layer would have
+    for a, e in zip(_ln(B, B.kernels, x, w, b, g, (1,)), _ln(B, {}, x, w, b, g, (1,)), strict=True):
+        _close(a, e, "layer norm")
+    assert calls == ["ln_forward:serial", "ln_backward:serial"]
+
+
 # --- DUALNORM_KERNELS -----------------------------------------------------------------------
 
 
@@ -280,7 +301,7 @@ def test_a_slow_compile_is_announced_once(monkeypatch):
     monkeypatch.setattr(kernels_numba, "_announced", False)
     monkeypatch.setitem(kernels_numba._compiled, "fake", _slow_kernel(0.3))
     monkeypatch.setitem(kernels_numba._compiled, "fake2", _slow_kernel(0.3))
-    monkeypatch.setattr(kernels_numba, "_signatures", {})
+    monkeypatch.setattr(kernels_numba, "_seen", set())
     heard = []
     remove = kernels_numba.add_compile_listener(heard.append)
     try:
