@@ -82,25 +82,60 @@ class LossPlot(Plot):
     """Loss curves of the variants overlaid. The legend is the border subtitle (colored line keys):
     textual-plot's own legend is a Static whose every update forces a layout pass of the screen."""
 
+    MIN_CURVE_ROWS = 8  # the layout keeps at least this many rows of curve (see app.tcss)
+
     def on_mount(self) -> None:
         super().on_mount()
-        self.set_xlabel("step")
+        # one row for the y label, one for the x tick labels ("step" is in the border title):
+        # at 80x24 every row goes to the curve
+        self.margin_top = 1
+        self.margin_bottom = 1
+        self.set_xlabel("")
         self.legend_text = Text()
 
     def plot_width(self) -> int:
         return max(8, self.size.width - self.margin_left - 2)
 
+    @property
+    def curve_rows(self) -> int:
+        """Rows of the canvas inside the axes: what the curves are drawn in."""
+        return max(0, self._scale_rectangle.height)
+
+    def fit_limits(self, xs: Sequence[float], ys: Sequence[float]) -> None:
+        """Axis limits a braille dot wider than the data on every side.
+
+        textual-plot maps the data's minimum to the row just below the canvas and its maximum
+        to the column just right of it, both off the canvas: a curve that settled at its minimum
+        stopped being drawn there (dying-relu's batchnorm curve vanished at step ~5,500).
+        """
+        finite = [y for y in ys if math.isfinite(y)]
+        if not xs or not finite:
+            return
+        x_lo, x_hi = min(xs), max(xs)
+        y_lo, y_hi = min(finite), max(finite)
+        rows = max(1, self.curve_rows or self.MIN_CURVE_ROWS)
+        cols = max(1, self.plot_width())
+        x_pad = (x_hi - x_lo) / (2 * cols) if x_hi > x_lo else 0.5
+        # braille: four dots a row; a flat curve sits in the middle of a band around it
+        y_pad = (y_hi - y_lo) / (4 * rows) if y_hi > y_lo else max(abs(y_hi), 1.0) * 0.1
+        self.set_xlimits(x_lo - x_pad, x_hi + x_pad)
+        self.set_ylimits(y_lo - y_pad, y_hi + y_pad)
+
     def redraw(self, state: RunState, *, log_y: bool, smoothing: float | None) -> None:
         # init-sweep has 32 curves: draw the focus and the most recent, and say how many are hidden
-        names, total = state.plotted(MAX_CURVES if not state.sweep else 2)
+        names, total = state.plotted(2, keep_first=False) if state.sweep else state.plotted(MAX_CURVES)
         width = self.plot_width() * 2  # braille: two dots per cell
         self.clear()
         self.set_y_formatter(LogAxisFormatter() if log_y else NumericAxisFormatter())
         self.set_ylabel("loss (log10)" if log_y else "loss")
         order = list(state.variants)
         legend = Text()
+        all_x: list[float] = []
+        all_y: list[float] = []
         for name in names:
             xs, ys = state.curve(name, width=width, smoothing=smoothing, log_y=log_y)
+            all_x += xs
+            all_y += ys
             if xs:
                 color = state.styles.get(name) or variant_color(name, order.index(name))
                 self.plot(xs, ys, line_style=color, hires_mode=HiResMode.BRAILLE, label=name)
@@ -111,6 +146,8 @@ class LossPlot(Plot):
                 legend.append(" │ ", style="bold red").append(f"{v.name} diverged @{v.diverged_at}")
         if total > len(names):
             legend.append(f"  (+{total - len(names)} more; v/V: focus one)", style="dim")
+        diverged_x = [float(v.diverged_at or 0) for v in state.diverged() if v.name in names]
+        self.fit_limits(all_x + diverged_x, all_y)
         if legend.plain and legend != self.legend_text:
             self.legend_text = legend
             self.border_subtitle = legend.markup + " "
