@@ -9,9 +9,10 @@ up to date from the same records, shown in a panel above the layer table.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.console import Group
+from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
@@ -22,8 +23,13 @@ from tui.screens import ViewScreen
 BACKEND_STYLES = {"numpy": "green", "mlx-cpu": "dodger_blue1", "mlx-gpu": "magenta"}
 
 
-class CompareScreen(ViewScreen, inherit_bindings=False):
-    """The runs of one :class:`CompareJob`, overlaid, with the comparison panel."""
+class CompareScreen(ViewScreen):
+    """The runs of one :class:`CompareJob`, overlaid, with the comparison panel.
+
+    The viewer's keys (inherited); ``esc`` and ``q`` both end the comparison, after which
+    ``dualnorm compare`` prints its tables and exits with its code."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.quit", "Done")]
 
     def __init__(self, job: CompareJob, tol: float, *, paused: bool = False) -> None:
         self.job = job
@@ -50,8 +56,10 @@ class CompareScreen(ViewScreen, inherit_bindings=False):
     def on_mount(self) -> None:
         super().on_mount()
         panel = VerticalScroll(Static(id="compare"), id="compare-panel")
-        self.mount(panel, before="#layers")
+        self.query_one("#panels").mount(panel, before="#layers")
         panel.border_title = f"backends compared live (reference {self.comparison.reference})"
+        self.available.add("compare-panel")
+        self.call_after_refresh(self.apply_layout)
 
     def poll(self, force: bool = False) -> None:
         self._note_ended_children()

@@ -15,7 +15,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Static
 from textual_plot import HiResMode, NumericAxisFormatter, PlotWidget
 
-from tui.state import RunState, VariantState, fmt, pct, text_histogram
+from tui.state import NUMBER_WIDTH, RunState, VariantState, ellipsize, fmt, pct, text_histogram
 
 COLORS = ("red", "green", "dodger_blue1", "yellow", "magenta", "cyan", "orange1", "white")
 MAX_CURVES = 8
@@ -47,6 +47,25 @@ class LogAxisFormatter(NumericAxisFormatter):
             else:
                 labels.append(f"{10**t:.2g}")
         return labels
+
+
+class StepAxisFormatter(NumericAxisFormatter):
+    """x ticks whose centred label fits inside the plot (the last one would be cut at the right edge),
+    at most one per 12 columns so the labels never run together."""
+
+    def __init__(self, columns: int) -> None:
+        self.columns = max(1, columns)
+
+    def get_ticks_and_labels(self, min_: float, max_: float, max_ticks: int = 8) -> Any:
+        ticks = self.get_ticks(min_, max_, max(2, min(max_ticks, self.columns // 12)))
+        labels = self.get_labels_for_ticks(ticks)
+        span = (max_ - min_) or 1.0
+        kept = [
+            (t, label)
+            for t, label in zip(ticks, labels, strict=True)
+            if (max_ - t) / span * self.columns >= len(label) / 2 + 1
+        ]
+        return [t for t, _ in kept], [label for _, label in kept]
 
 
 class Plot(PlotWidget, can_focus=False):
@@ -118,6 +137,7 @@ class LossPlot(Plot):
         x_pad = (x_hi - x_lo) / (2 * cols) if x_hi > x_lo else 0.5
         # braille: four dots a row; a flat curve sits in the middle of a band around it
         y_pad = (y_hi - y_lo) / (4 * rows) if y_hi > y_lo else max(abs(y_hi), 1.0) * 0.1
+        self.set_x_formatter(StepAxisFormatter(cols))
         self.set_xlimits(x_lo - x_pad, x_hi + x_pad)
         self.set_ylimits(y_lo - y_pad, y_hi + y_pad)
 
@@ -153,28 +173,31 @@ class LossPlot(Plot):
             self.border_subtitle = legend.markup + " "
 
 
-# (key, label, fixed width): fixed widths keep cell updates from forcing a layout pass
+# (key, label, fixed width): fixed widths keep cell updates from forcing a layout pass. Numbers get
+# NUMBER_WIDTH (fmt never writes wider); names are ellipsized to theirs, the full name is in the
+# table's subtitle for the row under the cursor.
 LAYER_COLUMNS = (
-    ("variant", "variant", 18),
-    ("layer", "layer", 9),
-    ("kind", "kind", 11),
-    ("mean", "act μ", 9),
-    ("std", "act σ", 9),
+    ("variant", "variant", 16),
+    ("layer", "layer", 10),
+    ("kind", "kind", 12),
+    ("mean", "act μ", NUMBER_WIDTH),
+    ("std", "act σ", NUMBER_WIDTH),
     ("sat", "sat %", 6),
     ("dead", "dead %", 6),
-    ("grad", "grad ‖·‖", 9),
+    ("grad", "grad ‖·‖", NUMBER_WIDTH),
     ("trend", "grad trend", 10),
-    ("wnorm", "‖W‖", 9),
-    ("gamma", "γ", 9),
-    ("beta", "β", 9),
+    ("wnorm", "‖W‖", NUMBER_WIDTH),
+    ("gamma", "γ", NUMBER_WIDTH),
+    ("beta", "β", NUMBER_WIDTH),
 )
+NAME_WIDTHS = {key: width for key, _, width in LAYER_COLUMNS[:3]}
 
 
 def layer_cells(variant: str, layer: Any, trend: str) -> tuple[str, ...]:
     return (
-        variant,
-        layer.name,
-        layer.kind,
+        ellipsize(variant, NAME_WIDTHS["variant"]),
+        ellipsize(layer.name, NAME_WIDTHS["layer"]),
+        ellipsize(layer.kind, NAME_WIDTHS["kind"]),
         fmt(layer.act_mean),
         fmt(layer.act_std),
         pct(layer.saturated_frac),
@@ -187,29 +210,55 @@ def layer_cells(variant: str, layer: Any, trend: str) -> tuple[str, ...]:
     )
 
 
-class LayerTable(DataTable, can_focus=False):
-    """Per-layer statistics of the latest recorded step (one row per variant and layer)."""
+class LayerTable(DataTable):
+    """Per-layer statistics of the latest recorded step (one row per variant and layer).
+
+    It takes the focus when shown: ↑/↓/PgUp/PgDn move through the rows, ←/→ scroll the columns,
+    and the subtitle names the highlighted row in full (variant, layer, kind, step)."""
 
     def on_mount(self) -> None:
         for key, label, width in LAYER_COLUMNS:
             self.add_column(label, key=key, width=width)
-        self.cursor_type = "none"
+        self.cursor_type = "row"
         self.zebra_stripes = True
         self._row_keys: list[str] = []
+        self._rows: list[tuple[str, Any, str]] = []
+        self._steps: dict[str, int] = {}
+
+    def row_detail(self) -> str:
+        """The full names of the row under the cursor (cells ellipsize them)."""
+        if not self._rows or not 0 <= self.cursor_row < len(self._rows):
+            return ""
+        variant, layer, _ = self._rows[self.cursor_row]
+        return (
+            f"row {self.cursor_row + 1}/{len(self._rows)}: {variant} · layer {layer.name} · {layer.kind}"
+            f" · step {self._steps.get(variant, 0):,}"
+        )
+
+    def on_data_table_row_highlighted(self) -> None:
+        self.border_subtitle = self.row_detail()
 
     def redraw(self, state: RunState) -> None:
         rows = state.layer_rows()
+        self._rows = rows
+        self._steps = {name: v.layers_step for name, v in state.variants.items()}
         keys = [f"{variant}/{layer.name}" for variant, layer, _ in rows]
         if keys != self._row_keys:
+            row = self.cursor_row
             self.clear()
             for key, (variant, layer, trend) in zip(keys, rows, strict=False):
                 self.add_row(*layer_cells(variant, layer, trend), key=key)
             self._row_keys = keys
-            return
-        for key, (variant, layer, trend) in zip(keys, rows, strict=False):
-            for (col, _, _), value in zip(LAYER_COLUMNS, layer_cells(variant, layer, trend), strict=False):
-                if self.get_cell(key, col) != value:
-                    self.update_cell(key, col, value)
+            if rows:
+                self.move_cursor(row=min(row, len(rows) - 1), animate=False, scroll=False)
+        else:
+            for key, (variant, layer, trend) in zip(keys, rows, strict=False):
+                for (col, _, _), value in zip(
+                    LAYER_COLUMNS, layer_cells(variant, layer, trend), strict=False
+                ):
+                    if self.get_cell(key, col) != value:
+                        self.update_cell(key, col, value)
+        self.border_subtitle = self.row_detail()
 
 
 ACTIVATION_KINDS = ("Sigmoid", "ReLU", "Tanh", "GELU", "SELU", "ELU", "LeakyReLU", "SiLU")
@@ -249,7 +298,8 @@ class HistogramPanel(Static):
         for _ in range(n_layers):
             table.add_column(no_wrap=True, width=col_w)
         for v in self._variants:
-            cells: list[Any] = [Text(f"{v.name}\n@{v.layers_step}", style=variant_color(v.name, 0))]
+            label = f"{ellipsize(v.name, 10)}\n@{v.layers_step}"
+            cells: list[Any] = [Text(label, style=variant_color(v.name, 0))]
             for layer in shown[v.name]:
                 lines = text_histogram(layer.hist_counts, col_w, bar_h)
                 lo = layer.hist_edges[0] if layer.hist_edges else layer.act_min
@@ -258,7 +308,7 @@ class HistogramPanel(Static):
                 caption = f"{layer.name} μ{fmt(layer.act_mean, 2)} σ{fmt(layer.act_std, 2)}"
                 cells.append(
                     Group(
-                        Text(caption[:col_w], style="bold"),
+                        Text(ellipsize(caption, col_w), style="bold"),
                         Text("\n".join(lines), style=variant_color(v.name, 0)),
                         Text(axis[:col_w], style="dim"),
                     )
@@ -270,11 +320,11 @@ class HistogramPanel(Static):
 PROBE_STAGES = (("after_linear", "after Linear"), ("after_bn", "after BN"), ("after_relu", "after ReLU"))
 
 
-class ProbeTable(DataTable, can_focus=False):
+class ProbeTable(DataTable):
     """dying-relu: the probe inputs 1..5 after Linear, after BN and after ReLU, per variant."""
 
     def on_mount(self) -> None:
-        self.cursor_type = "none"
+        self.cursor_type = "row"
         self._columns_for: int | None = None
         self._row_keys: list[str] = []
 
@@ -285,11 +335,11 @@ class ProbeTable(DataTable, can_focus=False):
         inputs = variants[0].probe.get("input") or [1, 2, 3, 4, 5]
         if self._columns_for != len(inputs):
             self.clear(columns=True)
-            self.add_column("variant", key="variant", width=9)
-            self.add_column("step", key="step", width=6)
+            self.add_column("variant", key="variant", width=12)
+            self.add_column("step", key="step", width=7)
             self.add_column("stage", key="stage", width=12)
             for i, x in enumerate(inputs):
-                self.add_column(f"x={fmt(float(x), 3)}", key=f"x{i}", width=7)
+                self.add_column(f"x={fmt(float(x), 3)}", key=f"x{i}", width=NUMBER_WIDTH)
             self._columns_for = len(inputs)
             self._row_keys = []
         keys = [f"{v.name}/{stage}" for v in variants for stage, _ in PROBE_STAGES]
@@ -312,7 +362,7 @@ class ProbeTable(DataTable, can_focus=False):
     def _cells(v: VariantState, stage: str, label: str, n: int) -> list[str]:
         values = (v.probe or {}).get(stage)
         shown = [fmt(float(x), 4) for x in values] if values is not None else ["—"] * n
-        return [v.name, str(v.probe_step), label, *shown[:n], *([""] * (n - len(shown)))]
+        return [ellipsize(v.name, 12), f"{v.probe_step:,}", label, *shown[:n], *([""] * (n - len(shown)))]
 
 
 class SweepCell(Plot):

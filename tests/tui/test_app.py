@@ -60,11 +60,14 @@ async def test_open_each_experiment(name):
         assert table.row_count > 0
         if name == "dying-relu":
             probe = screen.query_one(ProbeTable)
-            assert probe.display and probe.row_count == 6
+            assert "probe" in screen.available and not probe.display  # a panel, one key away
+            await pilot.press("4")
+            assert probe.display and probe.has_focus and probe.row_count == 6
             assert probe.get_cell("batchnorm/after_bn", "x0") != "—"
             assert probe.get_cell("plain/after_bn", "x0") == "—"
         if name == "sigmoid-depth":
             hist = screen.query_one(HistogramPanel)
+            await pilot.press("3")
             assert hist.display and [v.name for v in hist._variants] == ["plain", "batchnorm"]
         if name == "init-sweep":
             grid = screen.query_one(SweepGrid)
