@@ -215,6 +215,11 @@ class StartScreen(Screen[None]):
         self.update_backend_line()
         self.list_runs()
 
+    def on_screen_resume(self) -> None:
+        # back from a run: its b may have changed the session's backend, and it may have left a run
+        self.update_backend_line()
+        self.list_runs()
+
     @on(OptionList.OptionHighlighted, "#experiments")
     def show_summary(self, event: OptionList.OptionHighlighted) -> None:
         exp = self.app.experiments.get(event.option.id or "")
@@ -322,6 +327,8 @@ PANEL_PRIORITY = ("traceback-panel", "compare-panel", "sweep", "layers", "hist",
 # Below this height the plot (at least LossPlot.MIN_CURVE_ROWS rows of curve) and a panel no longer
 # both fit: they take turns too, the plot being panel "1".
 TALL_HEIGHT = 28
+# init-sweep's 4x4 grid needs 4 rows a cell: below this height it takes turns with the plot too
+SWEEP_TALL_HEIGHT = 36
 
 
 class PanelBar(Static):
@@ -431,7 +438,7 @@ class RunScreen(Screen[None]):
     def apply_layout(self) -> None:
         """Show the plot and the chosen panel as the terminal's height allows."""
         view = self.view
-        self.query_one("#loss").display = not self.compact or view == "loss"
+        self.query_one("#loss").display = view == "loss" or not self.alone(view)
         self.query_one("#panels").display = view != "loss"
         for pid, widget in self.panel_widgets().items():
             widget.display = pid == view
@@ -440,6 +447,10 @@ class RunScreen(Screen[None]):
         self.query_one(PanelBar).show(items, "tab: next" if len(items) > 1 else "")
         if self.is_attached and self.app.screen is self:
             self._focus_view(view)
+
+    def alone(self, view: str) -> bool:
+        """Whether ``view`` is shown instead of the plot rather than under it."""
+        return self.compact or (view == "sweep" and self.size.height < SWEEP_TALL_HEIGHT)
 
     def _focus_view(self, view: str) -> None:
         """Arrow keys scroll what is shown: its table or scroll area takes the focus."""
