@@ -23,13 +23,16 @@ from tui.screens import ViewScreen
 BACKEND_STYLES = {"numpy": "green", "mlx-cpu": "dodger_blue1", "mlx-gpu": "magenta"}
 
 
-class CompareScreen(ViewScreen):
+class CompareScreen(ViewScreen, inherit_bindings=False):
     """The runs of one :class:`CompareJob`, overlaid, with the comparison panel.
 
-    The viewer's keys (inherited); ``esc`` and ``q`` both end the comparison, after which
-    ``dualnorm compare`` prints its tables and exits with its code."""
+    The viewer's keys; ``esc`` and ``q`` both end the comparison (there is nothing to go back
+    to), after which ``dualnorm compare`` prints its tables and exits with its code."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.quit", "Done")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "done", "Done") if getattr(b, "key", "") == "escape" else b
+        for b in ViewScreen.BINDINGS
+    ]
 
     def __init__(self, job: CompareJob, tol: float, *, paused: bool = False) -> None:
         self.job = job
@@ -45,6 +48,9 @@ class CompareScreen(ViewScreen):
         ]
         super().__init__(sources, paused=paused)
         self.experiment.title = f"compare {job.experiment}: {' vs '.join(job.children)}"
+
+    async def action_done(self) -> None:
+        await self.app.action_quit()  # its own action: the footer shows one key per action
 
     def make_runner(self, paused: bool) -> Any:
         return RunFollower(self._sources, self.buffer, paused=paused, on_record=self._on_record)

@@ -47,9 +47,16 @@ Training keeps running estimates `new = (1 - momentum) * old + momentum * batch`
 (the running variance uses the unbiased estimate); eval mode normalizes with them.
 
 ## Loss plot
-Loss per step of each variant, overlaid. `l` switches the y axis to log10 (zero
-losses are clipped at 1e-12), `s` smooths with TensorBoard's debiased EMA
-(weight 0.9). A red vertical line marks the step where a variant diverged (NaN/inf loss).
+Loss per step of each variant, overlaid, over the whole run. `l` switches the y axis to log10
+(zero losses are clipped at 1e-12), `s` smooths with TensorBoard's debiased EMA (weight 0.9).
+A red vertical line marks the step where a variant diverged (NaN/inf loss).
+
+## Panels (they take turns under the plot)
+The bar under the plot names them with their keys: `2` layers, `3` histograms, `4` probe,
+`5` sweep grid, `6` compare, `7` error; `tab` / `shift+tab` go to the next / previous one.
+`1` shows the plot alone. On a terminal under 28 rows the plot is a panel too (`1`).
+A table takes the keyboard when shown: ↑/↓, PgUp/PgDn move through its rows, ←/→ scroll its
+columns; the table's subtitle names the highlighted row in full.
 
 ## Layer table (latest recorded step)
 | column | meaning |
@@ -72,9 +79,16 @@ Linear is negative, ReLU outputs 0 and nothing learns.
 ## Sweep grid (init-sweep)
 Training accuracy per epoch for 16 initial weight scales; solid green = with BN, dotted red = without.
 
+## Settings
+The backend (`b`, here or on the start screen) is kept for every demo and shown on the start
+screen. `c` changes the learning rate and seed of this demo's run only (kept by `r`); the status
+line marks a value that differs from the demo's default.
+
 ## Keys
-space pause/resume · n or . one step · r restart · c change lr/seed · b switch backend ·
-l log-y · s smoothing · e export (CSV, JSON Lines, SVG screenshot) · ? help · esc experiments · q quit
+q quit · ? help · esc back · space pause/resume · n or . one step · r restart (running) ·
+c change lr/seed · b switch backend · l log-y · s smoothing · v/V focus a variant ·
+1-7, tab panels · e export (CSV, JSON Lines, SVG screenshot; `dualnorm tui DIR` reopens it) ·
+Ctrl-C quit (exit code 130)
 """
 
 

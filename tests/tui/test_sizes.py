@@ -179,3 +179,13 @@ async def test_the_layer_table_scrolls_from_the_keyboard_and_names_the_row_in_fu
         await pilot.press("l")  # the screen's keys still work while the table has the focus
         assert screen.log_y
         await pilot.press("q")
+
+
+def test_compare_has_the_viewers_keys_and_shows_them():
+    """CompareScreen was declared with inherit_bindings=False and no bindings: every key was dead."""
+    view = ViewScreen._merged_bindings.key_to_bindings
+    compare = CompareScreen._merged_bindings.key_to_bindings
+    assert set(view) == set(compare)
+    assert all(compare[key][0].action == view[key][0].action for key in view if key != "escape")
+    assert compare["escape"][0].action == "done" and compare["escape"][0].show
+    assert list(compare)[:2] == ["q", "question_mark"]  # first in the footer
