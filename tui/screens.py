@@ -384,6 +384,8 @@ class RunScreen(Screen[None]):
         Binding("e", "export", "Export"),
     ]
 
+    AUTO_FOCUS = None  # apply_layout gives the focus to the shown panel (each move rebuilds the footer)
+
     # Training shares the GIL with the UI, so every millisecond spent rendering is taken from a
     # pure-Python training step: drain often, but redraw only as often as the eye needs.
     POLL_INTERVAL = 0.25
@@ -402,6 +404,7 @@ class RunScreen(Screen[None]):
         self.compact = False  # plot and panels take turns (a short terminal)
         self.chosen_panel: str | None = None  # what the user picked with a number key or tab
         self.available: set[str] = set()  # panels with something to show
+        self._bar_items: list[tuple[str, str, bool]] = []
         self._pending = Changes()
         self._last_plot = 0.0
         self._last_table = 0.0
@@ -458,7 +461,9 @@ class RunScreen(Screen[None]):
             widget.display = pid == view
         labels = dict(PANELS, loss="loss plot" if self.compact else "plot only")
         items = [(key, labels[pid], pid == view) for key, pid in self.panel_keys()]
-        self.query_one(PanelBar).show(items, "tab: next" if len(items) > 1 else "")
+        if items != self._bar_items:
+            self._bar_items = items
+            self.query_one(PanelBar).show(items, "tab: next" if len(items) > 1 else "")
         if self.is_attached and self.app.screen is self:
             self._focus_view(view)
 
@@ -469,10 +474,9 @@ class RunScreen(Screen[None]):
     def _focus_view(self, view: str) -> None:
         """Arrow keys scroll what is shown: its table or scroll area takes the focus."""
         target = self.panel_widgets().get(view)
-        if target is not None and target.can_focus:
-            target.focus()
-        else:
-            self.set_focus(None)
+        target = target if target is not None and target.can_focus else None
+        if self.focused is not target:  # a focus change rebuilds the footer: only when it moves
+            self.set_focus(target)
 
     def on_resize(self) -> None:
         compact = self.size.height < TALL_HEIGHT
@@ -701,9 +705,16 @@ class RunScreen(Screen[None]):
         n = len(self.state.variants)
         shown = f"showing {focus}" if focus else "latest variant(s)"
         layers = self.query_one(LayerTable)
-        layers.border_title = f"per-layer statistics — {shown}"
-        layers.border_subtitle = layers.row_detail() or (f"v/V: focus one of {n} variants" if n > 1 else "")
-        self.query_one("#hist").border_title = f"activation histograms per layer — {shown}"
+        titles = {
+            layers: f"per-layer statistics — {shown}",
+            self.query_one("#hist"): f"activation histograms per layer — {shown}",
+        }
+        for widget, title in titles.items():  # a title set to itself still repaints: only on change
+            if widget.border_title != title:
+                widget.border_title = title
+        subtitle = layers.row_detail() or (f"v/V: focus one of {n} variants" if n > 1 else "")
+        if layers.border_subtitle != subtitle:
+            layers.border_subtitle = subtitle
 
     def action_focus_next(self, step: int = 1) -> None:
         self.state.cycle_focus(step)  # said in the status line and the panel titles, not a pile of toasts

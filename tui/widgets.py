@@ -236,7 +236,12 @@ class LayerTable(DataTable):
         )
 
     def on_data_table_row_highlighted(self) -> None:
-        self.border_subtitle = self.row_detail()
+        self.show_detail()
+
+    def show_detail(self) -> None:
+        detail = self.row_detail()
+        if detail != self.border_subtitle:
+            self.border_subtitle = detail
 
     def redraw(self, state: RunState) -> None:
         rows = state.layer_rows()
@@ -258,7 +263,7 @@ class LayerTable(DataTable):
                 ):
                     if self.get_cell(key, col) != value:
                         self.update_cell(key, col, value)
-        self.border_subtitle = self.row_detail()
+        self.show_detail()
 
 
 ACTIVATION_KINDS = ("Sigmoid", "ReLU", "Tanh", "GELU", "SELU", "ELU", "LeakyReLU", "SiLU")
