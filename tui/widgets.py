@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.console import Group
 from rich.table import Table
@@ -391,6 +391,13 @@ class SweepCell(Plot):
         self.set_xticks([])
         self.border_title = "waiting"
 
+    # how each normalization of a cell is drawn and named; any other is a solid line in its own colour
+    NORM_STYLES: ClassVar[dict[str, tuple[str, str, bool]]] = {
+        "none": ("red", "plain", False),
+        "batchnorm": ("green", "BN", True),
+    }
+    OTHER_COLORS = ("dodger_blue1", "yellow", "magenta", "cyan")
+
     def redraw(self, state: RunState, index: int) -> None:
         cell = state.sweep.get(index)
         if not cell:
@@ -398,47 +405,55 @@ class SweepCell(Plot):
         scale = cell.get("scale")
         self.border_title = f"w={scale:.1e}" if isinstance(scale, (int, float)) else f"#{index}"
         self.clear()
-        xmax = 0.0
-        for norm, color in (("none", "red"), ("batchnorm", "green")):
-            name = cell.get(norm)
-            v = state.variants.get(name) if name else None
-            if v is None or not v.accuracies:
-                continue
-            xmax = max(xmax, v.acc_steps[-1])
-            if norm == "none":
-                self.scatter(v.acc_steps, v.accuracies, marker="·", marker_style=color)
+        norms = sorted((k for k in cell if k != "scale"), key=lambda n: (n != "none", n != "batchnorm", n))
+        parts = []
+        for i, norm in enumerate(norms):
+            color, label, solid = self.NORM_STYLES.get(
+                norm, (self.OTHER_COLORS[i % len(self.OTHER_COLORS)], norm, True)
+            )
+            v = state.variants.get(cell[norm])
+            if v is not None and v.accuracies:
+                if solid:
+                    self.plot(v.acc_steps, v.accuracies, line_style=color, hires_mode=HiResMode.BRAILLE)
+                else:  # the baseline dotted, as the documents draw it dashed: apart without colour too
+                    self.scatter(v.acc_steps, v.accuracies, marker="·", marker_style=color)
+            if v is not None and v.diverged_at is not None:
+                acc = "diverged"
             else:
-                self.plot(v.acc_steps, v.accuracies, line_style=color, hires_mode=HiResMode.BRAILLE)
-        bn, plain = state.variants.get(cell.get("batchnorm", "")), state.variants.get(cell.get("none", ""))
-        acc = [
-            "diverged"
-            if v and v.diverged_at is not None
-            else f"{v.accuracies[-1]:.2f}"
-            if v and v.accuracies
-            else "-"
-            for v in (bn, plain)
-        ]
-        self.border_subtitle = f"BN {acc[0]} / plain {acc[1]}"
+                acc = f"{v.accuracies[-1]:.2f}" if v is not None and v.accuracies else "-"
+            parts.append((label, acc))
+        # the normalized runs first, the baseline last: "BN 0.93 / plain 0.10"
+        parts = parts[1:] + parts[:1] if norms and norms[0] == "none" else parts
+        self.border_subtitle = " / ".join(f"{label} {acc}" for label, acc in parts)
         self.set_xticks([])
 
 
 class SweepGrid(Grid):
-    """init-sweep: a 4x4 grid of accuracy plots filling in as the runs progress."""
+    """A grid of accuracy plots, one per swept setting (init-sweep: 16 weight scales, 4x4), filling in
+    as the runs progress. Records name their cell with ``extra["scale_index"]`` and their line with
+    ``extra["normalization"]``; a sweep of more settings gets more cells, in a squarer grid."""
 
     DEFAULT_CSS = "SweepGrid { grid-size: 4 4; grid-gutter: 0; height: 1fr; }"
+    MIN_CELLS = 16
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.cells: list[SweepCell] = []
         self.dirty: set[int] = set()  # cells with new data not drawn yet (e.g. not mounted yet)
 
-    def ensure_cells(self) -> None:
-        if not self.cells:
-            self.cells = [SweepCell(id=f"sweep-{i}") for i in range(16)]
-            self.mount(*self.cells)
+    def ensure_cells(self, count: int = 0) -> None:
+        count = max(count, self.MIN_CELLS)
+        if len(self.cells) >= count:
+            return
+        new = [SweepCell(id=f"sweep-{i}") for i in range(len(self.cells), count)]
+        self.cells += new
+        columns = math.ceil(math.sqrt(count))
+        self.styles.grid_size_columns = columns
+        self.styles.grid_size_rows = math.ceil(count / columns)
+        self.mount(*new)
 
     def redraw(self, state: RunState, indices: set[int] | None = None) -> None:
-        self.ensure_cells()
+        self.ensure_cells(max(state.sweep, default=-1) + 1)
         self.dirty |= set(indices if indices is not None else state.sweep)
         for i in sorted(self.dirty):
             if not 0 <= i < len(self.cells):

@@ -11,7 +11,7 @@ from textual.app import App
 
 from dualnorm.records import StepRecord
 from tui.state import RunState
-from tui.widgets import LossPlot
+from tui.widgets import LossPlot, SweepGrid
 
 BRAILLE = range(0x2801, 0x2900)  # U+2800 is the blank braille cell
 
@@ -57,3 +57,40 @@ async def test_a_curve_at_its_minimum_is_drawn_to_the_end_of_the_run(log_y):
         # and the plain curve (its maximum) runs along the top row to the end
         top = _dot_columns(plot, range(r.y, r.y + 1))
         assert r.right - 1 in top
+
+
+class _GridApp(App[None]):
+    def compose(self):
+        yield SweepGrid(id="sweep")
+
+
+@sync
+async def test_the_sweep_grid_takes_any_number_of_settings_and_normalizations():
+    """A sweep like init-sweep's, with 20 settings and a third normalization (e.g. a CNN demo's)."""
+    state = RunState()
+    records = []
+    for index in range(20):
+        for norm in ("batchnorm", "groupnorm", "none"):
+            for epoch in (1, 2):
+                records.append(
+                    StepRecord(
+                        "sweep", f"s{index:02d}-{norm}", epoch * 10, epoch, 1.0, "numpy",
+                        accuracy=0.5 * epoch if norm != "none" else 0.1,
+                        extra={"scale": 10.0**-index, "scale_index": index, "normalization": norm},
+                    )
+                )  # fmt: skip
+    state.apply(records)
+    app = _GridApp()
+    async with app.run_test(size=(120, 50)) as pilot:
+        grid = app.query_one(SweepGrid)
+        grid.redraw(state)
+        await pilot.pause()
+        grid.redraw(state)  # the cells mounted since: drawn now
+        await pilot.pause()
+        assert len(grid.cells) == 20 and grid.styles.grid_size_columns == 5
+        cell = grid.cells[19]
+        assert cell.border_title == "w=1.0e-19"
+        assert cell.border_subtitle == "BN 1.00 / groupnorm 1.00 / plain 0.10"
+        kinds = sorted(type(d).__name__ for d in cell._datasets)
+        assert kinds == ["LinePlot", "LinePlot", "ScatterPlot"]  # the baseline dotted
+        assert all(c.region.height >= 4 for c in grid.cells)
