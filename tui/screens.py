@@ -341,8 +341,8 @@ PANEL_PRIORITY = ("traceback-panel", "compare-panel", "sweep", "layers", "hist",
 # Below this height the plot (at least LossPlot.MIN_CURVE_ROWS rows of curve) and a panel no longer
 # both fit: they take turns too, the plot being panel "1".
 TALL_HEIGHT = 28
-# init-sweep's 4x4 grid needs 4 rows a cell: below this height it takes turns with the plot too
-SWEEP_TALL_HEIGHT = 36
+# init-sweep's 4x4 grid: below this height it takes turns with the plot too (cells of 7+ curve rows)
+SWEEP_TALL_HEIGHT = 50
 
 
 class PanelBar(Static):

@@ -377,14 +377,14 @@ class SweepCell(Plot):
     without colour too."""
 
     DEFAULT_CSS = """
-    SweepCell { border: round $secondary; height: 1fr; width: 1fr; }
+    SweepCell { border-top: solid $secondary; height: 1fr; width: 1fr; }
     SweepCell #legend { display: none; }
     """
 
     def on_mount(self) -> None:
         super().on_mount()
         self.margin_top = 0
-        self.margin_bottom = 1
+        self.margin_bottom = 0  # no x ticks: every row to the curves (the title names the scale)
         self.margin_left = 4
         self.set_ylimits(0.0, 1.0)
         self.set_yticks([0.0, 0.5, 1.0])
@@ -403,7 +403,6 @@ class SweepCell(Plot):
         if not cell:
             return
         scale = cell.get("scale")
-        self.border_title = f"w={scale:.1e}" if isinstance(scale, (int, float)) else f"#{index}"
         self.clear()
         norms = sorted((k for k in cell if k != "scale"), key=lambda n: (n != "none", n != "batchnorm", n))
         parts = []
@@ -425,6 +424,9 @@ class SweepCell(Plot):
         # the normalized runs first, the baseline last: "BN 0.93 / plain 0.10"
         parts = parts[1:] + parts[:1] if norms and norms[0] == "none" else parts
         self.border_subtitle = " / ".join(f"{label} {acc}" for label, acc in parts)
+        # one border line, on top, holds both (a full border took two of a small cell's rows)
+        scale_text = f"{scale:.0e}" if isinstance(scale, (int, float)) else f"#{index}"
+        self.border_title = f"{scale_text} {self.border_subtitle}"
         self.set_xticks([])
 
 

@@ -76,7 +76,7 @@ async def test_open_each_experiment(name):
             await pilot.pause()
             assert grid.display
             assert len(grid.cells[0]._datasets) == 2  # BN and plain curves
-            assert grid.cells[15].border_title.startswith("w=1.0e-04")
+            assert grid.cells[15].border_title.startswith("1e-04 BN ")
         if name == "diverge":
             status = screen.status_text().plain
             assert "plain diverged at step 15" in status

@@ -89,8 +89,8 @@ async def test_the_sweep_grid_takes_any_number_of_settings_and_normalizations():
         await pilot.pause()
         assert len(grid.cells) == 20 and grid.styles.grid_size_columns == 5
         cell = grid.cells[19]
-        assert cell.border_title == "w=1.0e-19"
+        assert cell.border_title == "1e-19 BN 1.00 / groupnorm 1.00 / plain 0.10"
         assert cell.border_subtitle == "BN 1.00 / groupnorm 1.00 / plain 0.10"
         kinds = sorted(type(d).__name__ for d in cell._datasets)
         assert kinds == ["LinePlot", "LinePlot", "ScatterPlot"]  # the baseline dotted
-        assert all(c.region.height >= 4 for c in grid.cells)
+        assert all(c._scale_rectangle.height >= 3 for c in grid.cells)  # rows of curve
