@@ -48,7 +48,11 @@ def make_config(**kwargs: Any) -> Any:
 class DualnormApp(App[None]):
     TITLE = "dualnorm"
     CSS_PATH = "app.tcss"
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+c", "quit", "Quit", show=False, priority=True)]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+c", "interrupt", "Quit", show=False, priority=True)
+    ]
+    ENABLE_COMMAND_PALETTE = False  # its footer entry took the room of q and ?; ? lists every key
+    EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a program ended by SIGINT
 
     def __init__(
         self,
@@ -138,11 +142,17 @@ class DualnormApp(App[None]):
         self.push_screen(RunScreen(exp, self.config_for(name), paused=self.start_paused))
 
     def restart_run(self, screen: RunScreen, config: Any) -> None:
+        """A fresh run of the screen's experiment with ``config``, running (a restart while paused
+        would otherwise wait at step 0 with an empty plot), looked at the same way (log-y, ...).
+
+        The backend is the session's (the start screen shows it and the next demo uses it); lr and
+        seed changed with ``c`` stay with this demo's runs and are shown in its status line.
+        """
         screen.runner.stop()
         self.backend = config.backend or self.backend
-        self.seed = config.seed
-        self.lr = config.lr
-        self.switch_screen(RunScreen(screen.experiment, config, paused=screen.runner.paused))
+        fresh = RunScreen(screen.experiment, config, paused=False)
+        fresh.carry_view_from(screen)
+        self.switch_screen(fresh)
 
     def pop_to_start(self) -> None:
         if isinstance(self.screen, RunScreen):
@@ -194,6 +204,10 @@ class DualnormApp(App[None]):
     async def action_quit(self) -> None:
         self.stop_all()
         self.exit()
+
+    async def action_interrupt(self) -> None:
+        self.stop_all()
+        self.exit(return_code=self.EXIT_INTERRUPTED)
 
     def on_unmount(self) -> None:
         self.stop_all()
@@ -277,16 +291,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         app.run()
     finally:
         app.stop_all()
-    return 0
+    return app.return_code or 0
 
 
-def run_compare(job: Any, *, tol: float) -> None:
-    """``dualnorm compare`` without ``--no-tui``: the job's runs live, with the comparison panel."""
+def run_compare(job: Any, *, tol: float) -> int | None:
+    """``dualnorm compare`` without ``--no-tui``: the job's runs live, with the comparison panel.
+
+    None when the user left with ``q``/``esc`` (the caller prints the tables and exits with the
+    comparison's code); 130 after Ctrl-C."""
     app = DualnormApp(compare=(job, tol))
     try:
         app.run()
     finally:
         app.stop_all()
+    return app.return_code or None
 
 
 def check_paths(paths: Sequence[str], export_dir: str | None) -> str | None:

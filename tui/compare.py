@@ -9,9 +9,10 @@ up to date from the same records, shown in a panel above the layer table.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.console import Group
+from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
@@ -23,7 +24,15 @@ BACKEND_STYLES = {"numpy": "green", "mlx-cpu": "dodger_blue1", "mlx-gpu": "magen
 
 
 class CompareScreen(ViewScreen, inherit_bindings=False):
-    """The runs of one :class:`CompareJob`, overlaid, with the comparison panel."""
+    """The runs of one :class:`CompareJob`, overlaid, with the comparison panel.
+
+    The viewer's keys; ``esc`` and ``q`` both end the comparison (there is nothing to go back
+    to), after which ``dualnorm compare`` prints its tables and exits with its code."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "done", "Done") if getattr(b, "key", "") == "escape" else b
+        for b in ViewScreen.BINDINGS
+    ]
 
     def __init__(self, job: CompareJob, tol: float, *, paused: bool = False) -> None:
         self.job = job
@@ -40,6 +49,9 @@ class CompareScreen(ViewScreen, inherit_bindings=False):
         super().__init__(sources, paused=paused)
         self.experiment.title = f"compare {job.experiment}: {' vs '.join(job.children)}"
 
+    async def action_done(self) -> None:
+        await self.app.action_quit()  # its own action: the footer shows one key per action
+
     def make_runner(self, paused: bool) -> Any:
         return RunFollower(self._sources, self.buffer, paused=paused, on_record=self._on_record)
 
@@ -50,8 +62,10 @@ class CompareScreen(ViewScreen, inherit_bindings=False):
     def on_mount(self) -> None:
         super().on_mount()
         panel = VerticalScroll(Static(id="compare"), id="compare-panel")
-        self.mount(panel, before="#layers")
+        self.query_one("#panels").mount(panel, before="#layers")
         panel.border_title = f"backends compared live (reference {self.comparison.reference})"
+        self.available.add("compare-panel")
+        self.call_after_refresh(self.apply_layout)
 
     def poll(self, force: bool = False) -> None:
         self._note_ended_children()

@@ -59,6 +59,11 @@ class RunSource:
 
     def open(self) -> bool:
         """Open the run's reader; False while an expected run has not appeared yet."""
+        export = export_meta(self.path)
+        if export is not None:  # what the UI's `e` wrote: records.jsonl and run.json
+            self.reader = RunReader(self.path / "records.jsonl")
+            self.meta, self.status = export, "exported"
+            return True
         try:
             self.reader = RunReader(self.path)
         except RunDirError:
@@ -69,6 +74,35 @@ class RunSource:
         self.meta = self.reader.meta()
         self.status = (self.meta or {}).get("status", "file")
         return True
+
+
+EXPORT_META = "run.json"  # tui.export.export_run writes it beside records.jsonl; a run dir has meta.json
+
+
+def export_meta(path: Path) -> dict[str, Any] | None:
+    """The metadata of an export folder written by the UI's ``e`` (None for anything else), in the
+    keys a run directory's meta.json uses (experiment, backend, steps, status)."""
+    import json
+
+    from dualnorm.tracking import META, RECORDS
+
+    if not (path.is_dir() and (path / EXPORT_META).is_file() and (path / RECORDS).is_file()):
+        return None
+    if (path / META).exists():
+        return None
+    try:
+        data = json.loads((path / EXPORT_META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    config = data.get("config") if isinstance(data.get("config"), dict) else {}
+    return {
+        "experiment": data.get("experiment", "export"),
+        "backend": config.get("backend") or "?",
+        "steps": config.get("steps"),
+        "status": "exported",
+        "exported_at": data.get("exported_at"),
+    }
 
 
 def open_sources(paths: Sequence[str | os.PathLike[str] | RunSource]) -> list[RunSource]:
@@ -175,7 +209,7 @@ class RunFollower:
                 continue
             reader = src.reader
             assert reader is not None
-            if refresh_meta and src.live and reader.run_dir is not None:
+            if refresh_meta and src.live and reader.run_dir is not None and src.status != "exported":
                 try:
                     src.meta = reader.meta()
                     src.status = (src.meta or {}).get("status", "running")

@@ -177,8 +177,15 @@ def text_histogram(counts: Sequence[float], width: int, height: int) -> list[str
     return lines
 
 
-def fmt(value: float | None, digits: int = 4) -> str:
-    """Compact number for a table cell; ``-`` for missing values."""
+NUMBER_WIDTH = 9  # the widest number fmt() writes: "-7.31e-05", "-0.001234", "1.235e+04"
+
+
+def fmt(value: float | None, digits: int = 4, width: int = NUMBER_WIDTH) -> str:
+    """Compact number for a table cell, at most ``width`` characters; ``-`` for missing values.
+
+    Precision is dropped to fit, never characters: a cell too narrow for a number would cut it
+    (``-7.31e-05`` read as ``-7.31e-0``), so every column is at least ``width`` wide.
+    """
     if value is None:
         return "-"
     if isinstance(value, float) and math.isnan(value):
@@ -189,8 +196,32 @@ def fmt(value: float | None, digits: int = 4) -> str:
     if v == 0:
         return "0"
     if 1e-3 <= abs(v) < 1e5:
-        return f"{v:.{digits}g}"
-    return f"{v:.2e}"
+        candidates = [f"{v:.{d}g}" for d in range(digits, 0, -1)]
+    else:
+        candidates = [f"{v:.{d}e}" for d in range(2, -1, -1)]
+    for text in candidates:
+        if len(text) <= width:
+            return text
+        short = _short_exponent(text)
+        if len(short) <= width:
+            return short
+    return _short_exponent(candidates[-1])  # "-1e+308": 7 characters, the widest there is
+
+
+def _short_exponent(text: str) -> str:
+    """``1.2e+05`` -> ``1.2e5``, ``1.2e-05`` -> ``1.2e-5``: two characters back for a narrow cell."""
+    mantissa, e, exponent = text.partition("e")
+    if not e:
+        return text
+    sign = "-" if exponent.startswith("-") else ""
+    return f"{mantissa}e{sign}{exponent.lstrip('+-').lstrip('0') or '0'}"
+
+
+def ellipsize(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters at the end, with an ellipsis when anything was cut."""
+    if width <= 0:
+        return ""
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def pct(value: float | None) -> str:
@@ -414,7 +445,7 @@ class RunState:
         self.focus = choices[(i + step) % len(choices)]
         return self.focus
 
-    def plotted(self, limit: int) -> tuple[list[str], int]:
+    def plotted(self, limit: int, *, keep_first: bool = True) -> tuple[list[str], int]:
         """The variants the loss plot draws (at most ``limit``: the focus first, then the most recent)
         and how many curves there are in all."""
         names = [v.name for v in self.variants.values() if v.steps]
@@ -422,6 +453,9 @@ class RunState:
             return names, len(names)
         recent = sorted((self.variants[n] for n in names), key=lambda v: v.seen, reverse=True)
         chosen = [self.focus] if self.focus in names else []
+        # the baseline (the first variant: "plain", "none") stays, as everything is read against it
+        if keep_first and names[0] not in chosen and len(chosen) < limit:
+            chosen.append(names[0])
         chosen += [v.name for v in recent if v.name not in chosen][: limit - len(chosen)]
         order = {name: i for i, name in enumerate(self.variants)}
         return sorted(chosen, key=order.__getitem__), len(names)

@@ -210,3 +210,30 @@ def fake_experiments(steps: int = 60, delay: float = 0.0) -> dict[str, Experimen
         FakeExperiment("diverge", "diverge", steps=steps, delay=delay),
     ]
     return {e.name: e for e in exps}
+
+
+class FakeCompareJob:
+    """A finished :class:`dualnorm.compare.CompareJob` without processes: one run directory per
+    backend label, written from a fake experiment, each child ended with exit code 0."""
+
+    def __init__(self, root, labels=("numpy", "mlx-cpu"), steps: int = 20) -> None:
+        from types import SimpleNamespace
+
+        from dualnorm.experiments.base import RunConfig
+        from dualnorm.tracking import RunWriter
+
+        self.experiment = "dying-relu"
+        self.children = {label: SimpleNamespace(code=0, stderr="", wall_s=0.5) for label in labels}
+        self.run_dirs = {}
+        exp = FakeExperiment("dying-relu", "relu", variants=("batchnorm",), steps=steps)
+        for label in labels:
+            writer = RunWriter(root / label, name=label, experiment=exp.name, backend="numpy")
+            for rec in exp.run(RunConfig(backend="numpy")):
+                writer.write(rec)
+            writer.finish()
+            self.run_dirs[label] = root / label
+
+    def annotate(self, live) -> None:
+        from dualnorm.compare import CompareJob
+
+        CompareJob.annotate(self, live)

@@ -60,11 +60,14 @@ async def test_open_each_experiment(name):
         assert table.row_count > 0
         if name == "dying-relu":
             probe = screen.query_one(ProbeTable)
-            assert probe.display and probe.row_count == 6
+            assert "probe" in screen.available and not probe.display  # a panel, one key away
+            await pilot.press("4")
+            assert probe.display and probe.has_focus and probe.row_count == 6
             assert probe.get_cell("batchnorm/after_bn", "x0") != "—"
             assert probe.get_cell("plain/after_bn", "x0") == "—"
         if name == "sigmoid-depth":
             hist = screen.query_one(HistogramPanel)
+            await pilot.press("3")
             assert hist.display and [v.name for v in hist._variants] == ["plain", "batchnorm"]
         if name == "init-sweep":
             grid = screen.query_one(SweepGrid)
@@ -73,7 +76,7 @@ async def test_open_each_experiment(name):
             await pilot.pause()
             assert grid.display
             assert len(grid.cells[0]._datasets) == 2  # BN and plain curves
-            assert grid.cells[15].border_title.startswith("w=1.0e-04")
+            assert grid.cells[15].border_title.startswith("1e-04 BN ")
         if name == "diverge":
             status = screen.status_text().plain
             assert "plain diverged at step 15" in status
@@ -283,4 +286,91 @@ async def test_sweep_cell_draws_plain_dotted_and_says_when_it_diverged():
         assert "plain diverged" in str(cell.border_subtitle)
         kinds = sorted(type(d).__name__ for d in cell._datasets)
         assert kinds == ["LinePlot", "ScatterPlot"]  # BN solid line, plain dotted
+        await pilot.press("q")
+
+
+@sync
+async def test_lr_and_seed_stay_with_their_demo_and_the_backend_is_kept_and_shown():
+    app = make_app(experiment="dying-relu", steps=20)
+    async with app.run_test(size=SIZE) as pilot:
+        first = app.screen
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfigModal), what="modal")
+        app.screen.query_one("#lr").value = "0.01"
+        app.screen.query_one("#seed").value = "7"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen is not first)
+        changed = app.screen
+        await pilot.press("b")
+        await wait_for(pilot, lambda: app.screen is not changed, what="backend switch")
+        status = app.screen.status_text().plain
+        assert "backend mlx" in status and "lr 0.01 (default 0.01)" not in status
+        assert "seed 7 (default 0)" in status  # changed from the demo's default: said so
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, StartScreen), what="start screen")
+        line = str(app.screen.query_one("#backend-line").render())
+        assert "backend: mlx for every demo" in line and "each demo's defaults" in line
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="next demo")
+        nxt = app.screen
+        assert nxt.experiment.name == "sigmoid-depth"
+        assert nxt.config.backend == "mlx" and nxt.config.lr is None and nxt.config.seed == 0
+        assert "(default" not in nxt.status_text().plain
+        await pilot.press("q")
+
+
+@sync
+async def test_restart_while_paused_runs_and_keeps_the_view():
+    app = make_app(experiment="dying-relu", steps=30, start_paused=True)
+    async with app.run_test(size=SIZE) as pilot:
+        first = app.screen
+        await pilot.press("l", "s", "v", "3")
+        await pilot.press("r")
+        await wait_for(pilot, lambda: app.screen is not first, what="restart")
+        second = app.screen
+        assert not second.runner.paused
+        assert second.log_y and second.smoothing and second.state.focus == "plain"
+        assert second.chosen_panel == first.chosen_panel
+        await wait_for(pilot, second.runner.finished.is_set, what="the restarted run to finish")
+        second.poll(force=True)
+        assert second.state.total_steps == 60
+        await pilot.press("q")
+
+
+@sync
+async def test_config_dialog_says_what_is_wrong_in_full():
+    app = make_app(experiment="dying-relu", steps=10, start_paused=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfigModal), what="modal")
+        modal = app.screen
+        modal.query_one("#lr").value = "abc"
+        await pilot.press("enter")
+        await pilot.pause()
+        label = modal.query_one("#config-error")
+        message = "learning rate: 'abc' is not a number; type one like 0.01 or 1e-3"
+        assert str(label.render()) == message
+        assert label.region.height >= 2  # wrapped inside the dialog, never cut
+        assert app.screen is modal
+        await pilot.press("escape", "q")
+
+
+@sync
+async def test_status_line_per_variant_final_rate_and_the_probe_in_step():
+    app = make_app(experiment="dying-relu", steps=40)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await wait_for(pilot, screen.runner.finished.is_set, what="run finished")
+        screen.poll(force=True)
+        await pilot.pause()
+        status = screen.status_text().plain
+        assert "finished  variant 2/2 batchnorm · step 40 / 40" in status
+        assert "avg " in status and " steps/s" in status and "— steps/s" not in status
+        screen.poll(force=True)  # later ticks with nothing new keep the average
+        assert screen.rate_text() == screen.rate_text() and screen.rate_text().startswith("avg ")
+        probe = screen.query_one(ProbeTable)
+        assert probe.get_cell("batchnorm/after_bn", "step") == "40"  # the same step as the status line
+        notes = len(app._notifications)
+        await pilot.press("v", "v", "v")
+        assert len(app._notifications) == notes  # v says its focus in the status line, no pile of toasts
         await pilot.press("q")

@@ -10,12 +10,16 @@ import pytest
 pytest.importorskip("textual")
 
 from fakes import FakeExperiment, fake_experiments
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dualnorm.experiments.base import RunConfig
+from dualnorm.records import StepRecord
 from tui.state import (
     RecordBuffer,
     RunState,
     downsample_minmax,
+    ellipsize,
     ema_debiased,
     fmt,
     resample_counts,
@@ -89,6 +93,35 @@ def test_fmt():
     assert fmt(float("nan")) == "nan"
     assert fmt(0.5) == "0.5"
     assert fmt(1e-7) == "1.00e-07"
+    assert fmt(-7.31e-05) == "-7.31e-05"  # was cut to "-7.31e-0" by a narrow column
+
+
+@given(st.floats(min_value=-1e300, max_value=1e300))
+def test_fmt_fits_its_width_and_keeps_the_value(value):
+    for width in (9, 8):
+        text = fmt(value, width=width)
+        assert len(text) <= width
+        if value != 0:  # the sign and the order of magnitude survive, with at least one digit
+            back = float(text)
+            assert back == pytest.approx(value, rel=0.5 if abs(value) < 1e5 else 1.0)
+
+
+def test_ellipsize_cuts_at_the_end_with_a_mark():
+    assert ellipsize("SpectralNorm", 9) == "Spectral…"
+    assert ellipsize("ReLU", 9) == "ReLU"
+    assert ellipsize("abc", 0) == ""
+
+
+def test_the_baseline_curve_stays_plotted_among_many():
+    names = ("none", *(f"v{i}" for i in range(9)))
+    state = RunState(names)
+    state.apply([StepRecord("zoo", name, 1, 0, 1.0, "numpy") for name in names])
+    shown, total = state.plotted(8)
+    assert total == 10 and len(shown) == 8 and shown[0] == "none"
+    state.focus = "v0"
+    shown, _ = state.plotted(8)
+    assert {"none", "v0"} <= set(shown)
+    assert "none" not in state.plotted(2, keep_first=False)[0]
 
 
 def test_record_buffer_concurrent_append_and_drain():

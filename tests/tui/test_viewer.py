@@ -163,14 +163,14 @@ async def test_variant_selector_with_many_variants(tmp_path):
         plot = screen.query_one(LossPlot)
         assert "(+4 more; v/V: focus one)" in plot.legend_text.plain  # 8 drawn, the rest named as hidden
         table = screen.query_one(LayerTable)
-        assert "showing the latest" in str(screen.query_one("#layers").border_title)
+        assert "latest variant(s)" in str(screen.query_one("#layers").border_title)
         await pilot.press("v")  # focus the first variant
         await pilot.pause()
         assert screen.state.focus == "v0"
         assert {k.split("/")[0] for k in table._row_keys} == {"v0"}
         assert "showing v0" in str(screen.query_one("#layers").border_title)
         assert "v0" in plot.legend_text.plain  # the focused curve is drawn even if it is old
-        assert "focus v0" in screen.status_text().plain
+        assert "showing v0" in screen.status_text().plain
         await pilot.press("V", "V")  # back past "latest" to the last variant
         await pilot.pause()
         assert screen.state.focus == "v11"
@@ -362,3 +362,31 @@ def test_frozen_view_reads_nothing_and_steps_one_record_at_a_time(tmp_path):
     f.resume()
     f.poll()
     assert [r.step for r in buf.drain()] == list(range(2, 51))
+
+
+@sync
+async def test_the_viewer_opens_what_export_wrote(tmp_path):
+    """`e` writes records.jsonl and run.json (no meta.json): `dualnorm tui EXPORT_DIR` shows it whole."""
+    app = make_app(experiment="dying-relu", steps=12, export_dir=str(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await wait_for(pilot, screen.runner.finished.is_set, what="run finished")
+        screen.poll(force=True)
+        await pilot.press("e")
+        await app.workers.wait_for_complete()
+        await wait_for(pilot, lambda: screen.last_export is not None, what="export")
+        exported = screen.last_export
+        expected = {name: list(v.steps) for name, v in screen.state.variants.items()}
+    assert not (exported / "meta.json").exists() and (exported / "run.json").exists()
+    assert check_paths([str(exported)], None) is None
+    app = make_app(runs=[str(exported)])
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, ViewScreen), what="view screen")
+        screen = app.screen
+        await wait_for(pilot, screen.runner.finished.is_set, what="read")
+        screen.poll(force=True)
+        await pilot.pause()
+        assert {name: v.steps for name, v in screen.state.variants.items()} == expected
+        status = screen.status_text().plain
+        assert "finished" in status and "(dying-relu, numpy, exported)" in status
+        assert screen.query_one(LayerTable).row_count > 0
