@@ -144,6 +144,11 @@ class _ConvNd(Module):
                 f"Kernel size: ({' x '.join(map(str, extent))}). Kernel size can't be greater than actual "
                 "input size"
             )
+        if 0 in spatial and batched[0] > 0:
+            raise RuntimeInputError(
+                f"{name}: Only zero batch or zero channel inputs are supported, but got input shape: "
+                f"{list(batched)}"
+            )
 
     def _as_2d(self, a: Any) -> Any:
         """A 1-d layer's (N, C, L) array or (O, C/G, k) weight as (N, C, 1, L) / (O, C/G, 1, k)."""

@@ -418,6 +418,12 @@ def test_build_errors_are_the_ones_torch_raises(torch, kwargs, message):
 FORWARD_ERRORS = [
     (
         2,
+        dict(in_channels=3, out_channels=4, kernel_size=2, padding=1),
+        (3, 3, 0, 2),
+        "Only zero batch or zero channel inputs are supported, but got input shape: [3, 3, 0, 2]",
+    ),
+    (
+        2,
         dict(in_channels=3, out_channels=8, kernel_size=3),
         (2, 4, 8, 8),
         "Given groups=1, weight of size [8, 3, 3, 3], expected input[2, 4, 8, 8] to have 3 channels, but got 4 channels instead",
