@@ -665,7 +665,7 @@ def conv2d_backward(B: Backend, grad_y: np.ndarray, ctx: Any, weight: np.ndarray
     k, og = cg * kh * kw, out_c // groups
     g = np.ascontiguousarray(grad_y, dtype=col.dtype).reshape(n, groups, og, oh * ow)
     cols = col.reshape(n, groups, k, oh * ow)
-    grad_b = g.sum(axis=(0, 1, 3) if groups == 1 else (0, 3)).reshape(out_c)
+    grad_b = g.sum(axis=(0, 3)).reshape(out_c)
     grad_w = np.matmul(g, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(weight.shape)
     w_t = weight.astype(col.dtype, copy=False).reshape(groups, og, k).transpose(0, 2, 1)
     grad_col = np.matmul(w_t, g, out=cols)  # over the columns: they are spent once dW is known

@@ -151,17 +151,22 @@ class _ConvNd(Module):
             )
 
     def _as_2d(self, a: Any) -> Any:
-        """A 1-d layer's (N, C, L) array or (O, C/G, k) weight as (N, C, 1, L) / (O, C/G, 1, k)."""
+        """A 1-d layer's (N, C, L) input or (O, C/G, k) weight as (N, C, 1, L) / (O, C/G, 1, k)."""
         return a if self._dims == 2 else a.reshape(a.shape[0], a.shape[1], 1, a.shape[2])
 
+    def _from_2d(self, a: Any) -> Any:
+        return a if self._dims == 2 else a.reshape(a.shape[0], a.shape[1], a.shape[3])
+
+    def _conv2d_args(self) -> tuple[Any, ...]:
+        """(stride, zero padding, dilation) of the 2-d convolution this layer runs."""
+        pads = self._pads if self.padding_mode == "zeros" else ((0, 0),) * self._dims
+        if self._dims == 2:
+            return self.stride, pads, self.dilation
+        return (1, *self.stride), ((0, 0), *pads), (1, *self.dilation)
+
     def _out_shape(self, batched: tuple[int, ...]) -> tuple[int, ...]:
-        spatial = [
-            F.conv_output_size(size, k, s, pad, d)
-            for size, k, s, pad, d in zip(
-                batched[2:], self.kernel_size, self.stride, self._pads, self.dilation, strict=True
-            )
-        ]
-        return (batched[0], self.out_channels, *spatial)
+        sizes = zip(batched[2:], self.kernel_size, self.stride, self._pads, self.dilation, strict=True)
+        return (batched[0], self.out_channels, *(F.conv_output_size(*args) for args in sizes))
 
     def forward(self, x: Any) -> Any:
         x = self._input(x)
@@ -174,22 +179,12 @@ class _ConvNd(Module):
             self._save(empty=True, out_shape=out_shape, in_shape=tuple(x.shape), unbatched=unbatched)
             y = self.xp.zeros(out_shape, dtype=x.dtype)
             return y[0] if unbatched else y
-        zero_pads = self._pads
         if self.padding_mode != "zeros":
             x = F.conv_pad(self.backend, x, self._pads, self.padding_mode)
-            zero_pads = ((0, 0),) * self._dims
         weight, bias = self._params()
-        pads2 = zero_pads if self._dims == 2 else ((0, 0), *zero_pads)
-        stride2, dilation2 = (
-            ((1, *self.stride), (1, *self.dilation))
-            if self._dims == 1
-            else (
-                self.stride,
-                self.dilation,
-            )
-        )
+        stride, pads, dilation = self._conv2d_args()
         y, ctx = F.conv2d(
-            self.backend, self._as_2d(x), self._as_2d(weight), bias, stride2, pads2, dilation2, self.groups
+            self.backend, self._as_2d(x), self._as_2d(weight), bias, stride, pads, dilation, self.groups
         )
         self._save(ctx=ctx, out_shape=out_shape, unbatched=unbatched)
         y = y.reshape(out_shape)
@@ -198,29 +193,23 @@ class _ConvNd(Module):
     def backward(self, grad_output: Any) -> Any:
         s = self._saved_values()
         out_shape = s["out_shape"]
-        expected = out_shape[1:] if s["unbatched"] else out_shape
-        grad = self._check_grad(grad_output, expected).reshape(out_shape)
+        grad = self._check_grad(grad_output, out_shape[1:] if s["unbatched"] else out_shape)
+        grad = grad.reshape(out_shape)
         if s.get("empty"):
             for param in self._parameters.values():
                 self._accumulate(param, self.xp.zeros(param.shape, dtype=param.data.dtype))
             grad_in = self.xp.zeros(s["in_shape"], dtype=self.dtype)
-            return grad_in[0] if s["unbatched"] else grad_in
-        grad_in, grad_w, grad_b = F.conv2d_backward(
-            self.backend, self._as_2d(grad), s["ctx"], self._as_2d(self.weight.data)
-        )
-        if self.padding_mode != "zeros":
-            grad_in = F.conv_pad_backward(
-                self.backend, self._as_2d_undo(grad_in), self._pads, self.padding_mode
-            )
         else:
-            grad_in = self._as_2d_undo(grad_in)
-        self._accumulate(self.weight, grad_w.reshape(self.weight.shape))
-        if self.bias is not None:
-            self._accumulate(self.bias, grad_b)
+            grad_in, grad_w, grad_b = F.conv2d_backward(
+                self.backend, self._as_2d(grad), s["ctx"], self._as_2d(self.weight.data)
+            )
+            grad_in = self._from_2d(grad_in)
+            if self.padding_mode != "zeros":
+                grad_in = F.conv_pad_backward(self.backend, grad_in, self._pads, self.padding_mode)
+            self._accumulate(self.weight, grad_w.reshape(self.weight.shape))
+            if self.bias is not None:
+                self._accumulate(self.bias, grad_b)
         return grad_in[0] if s["unbatched"] else grad_in
-
-    def _as_2d_undo(self, a: Any) -> Any:
-        return a if self._dims == 2 else a.reshape(a.shape[0], a.shape[1], a.shape[3])
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "bias" and value is None:
