@@ -605,10 +605,13 @@ def group_norm_backward(
 
 # === convolution ==================================================================================
 #
-# conv2d as one BLAS product per image and group: the column buffer (N, C, kh, kw, OH, OW) is
-# filled by kh*kw strided slice copies (no loop over pixels), and W (O, C*kh*kw) @ col gives
-# (N, O, OH*OW), which is NCHW. The backward: dW = dY @ colᵀ, dcol = Wᵀ @ dY written over the
-# column buffer (no second 9x-input-sized allocation), then col2im as kh*kw strided slice-adds.
+# conv2d as one BLAS product per group for the whole batch: the column buffer, laid out
+# (C, kh, kw, N, OH, OW), is filled by kh*kw strided slice copies (no loop over pixels), and
+# W (O, C*kh*kw) @ col (C*kh*kw, N*OH*OW) gives (O, N, OH*OW), copied once to NCHW. One large
+# product rather than one per image: a threaded BLAS synchronizes its threads once per call, and
+# on 2 busy cores 64 per-image calls took 2.5-3.4x as long as the one call (benchmarks/conv.py's
+# shapes, 2 threads; equal on 1 thread). The backward: dW = dY @ colᵀ and dcol = Wᵀ @ dY (written
+# over the column buffer, which dW no longer needs), then col2im as kh*kw strided slice-adds.
 
 
 def _conv_taps(kh: int, kw: int, out_hw: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]):
@@ -639,45 +642,47 @@ def conv2d(
     (pt, pb), (pl, pr) = padding
     oh = F.conv_output_size(h, kh, stride[0], padding[0], dilation[0])
     ow = F.conv_output_size(w, kw, stride[1], padding[1], dilation[1])
+    x_cn = x.transpose(1, 0, 2, 3)  # (C, N, H, W): a view; the copies below read it in place
     if pt or pb or pl or pr:
-        xpad = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
-        xpad[:, :, pt : pt + h, pl : pl + w] = x
+        padded = np.zeros((c, n, h + pt + pb, w + pl + pr), x.dtype)
+        padded[:, :, pt : pt + h, pl : pl + w] = x_cn
     else:
-        xpad = x
-    col = np.empty((n, c, kh, kw, oh, ow), x.dtype)
+        padded = x_cn
+    col = np.empty((c, kh, kw, n, oh, ow), x.dtype)
     for i, j, rows, cols in _conv_taps(kh, kw, (oh, ow), stride, dilation):
-        col[:, :, i, j] = xpad[:, :, rows, cols]
-    k = cg * kh * kw
-    if groups == 1:
-        y = np.matmul(weight.reshape(out_c, k), col.reshape(n, k, oh * ow))
+        col[:, i, j] = padded[:, :, rows, cols]
+    k, pixels = cg * kh * kw, n * oh * ow
+    y = np.matmul(weight.reshape(groups, out_c // groups, k), col.reshape(groups, k, pixels))
+    y_nchw = np.empty((n, out_c, oh * ow), x.dtype)
+    y_onl = y.reshape(out_c, n, oh * ow).transpose(1, 0, 2)
+    if bias is None:
+        np.copyto(y_nchw, y_onl)
     else:
-        y = np.matmul(weight.reshape(groups, out_c // groups, k), col.reshape(n, groups, k, oh * ow))
-    y = y.reshape(n, out_c, oh, ow)
-    if bias is not None:
-        y += bias.reshape(1, out_c, 1, 1)
-    return y, (col, xpad.shape, padding, stride, dilation, groups)
+        np.add(y_onl, bias.reshape(1, out_c, 1), out=y_nchw)
+    return y_nchw.reshape(n, out_c, oh, ow), (col, (n, c, h, w), padding, stride, dilation, groups)
 
 
 def conv2d_backward(B: Backend, grad_y: np.ndarray, ctx: Any, weight: np.ndarray) -> tuple[Any, Any, Any]:
-    col, padded_shape, padding, stride, dilation, groups = ctx
-    n, out_c, oh, ow = grad_y.shape
+    col, (n, c, h, w), padding, stride, dilation, groups = ctx
+    _, out_c, oh, ow = grad_y.shape
     _, cg, kh, kw = weight.shape
-    k, og = cg * kh * kw, out_c // groups
-    g = np.ascontiguousarray(grad_y, dtype=col.dtype).reshape(n, groups, og, oh * ow)
-    cols = col.reshape(n, groups, k, oh * ow)
-    grad_b = g.sum(axis=(0, 3)).reshape(out_c)
-    grad_w = np.matmul(g, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(weight.shape)
-    w_t = weight.astype(col.dtype, copy=False).reshape(groups, og, k).transpose(0, 2, 1)
-    grad_col = np.matmul(w_t, g, out=cols)  # over the columns: they are spent once dW is known
-    grad_col = grad_col.reshape(col.shape)
-    grad_pad = np.zeros(padded_shape, col.dtype)
-    for i, j, rows, cols_ in _conv_taps(kh, kw, (oh, ow), stride, dilation):
-        grad_pad[:, :, rows, cols_] += grad_col[:, :, i, j]
+    k, og, pixels = cg * kh * kw, out_c // groups, n * oh * ow
+    dt = col.dtype
+    g = np.empty((out_c, n, oh * ow), dt)  # dY as (O, N*OH*OW), the layout of the products
+    np.copyto(g, grad_y.reshape(n, out_c, oh * ow).transpose(1, 0, 2))
+    g = g.reshape(groups, og, pixels)
+    cols = col.reshape(groups, k, pixels)
+    grad_b = g.sum(axis=2).reshape(out_c)
+    grad_w = np.matmul(g, cols.transpose(0, 2, 1)).reshape(weight.shape)
+    w_t = weight.astype(dt, copy=False).reshape(groups, og, k).transpose(0, 2, 1)
+    grad_col = np.matmul(w_t, g, out=cols).reshape(col.shape)  # the columns are spent: reuse them
     (pt, pb), (pl, pr) = padding
-    if pt or pb or pl or pr:
-        hp, wp = padded_shape[2:]
-        return np.ascontiguousarray(grad_pad[:, :, pt : hp - pb, pl : wp - pr]), grad_w, grad_b
-    return grad_pad, grad_w, grad_b
+    grad_pad = np.zeros((c, n, h + pt + pb, w + pl + pr), dt)
+    for i, j, rows, cols_ in _conv_taps(kh, kw, (oh, ow), stride, dilation):
+        grad_pad[:, :, rows, cols_] += grad_col[:, i, j]
+    grad_x = np.empty((n, c, h, w), dt)
+    np.copyto(grad_x, grad_pad[:, :, pt : pt + h, pl : pl + w].transpose(1, 0, 2, 3))
+    return grad_x, grad_w, grad_b
 
 
 KERNELS = F.kernels_in(globals())  # every function above named as the functional it replaces
