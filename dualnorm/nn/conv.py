@@ -9,6 +9,7 @@ the convolution itself then pads nothing.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 from dualnorm._rng import get_rng
@@ -17,17 +18,31 @@ from dualnorm.nn import functional as F
 from dualnorm.nn.module import Module
 
 
+def _int(value: Any) -> int | None:
+    """``value`` as an int if it is an integer (Python's or NumPy's, not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
+
+
 def _tuple(value: Any, dims: int, name: str, owner: str, minimum: int) -> tuple[int, ...]:
     """An int or a tuple of ``dims`` ints, each >= ``minimum``, as a tuple (PyTorch's _pair/_single)."""
-    items = (value,) * dims if isinstance(value, int) and not isinstance(value, bool) else value
+    items = (value,) * dims if _int(value) is not None else value
     try:
-        items = tuple(items)
+        ints = tuple(_int(v) for v in items)
     except TypeError:
-        items = ()
-    if len(items) != dims or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in items):
+        ints = ()
+    if len(ints) != dims or any(v is None or v < minimum for v in ints):
         what = "positive" if minimum > 0 else "non-negative"
         raise InputError(f"{owner}: {name} must be a {what} int or a tuple of {dims} of them, got {value!r}")
-    return items
+    return ints  # type: ignore[return-value]
+
+
+def _positive(value: Any, name: str, owner: str) -> int:
+    number = _int(value)
+    if number is None or number <= 0:
+        raise InputError(f"{owner}: {name} must be a positive integer, got {value!r}")
+    return number
 
 
 class _ConvNd(Module):
@@ -52,11 +67,10 @@ class _ConvNd(Module):
         super().__init__(dtype=dtype)
         name, dims = type(self).__name__, self._dims
         # PyTorch's checks, in PyTorch's order, before anything is drawn from the generator.
-        if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
-            raise InputError(f"{name}: groups must be a positive integer, got {groups!r}")
+        groups = _positive(groups, "groups", name)
+        in_channels = _positive(in_channels, "in_channels", name)
+        out_channels = _positive(out_channels, "out_channels", name)
         for label, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0:
-                raise InputError(f"{name}: {label} must be a positive integer, got {channels!r}")
             if channels % groups:
                 raise InputError(
                     f"{name}: {label} must be divisible by groups ({label}={channels}, groups={groups})"
