@@ -514,3 +514,22 @@ def test_docstring_examples():
 
     result = doctest.testmod(dualnorm.nn.conv, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 2 and result.failed == 0
+
+
+def test_layers_of_one_shape_keep_their_own_saved_values(backend):
+    """Two convolutions of the same shape, forward-forward-backward-backward, then again (the NumPy
+    kernel reuses a spent column buffer for the next forward): each gets its own gradients."""
+    rng = np.random.default_rng(4)
+    first, second = (nn.Conv2d(2, 3, 3, padding=1, dtype="float64") for _ in range(2))
+    xs = [rng.standard_normal((2, 2, 5, 5)) for _ in range(2)]
+    G = rng.standard_normal((2, 3, 5, 5))
+    expected = [_step(layer, x, G)[1:] for layer, x in zip((first, second), xs, strict=True)]
+    for _ in range(2):
+        for layer in (first, second):
+            layer.zero_grad()
+        first(xs[0])
+        second(xs[1])
+        got = [(host(layer.backward(G)), {"weight": host(layer.weight.grad)}) for layer in (second, first)]
+        for (dx, grads), (want_dx, want_grads) in zip(got[::-1], expected, strict=True):
+            np.testing.assert_allclose(dx, want_dx)
+            np.testing.assert_allclose(grads["weight"], want_grads["weight"])
