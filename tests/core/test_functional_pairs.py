@@ -16,6 +16,8 @@ FAST_PATHS = {
     "layer_norm_backward",
     "group_norm",
     "group_norm_backward",
+    "conv2d",
+    "conv2d_backward",
 }
 EXTRA_FAST_PATHS = {"kernels_numpy": {"max_pool2d", "max_pool2d_backward"}}  # the MaxPool2d(2) fast path
 
