@@ -223,4 +223,56 @@ def layer_norm_backward(
     return dx.reshape(shape), dw.reshape(trailing), db.reshape(trailing)
 
 
+# --- convolution -----------------------------------------------------------------------------
+#
+# mx.conv_general is channels-last (N, H, W, C) with (O, kh, kw, C/G) weights: transpose at the
+# edges, and take the backward from MLX's own VJP of the same call. MLX's float64 convolution
+# runs only on the CPU and its VJP refuses strided or dilated float64 ("[Convolution::eval] got
+# unsupported data type", mlx 0.32): float64 takes the reference.
+
+
+class _ConvContext(tuple):
+    """What the MLX forward saves; any other context came from the reference forward."""
+
+
+def _conv_nhwc(stride: tuple[int, int], padding: Any, dilation: tuple[int, int], groups: int) -> Any:
+    lo = [padding[0][0], padding[1][0]]
+    hi = [padding[0][1], padding[1][1]]
+
+    def conv(x: mx.array, w: mx.array) -> mx.array:
+        return mx.conv_general(x, w, stride=stride, padding=(lo, hi), kernel_dilation=dilation, groups=groups)
+
+    return conv
+
+
+def conv2d(
+    B: Backend,
+    x: mx.array,
+    weight: mx.array,
+    bias: mx.array | None,
+    stride: tuple[int, int],
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    dilation: tuple[int, int],
+    groups: int,
+) -> tuple[mx.array, Any]:
+    if x.dtype != mx.float32:
+        return F.conv2d.reference(B, x, weight, bias, stride, padding, dilation, groups)
+    x_nhwc = mx.transpose(x, (0, 2, 3, 1))
+    w_ohwi = mx.transpose(weight, (0, 2, 3, 1))
+    conv = _conv_nhwc(tuple(stride), tuple(map(tuple, padding)), tuple(dilation), groups)
+    y = mx.transpose(conv(x_nhwc, w_ohwi), (0, 3, 1, 2))
+    if bias is not None:
+        y = y + bias.reshape(1, -1, 1, 1)
+    return y, _ConvContext((x_nhwc, w_ohwi, conv))
+
+
+def conv2d_backward(B: Backend, grad_y: mx.array, ctx: Any, weight: mx.array) -> tuple[Any, Any, Any]:
+    if not isinstance(ctx, _ConvContext):
+        return F.conv2d_backward.reference(B, grad_y, ctx, weight)
+    x_nhwc, w_ohwi, conv = ctx
+    _, (dx, dw) = mx.vjp(conv, [x_nhwc, w_ohwi], [mx.transpose(grad_y, (0, 2, 3, 1))])
+    grad_b = mx.sum(grad_y, axis=(0, 2, 3))
+    return mx.transpose(dx, (0, 3, 1, 2)), mx.transpose(dw, (0, 3, 1, 2)), grad_b
+
+
 KERNELS = F.kernels_in(globals())  # every function above named as the functional it replaces

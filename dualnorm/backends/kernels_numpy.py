@@ -603,4 +603,81 @@ def group_norm_backward(
     return dx2.reshape(shape), sgx.sum(axis=1).astype(dt), sg.sum(axis=1).astype(dt)
 
 
+# === convolution ==================================================================================
+#
+# conv2d as one BLAS product per image and group: the column buffer (N, C, kh, kw, OH, OW) is
+# filled by kh*kw strided slice copies (no loop over pixels), and W (O, C*kh*kw) @ col gives
+# (N, O, OH*OW), which is NCHW. The backward: dW = dY @ colᵀ, dcol = Wᵀ @ dY written over the
+# column buffer (no second 9x-input-sized allocation), then col2im as kh*kw strided slice-adds.
+
+
+def _conv_taps(kh: int, kw: int, out_hw: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]):
+    """(i, j, rows, cols): each kernel tap and the strided slices of the padded input it meets."""
+    (oh, ow), (sh, sw), (dh, dw) = out_hw, stride, dilation
+    for i in range(kh):
+        for j in range(kw):
+            yield (
+                i,
+                j,
+                slice(i * dh, i * dh + sh * (oh - 1) + 1, sh),
+                slice(j * dw, j * dw + sw * (ow - 1) + 1, sw),
+            )
+
+
+def conv2d(
+    B: Backend,
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    stride: tuple[int, int],
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    dilation: tuple[int, int],
+    groups: int,
+) -> tuple[np.ndarray, Any]:
+    n, c, h, w = x.shape
+    out_c, cg, kh, kw = weight.shape
+    (pt, pb), (pl, pr) = padding
+    oh = F.conv_output_size(h, kh, stride[0], padding[0], dilation[0])
+    ow = F.conv_output_size(w, kw, stride[1], padding[1], dilation[1])
+    if pt or pb or pl or pr:
+        xpad = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
+        xpad[:, :, pt : pt + h, pl : pl + w] = x
+    else:
+        xpad = x
+    col = np.empty((n, c, kh, kw, oh, ow), x.dtype)
+    for i, j, rows, cols in _conv_taps(kh, kw, (oh, ow), stride, dilation):
+        col[:, :, i, j] = xpad[:, :, rows, cols]
+    k = cg * kh * kw
+    if groups == 1:
+        y = np.matmul(weight.reshape(out_c, k), col.reshape(n, k, oh * ow))
+    else:
+        y = np.matmul(weight.reshape(groups, out_c // groups, k), col.reshape(n, groups, k, oh * ow))
+    y = y.reshape(n, out_c, oh, ow)
+    if bias is not None:
+        y += bias.reshape(1, out_c, 1, 1)
+    return y, (col, xpad.shape, padding, stride, dilation, groups)
+
+
+def conv2d_backward(B: Backend, grad_y: np.ndarray, ctx: Any, weight: np.ndarray) -> tuple[Any, Any, Any]:
+    col, padded_shape, padding, stride, dilation, groups = ctx
+    n, out_c, oh, ow = grad_y.shape
+    _, cg, kh, kw = weight.shape
+    k, og = cg * kh * kw, out_c // groups
+    g = np.ascontiguousarray(grad_y, dtype=col.dtype).reshape(n, groups, og, oh * ow)
+    cols = col.reshape(n, groups, k, oh * ow)
+    grad_b = g.sum(axis=(0, 1, 3) if groups == 1 else (0, 3)).reshape(out_c)
+    grad_w = np.matmul(g, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(weight.shape)
+    w_t = weight.astype(col.dtype, copy=False).reshape(groups, og, k).transpose(0, 2, 1)
+    grad_col = np.matmul(w_t, g, out=cols)  # over the columns: they are spent once dW is known
+    grad_col = grad_col.reshape(col.shape)
+    grad_pad = np.zeros(padded_shape, col.dtype)
+    for i, j, rows, cols_ in _conv_taps(kh, kw, (oh, ow), stride, dilation):
+        grad_pad[:, :, rows, cols_] += grad_col[:, :, i, j]
+    (pt, pb), (pl, pr) = padding
+    if pt or pb or pl or pr:
+        hp, wp = padded_shape[2:]
+        return np.ascontiguousarray(grad_pad[:, :, pt : hp - pb, pl : wp - pr]), grad_w, grad_b
+    return grad_pad, grad_w, grad_b
+
+
 KERNELS = F.kernels_in(globals())  # every function above named as the functional it replaces

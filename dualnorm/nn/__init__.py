@@ -6,6 +6,7 @@ Every module has ``forward`` (call it) and ``backward(grad_output)``.
 from dualnorm.nn import functional, utils
 from dualnorm.nn.activations import SELU, Flatten, Identity, LeakyReLU, ReLU, Sigmoid, Tanh
 from dualnorm.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchRenorm1d, BatchRenorm2d
+from dualnorm.nn.conv import Conv1d, Conv2d
 from dualnorm.nn.groupnorm import GroupNorm
 from dualnorm.nn.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from dualnorm.nn.layernorm import LayerNorm, RMSNorm
@@ -23,6 +24,8 @@ __all__ = [
     "BatchNorm3d",
     "BatchRenorm1d",
     "BatchRenorm2d",
+    "Conv1d",
+    "Conv2d",
     "Flatten",
     "GroupNorm",
     "Identity",

@@ -429,3 +429,137 @@ def rms_norm_backward(
     # normalize_backward without the mean term (nothing was subtracted)
     mean_gx = accurate_mean(B, grad_xhat * x_hat, axes)
     return inv_rms * (grad_xhat - x_hat * mean_gx), grad_w
+
+
+# === convolution ==================================================================================
+#
+# Conv1d and Conv2d, channels-first as in PyTorch: x (N, C, H, W), weight (O, C/G, kh, kw), groups G.
+# A 1-d convolution is the 2-d one with H = kh = 1. Cross-correlation, as every framework computes:
+#
+#     y[n, o, p, q] = b[o] + sum_{c in group(o), i, j} w[o, c, i, j] * x_pad[n, c, p*sh + i*dh, q*sw + j*dw]
+#
+# written as one matrix product: the column buffer col[n, (c, i, j), (p, q)] holds the input value
+# each weight meets (im2col), so y = W @ col per group, (O/G, C/G*kh*kw) @ (C/G*kh*kw, OH*OW), which
+# is already NCHW. The backward: dW = dY @ colᵀ, dcol = Wᵀ @ dY, and dx gathers dcol back onto the
+# input positions it was copied from (col2im).
+
+
+CONV_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad: tuple[int, int], dilation: int) -> int:
+    """Output length along one axis: floor((size + lo + hi - dilation*(kernel-1) - 1) / stride) + 1."""
+    return (size + pad[0] + pad[1] - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pad_source_indices(size: int, pad: tuple[int, int], mode: str) -> np.ndarray:
+    """For each position of the padded axis, the input position it copies (reflect/replicate/circular)."""
+    positions = np.arange(-pad[0], size + pad[1])
+    if mode == "replicate":
+        return np.clip(positions, 0, size - 1)
+    if mode == "circular":
+        return positions % size
+    # reflect: mirror about the first and the last element, which are not repeated
+    period = 2 * (size - 1) if size > 1 else 1
+    folded = np.abs(positions) % period
+    return np.where(folded >= size, period - folded, folded)
+
+
+def conv_pad(B: Backend, x: Any, pads: Sequence[tuple[int, int]], mode: str) -> Any:
+    """Pad the trailing ``len(pads)`` axes of ``x`` by (lo, hi) each, with zeros or by ``mode``."""
+    lead = [(0, 0)] * (x.ndim - len(pads))
+    if mode == "zeros":
+        return B.xp.pad(x, [*lead, *pads]) if any(lo or hi for lo, hi in pads) else x
+    for axis, pad in enumerate(pads, start=len(lead)):
+        if pad[0] or pad[1]:
+            x = B.xp.take(x, B.indices(pad_source_indices(x.shape[axis], pad, mode)), axis=axis)
+    return x
+
+
+def conv_pad_backward(B: Backend, grad: Any, pads: Sequence[tuple[int, int]], mode: str) -> Any:
+    """Backward of :func:`conv_pad`: each input position receives the gradient of every copy of it."""
+    xp = B.xp
+    first = grad.ndim - len(pads)
+    if mode == "zeros":
+        index = tuple(slice(lo, grad.shape[first + k] - hi) for k, (lo, hi) in enumerate(pads))
+        return grad[(slice(None),) * first + index]
+    for axis, pad in reversed(list(enumerate(pads, start=first))):
+        if pad[0] or pad[1]:
+            size = grad.shape[axis] - pad[0] - pad[1]
+            source = pad_source_indices(size, pad, mode)
+            # (padded, size) one-hot: summing the copies is a product with it along ``axis``
+            scatter = B.asarray((source[:, None] == np.arange(size)[None, :]).astype(np.float64), grad.dtype)
+            grad = xp.swapaxes(xp.swapaxes(grad, axis, -1) @ scatter, axis, -1)
+    return grad
+
+
+def _conv_window(
+    x: Any, i: int, j: int, out_hw: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
+) -> Any:
+    """The (N, C, OH, OW) input values that kernel tap (i, j) meets: a strided slice of padded x."""
+    (oh, ow), (sh, sw), (dh, dw) = out_hw, stride, dilation
+    return x[:, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw]
+
+
+def _spread(xp: Any, a: Any, axis: int, stride: int, offset: int, size: int) -> Any:
+    """Place the entries of ``a`` along ``axis`` at offset, offset + stride, ... in a zero axis of ``size``."""
+    n = a.shape[axis]
+    if stride > 1:  # interleave stride-1 zeros after each entry, then drop the trailing ones
+        shape = list(a.shape)
+        a = xp.stack([a] + [xp.zeros(tuple(shape), dtype=a.dtype)] * (stride - 1), axis=axis + 1)
+        shape[axis] = n * stride
+        a = a.reshape(tuple(shape))
+        a = a[(slice(None),) * axis + (slice(0, stride * (n - 1) + 1),)]
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (offset, size - offset - a.shape[axis])
+    return xp.pad(a, widths)
+
+
+@overridable
+def conv2d(
+    B: Backend,
+    x: Any,
+    weight: Any,
+    bias: Any | None,
+    stride: tuple[int, int],
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    dilation: tuple[int, int],
+    groups: int,
+) -> tuple[Any, Any]:
+    """2-d cross-correlation of (N, C, H, W) ``x`` with zero ``padding`` ((top, bottom), (left, right)).
+
+    Returns (y, ctx), y of shape (N, O, OH, OW); ``ctx`` is for :func:`conv2d_backward` only.
+    """
+    xp = B.xp
+    n = x.shape[0]
+    out_c, cg, kh, kw = weight.shape
+    xpad = conv_pad(B, x, padding, "zeros")
+    oh = conv_output_size(x.shape[2], kh, stride[0], padding[0], dilation[0])
+    ow = conv_output_size(x.shape[3], kw, stride[1], padding[1], dilation[1])
+    taps = [_conv_window(xpad, i, j, (oh, ow), stride, dilation) for i in range(kh) for j in range(kw)]
+    col = xp.stack(taps, axis=2).reshape(n, groups, cg * kh * kw, oh * ow)  # (N, G, C/G*kh*kw, L)
+    y = (weight.reshape(groups, out_c // groups, cg * kh * kw) @ col).reshape(n, out_c, oh, ow)
+    if bias is not None:
+        y = y + bias.reshape(1, out_c, 1, 1)
+    return y, (col, tuple(xpad.shape), stride, padding, dilation, groups)
+
+
+@overridable
+def conv2d_backward(B: Backend, grad_y: Any, ctx: Any, weight: Any) -> tuple[Any, Any, Any]:
+    """Backward of :func:`conv2d`: returns (dL/dx, dL/dweight, dL/dbias)."""
+    xp = B.xp
+    col, padded_shape, stride, padding, dilation, groups = ctx
+    n, out_c, oh, ow = grad_y.shape
+    _, cg, kh, kw = weight.shape
+    g = grad_y.reshape(n, groups, out_c // groups, oh * ow)
+    grad_w = xp.sum(g @ xp.swapaxes(col, -1, -2), axis=0).reshape(weight.shape)
+    grad_b = xp.sum(grad_y, axis=(0, 2, 3))
+    w_t = xp.swapaxes(weight.reshape(groups, out_c // groups, cg * kh * kw), -1, -2)
+    grad_col = (w_t @ g).reshape(n, groups * cg, kh, kw, oh, ow)
+    _, _, hp, wp = padded_shape
+    grad_pad = xp.zeros(padded_shape, dtype=grad_y.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            rows = _spread(xp, grad_col[:, :, i, j], 2, stride[0], i * dilation[0], hp)
+            grad_pad = grad_pad + _spread(xp, rows, 3, stride[1], j * dilation[1], wp)
+    return conv_pad_backward(B, grad_pad, padding, "zeros"), grad_w, grad_b
