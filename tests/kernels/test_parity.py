@@ -30,6 +30,8 @@ COVERED = {
     "rms_norm_backward",
     "conv2d",  # test_conv_parity.py
     "conv2d_backward",
+    "max_pool2d",  # test_pool_parity.py
+    "max_pool2d_backward",
 }
 
 
