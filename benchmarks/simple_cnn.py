@@ -136,7 +136,9 @@ def _torch_worker(norm: str, steps: int, warmup: int, threads: int) -> list[floa
     torch.set_num_threads(threads)
     with dualnorm.use_backend("numpy"):
         dualnorm.manual_seed(0)
-        state = {k: torch.from_numpy(dualnorm.to_numpy(v).copy()) for k, v in simple_cnn(norm).state_dict().items()}
+        state = {
+            k: torch.from_numpy(dualnorm.to_numpy(v).copy()) for k, v in simple_cnn(norm).state_dict().items()
+        }
     model = torch_simple_cnn(norm)
     model.load_state_dict(state)
     x_host, y_host = _data()
@@ -174,8 +176,12 @@ def _spawn(library: str, norm: str, args: argparse.Namespace) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.simple_cnn", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backends", default="numpy", help="dualnorm backends, comma-separated (default numpy)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.simple_cnn", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--backends", default="numpy", help="dualnorm backends, comma-separated (default numpy)"
+    )
     parser.add_argument("--norms", default=",".join(NORMS), help=f"comma-separated of {', '.join(NORMS)}")
     parser.add_argument("--threads", type=int, default=2, help="threads for every library (default 2)")
     parser.add_argument("--rounds", type=int, default=3, help="processes per library and norm, taking turns")
@@ -210,8 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         load = os.getloadavg()[0]
     except OSError:
         load = float("nan")
-    print(f"SimpleCNN training step, batch {BATCH}, {args.threads} threads, best of {args.rounds}x{args.steps} "
-          f"steps (ms; load average {load:.1f})")
+    print(
+        f"SimpleCNN training step, batch {BATCH}, {args.threads} threads, best of {args.rounds}x{args.steps} "
+        f"steps (ms; load average {load:.1f})"
+    )
     header = f"{'norm':8s}" + "".join(f"{lib:>12s}" for lib in libraries)
     if "torch" in libraries:
         header += "".join(f"{lib + '/torch':>14s}" for lib in libraries if lib != "torch")

@@ -24,7 +24,10 @@ def main(argv: list[str] | None = None) -> tuple[int, ...]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default=None, help="numpy or mlx (default: the active backend)")
     parser.add_argument(
-        "--norm", default="lrn", choices=[n or "none" for n in CNN_NORMS], help="the normalization (default lrn)"
+        "--norm",
+        default="lrn",
+        choices=[n or "none" for n in CNN_NORMS],
+        help="the normalization (default lrn)",
     )
     args = parser.parse_args(argv)
     if args.backend:
@@ -34,7 +37,9 @@ def main(argv: list[str] | None = None) -> tuple[int, ...]:
     model = simple_cnn(args.norm)
     print(model)
 
-    input_data = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)  # 1 image, 3x32x32
+    input_data = (
+        np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    )  # 1 image, 3x32x32
     output_data = model(input_data)
     shape = tuple(output_data.shape)
     print(shape)

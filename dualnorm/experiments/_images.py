@@ -56,7 +56,13 @@ def chunked_logits(backend: Backend, model: Any, x_host: np.ndarray, chunk: int)
 
 
 def accuracy(
-    backend: Backend, model: Any, x_host: np.ndarray, labels: np.ndarray, *, chunk: int, train_mode: bool = False
+    backend: Backend,
+    model: Any,
+    x_host: np.ndarray,
+    labels: np.ndarray,
+    *,
+    chunk: int,
+    train_mode: bool = False,
 ) -> float:
     """Accuracy in eval mode (running statistics), or in train mode with batches of ``chunk`` images.
 

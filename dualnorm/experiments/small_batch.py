@@ -58,7 +58,9 @@ def parse_variant(name: str) -> tuple[int, str]:
 class SmallBatch(Experiment):
     name = "small-batch"
     title = "Small batches: batch norm vs group norm vs none (Wu & He)"
-    summary = "a 4-conv CNN on 8x8 digits at batch 2/4/8/32: BN collapses at batch 2 in eval mode, GN does not"
+    summary = (
+        "a 4-conv CNN on 8x8 digits at batch 2/4/8/32: BN collapses at batch 2 in eval mode, GN does not"
+    )
     variants = tuple(variant_name(b, n) for b in BATCH_SIZES for n, _ in NORMALIZATIONS)
     default_steps = EPOCHS * steps_per_epoch(1500, BATCH_SIZES[0])  # the longest variant (batch 2)
     default_lr = 0.02
@@ -118,7 +120,11 @@ class SmallBatch(Experiment):
             },
             context={
                 "train_mode_accuracy": (
-                    (lambda: accuracy(backend, model, data.x_test, data.y_test, chunk=batch_size, train_mode=True))
+                    (
+                        lambda: accuracy(
+                            backend, model, data.x_test, data.y_test, chunk=batch_size, train_mode=True
+                        )
+                    )
                     if train_mode
                     else None
                 )
