@@ -32,6 +32,8 @@ COVERED = {
     "conv2d_backward",
     "max_pool2d",  # test_pool_parity.py
     "max_pool2d_backward",
+    "local_response_norm",  # test_lrn_parity.py
+    "local_response_norm_backward",
 }
 
 
