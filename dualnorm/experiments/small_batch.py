@@ -9,8 +9,9 @@ B values per channel. (In a two-convolution net on 8x8 digits BN averages over B
 and does not suffer even at B = 2.)
 
 Every variant trains for the same number of epochs over the 1 500 training digits
-(shuffled, SGD lr 0.02 with momentum 0.9, cross-entropy): so batch 2 takes 16 times the
-steps of batch 32. ``accuracy`` (on the records that end an epoch) is the eval-mode accuracy
+(shuffled, cross-entropy, SGD with momentum 0.9), so batch 2 takes 16 times the steps of
+batch 32, with the learning rate scaled linearly with the batch size as Wu & He do
+(Goyal et al.'s rule): ``lr * B / 32``, ``lr`` (default 0.1) being batch 32's. ``accuracy`` (on the records that end an epoch) is the eval-mode accuracy
 on the 297 held-out digits: batch norm then uses its running averages. The records also carry
 ``extra["train_mode_accuracy"]``: the same digits normalized, batch by batch of the training
 size, with the batch's own statistics. For BN at B = 2 the two part: in training the last
@@ -22,7 +23,8 @@ Variants are ``b{B:02d}-{norm}`` for B in 2, 4, 8, 32 and norm in batchnorm, gro
 (GroupNorm with 8 groups). Every variant of one batch size starts from the same convolution
 weights and sees the same batches. Records carry ``extra["scale_index"]`` (the batch size's
 position, 0..3), ``extra["scale"]`` and ``extra["batch_size"]`` (B) and
-``extra["normalization"]``: the fields init-sweep's grid reads. ``options["epochs"]`` (default
+``extra["normalization"]``: the fields init-sweep's grid reads (``extra["grid_label"]``, e.g.
+"batch 2", names a cell). ``options["epochs"]`` (default
 3) sets the length; ``steps`` caps the steps of every variant (for a quick look).
 """
 
@@ -43,6 +45,7 @@ NORMALIZATIONS = (("batchnorm", "batch"), ("groupnorm", "group"), ("none", None)
 GROUPS = 8
 EPOCHS = 3
 MOMENTUM = 0.9
+REFERENCE_BATCH = 32  # the batch size whose lr is the experiment's lr (linear scaling rule)
 EVAL_CHUNK = 300  # eval mode: the whole held-out set (297) at once
 
 
@@ -63,7 +66,7 @@ class SmallBatch(Experiment):
     )
     variants = tuple(variant_name(b, n) for b in BATCH_SIZES for n, _ in NORMALIZATIONS)
     default_steps = EPOCHS * steps_per_epoch(1500, BATCH_SIZES[0])  # the longest variant (batch 2)
-    default_lr = 0.02
+    default_lr = 0.1  # at batch 32; batch B trains with lr * B / 32
     default_record_every = 25
     option_names = ("epochs",)
 
@@ -105,7 +108,7 @@ class SmallBatch(Experiment):
             variant=variant,
             model=model,
             loss_fn=CrossEntropyLoss(),
-            optimizer=SGD(model.parameters(), lr=setup.lr, momentum=MOMENTUM),
+            optimizer=SGD(model.parameters(), lr=setup.lr * batch_size / REFERENCE_BATCH, momentum=MOMENTUM),
             batch=epoch_batches(backend, data.x_train, data.y_train, batch_size, setup.rng, drop_last=True),
             steps=steps,
             record_every=record_every,
@@ -116,6 +119,8 @@ class SmallBatch(Experiment):
                 "scale": batch_size,
                 "batch_size": batch_size,
                 "normalization": normalization,
+                "lr": setup.lr * batch_size / REFERENCE_BATCH,
+                "grid_label": f"batch {batch_size}",
                 "dataset": "digits-8x8",
             },
             context={

@@ -62,6 +62,9 @@ def test_small_batch_short_run_records(backend):
         conv4 = next(layer for layer in recs[-1].layers if layer.name == "conv4")
         assert len(conv4.channel_mean) == 64 and len(conv4.channel_std) == 64
     assert gn[-1].extra["train_mode_accuracy"] == gn[-1].accuracy  # no batch statistics: one accuracy
+    # the linear scaling rule: lr * B / 32
+    assert (bn[0].extra["lr"], gn[0].extra["lr"]) == pytest.approx((0.1 * 2 / 32, 0.1))
+    assert bn[0].extra["grid_label"] == "batch 2"
 
 
 def test_small_batch_epochs_option_and_errors():
