@@ -67,7 +67,7 @@ class SmallBatch(Experiment):
     variants = tuple(variant_name(b, n) for b in BATCH_SIZES for n, _ in NORMALIZATIONS)
     default_steps = EPOCHS * steps_per_epoch(1500, BATCH_SIZES[0])  # the longest variant (batch 2)
     default_lr = 0.1  # at batch 32; batch B trains with lr * B / 32
-    default_record_every = 25
+    default_record_every = 50
     option_names = ("epochs",)
 
     _digits: Dataset | None = None
