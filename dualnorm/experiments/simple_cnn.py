@@ -58,7 +58,9 @@ class SimpleCNNExperiment(Experiment):
     default_variants = ("lrn",)
     default_steps = EPOCHS * steps_per_epoch(50_000, BATCH_SIZE)
     default_lr = 0.01
-    default_record_every = 46  # what record_every() picks for CIFAR-10: the largest divisor of 782 up to 782 // 8
+    default_record_every = (
+        46  # what record_every() picks for CIFAR-10: the largest divisor of 782 up to 782 // 8
+    )
     option_names = ("cifar10",)
 
     def __init__(self) -> None:
