@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--mnist", metavar="PATH", help="MNIST files (mnist.npz or the IDX files) instead of digits"
     )
+    run.add_argument(
+        "--cifar10", metavar="PATH", help="simple-cnn: the extracted CIFAR-10 (cifar-10-batches-py or -bin)"
+    )
     run.add_argument("--json", metavar="FILE", help="also write every record as JSON Lines to FILE")
     run.add_argument(
         "--out",
@@ -196,6 +199,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except DatasetError as exc:
             return _error(str(exc))
         options["dataset"] = args.mnist
+    if args.cifar10 is not None:
+        if "cifar10" not in getattr(exp, "option_names", ()):
+            return _error(f"{exp.name} does not use CIFAR-10; --cifar10 applies to simple-cnn")
+        options["cifar10"] = args.cifar10
     config = RunConfig(
         backend=args.backend,
         steps=args.steps,
@@ -286,7 +293,7 @@ def _open_run_dir(args: argparse.Namespace, exp: Any, config: Any) -> Any:
         directory,
         name=exp.name,
         experiment=exp.name,
-        variants=list(config.variants or exp.variants),
+        variants=list(exp.selected_variants(config)),
         backend=config.backend,
         config=_config_to_dict(config),
     )
@@ -306,8 +313,8 @@ class _Tee:
 def _drive(exp: Any, config: Any, records: Any, writer: Any, summary: dict, *, quiet: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    variants = config.variants or exp.variants
-    steps = config.steps or exp.default_steps
+    variants = exp.selected_variants(config)  # the experiment's defaults: it may run a subset, or size steps
+    steps = exp.steps(config)  # by its data
     forward_only = sum(1 for v in variants if v.startswith("forward-"))
     total = steps * (len(variants) - forward_only) + forward_only
     progress = Progress(
@@ -326,6 +333,8 @@ def _drive(exp: Any, config: Any, records: Any, writer: Any, summary: dict, *, q
         for record in records:
             if writer is not None:
                 writer.write(record)
+            if record.extra.get("print"):  # an experiment's own line, e.g. simple-cnn's per-epoch summary
+                progress.console.print(record.extra["print"], markup=False, highlight=False)
             entry = summary.setdefault(record.variant, {"start": time.perf_counter()})
             entry.update(
                 loss=record.loss,

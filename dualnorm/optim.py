@@ -28,7 +28,7 @@ from dualnorm.backends import backend_of
 from dualnorm.errors import InputError
 from dualnorm.nn.module import Parameter
 
-__all__ = ["SGD", "Adam", "AdamW", "Optimizer"]
+__all__ = ["SGD", "Adam", "AdamW", "Optimizer", "lr_scheduler"]
 
 
 class Optimizer:
@@ -225,3 +225,7 @@ class AdamW(Adam):
         maximize: bool = False,
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize)
+
+
+# torch.optim.lr_scheduler's place: dualnorm.optim.lr_scheduler.StepLR (the module imports Optimizer above)
+from dualnorm import lr_scheduler  # noqa: E402

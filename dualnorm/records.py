@@ -44,6 +44,10 @@ class LayerStats:
     beta_mean: float | None = None
     running_mean_mean: float | None = None
     running_var_mean: float | None = None
+    # Convolutional (N, C, *spatial) outputs only: per-channel statistics over the batch and positions.
+    dead_channel_frac: float | None = None  # channels a ReLU zeroed at every sample and position
+    channel_mean: list[float] | None = None
+    channel_std: list[float] | None = None
 
 
 @dataclass
@@ -123,11 +127,14 @@ def json_safe(value: Any) -> Any:
 
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(StepRecord))
 
+#: the per-channel lists of a convolutional layer (one number per channel, or None)
+CHANNEL_STATS = ("channel_mean", "channel_std")
+
 #: the per-layer statistics, in LayerStats order: the four activation summaries, then the optional ones
 LAYER_STATS = tuple(
     f.name
     for f in dataclasses.fields(LayerStats)
-    if f.name not in ("name", "kind", "hist_counts", "hist_edges")
+    if f.name not in ("name", "kind", "hist_counts", "hist_edges", *CHANNEL_STATS)
 )
 
 # Fields that hold text: a variant or layer called "inf" stays a string.
@@ -172,6 +179,7 @@ _LAYER_SPEC: dict[str, tuple[str, bool]] = {
     "hist_counts": ("ints", False),
     "hist_edges": ("nums", False),
     **{name: ("num?", False) for name in LAYER_STATS[4:]},
+    **{name: ("nums?", False) for name in CHANNEL_STATS},
 }
 # A field added to a dataclass must be added to its spec too, or records would lose it on reading.
 if set(_RECORD_SPEC) != set(_RECORD_FIELDS) - {"layers"} or set(_LAYER_SPEC) != {
@@ -187,6 +195,7 @@ _EXPECTED = {
     "dict": "a JSON object",
     "ints": "a list of integers",
     "nums": "a list of numbers",
+    "nums?": "a list of numbers or null",
 }
 
 
@@ -225,6 +234,8 @@ def _fits(kind: str, value: Any) -> bool:
         return isinstance(value, dict)
     if kind == "ints":
         return isinstance(value, list) and all(_is_int(v) for v in value)
+    if kind == "nums?" and value is None:
+        return True
     return isinstance(value, list) and all(_is_num(v) for v in value)
 
 
@@ -247,7 +258,7 @@ def _checked(where: str, data: dict[str, Any], spec: dict[str, tuple[str, bool]]
         try:
             if kind in ("num", "num?") and value is not None:
                 value = float(value)
-            elif kind == "nums":
+            elif kind in ("nums", "nums?") and value is not None:
                 value = [float(v) for v in value]
         except OverflowError:
             raise InputError(f"{prefix} field {name!r} holds an integer too large for a float") from None

@@ -138,6 +138,15 @@ def _weight_of(module: Module) -> Any:
     return None
 
 
+def _channel_moments(a: np.ndarray) -> tuple[list[float], list[float]]:
+    """Mean and (biased) std of each channel of (N, C, *spatial) activations, over N and the positions."""
+    per_channel = np.moveaxis(a, 1, 0).reshape(a.shape[1], -1).astype(np.float64)
+    mean = per_channel.mean(axis=1)
+    centred = per_channel - mean[:, None]
+    std = np.sqrt(np.einsum("ij,ij->i", centred, centred) / per_channel.shape[1])
+    return mean.tolist(), std.tolist()
+
+
 def layer_stats(
     backend: Backend,
     name: str,
@@ -150,7 +159,9 @@ def layer_stats(
 
     Histogram ranges: [0, 1] after a Sigmoid, [-1, 1] after a Tanh, the data's [min, max]
     otherwise; values are clipped into the end bins, so the counts always sum to the
-    number of activations.
+    number of activations. Outputs laid out (N, C, *spatial) (convolutional layers) also get
+    each channel's mean and std over the batch and the positions, and after a ReLU the
+    fraction of channels that are zero everywhere (``dead_channel_frac``).
     """
     kind = type(module).__name__
     a = _host(backend, output)
@@ -172,9 +183,15 @@ def layer_stats(
         saturated = float(np.count_nonzero(np.abs(flat) > TANH_LIMIT) / max(n, 1))
     else:
         lo, hi = mn, mx
+    dead_channels = channel_mean = channel_std = None
     if kind in ("ReLU", "LeakyReLU") and a.ndim >= 1 and n:
         units = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(-1, 1)
-        dead = float(np.mean(np.max(units, axis=0) <= 0))
+        unit_max = np.max(units, axis=0)
+        dead = float(np.mean(unit_max <= 0))
+        if a.ndim >= 3:  # (N, C, *spatial): a channel is dead when all its positions are
+            dead_channels = float(np.mean(np.max(unit_max.reshape(a.shape[1], -1), axis=1) <= 0))
+    if a.ndim >= 3 and n:
+        channel_mean, channel_std = _channel_moments(a)
     counts, edges = _histogram(flat, lo, hi, bins) if n else ([], [])
     grad_norm = None
     if grad_output is not None:
@@ -197,6 +214,9 @@ def layer_stats(
         grad_norm=grad_norm,
         param_grad_norm=None if p_sq is None else math.sqrt(p_sq),
         weight_norm=weight_norm,
+        dead_channel_frac=dead_channels,
+        channel_mean=channel_mean,
+        channel_std=channel_std,
     )
     if isinstance(module, _NORM_CLASSES):
         gamma = module._parameters.get("weight")

@@ -839,4 +839,57 @@ def conv2d_backward(B: Backend, grad_y: np.ndarray, ctx: Any, weight: np.ndarray
     return grad_x, grad_w, grad_b
 
 
+# --- local response normalization (the cnn branch) --------------------------------------------
+#
+# The reference pads the squares and adds size shifted copies, and raises s to -beta with pow:
+# on SimpleCNN's (64, 32, 32, 32) that is most of the layer. Here the window sum adds shifted
+# slices in place into one buffer (no padded copy), and s^-0.75 (beta's default and AlexNet's)
+# is 1 / (sqrt(s) * sqrt(sqrt(s))): two square roots instead of an exp and a log per element.
+
+
+def _lrn_window_sum_into(v: np.ndarray, front: int, back: int, out: np.ndarray) -> np.ndarray:
+    np.copyto(out, v)
+    channels = v.shape[1]
+    for offset in range(1, min(front, channels - 1) + 1):  # channel c gets v[c - offset]
+        out[:, offset:] += v[:, :-offset]
+    for offset in range(1, min(back, channels - 1) + 1):  # channel c gets v[c + offset]
+        out[:, :-offset] += v[:, offset:]
+    return out
+
+
+def _neg_power(s: np.ndarray, beta: float) -> np.ndarray:
+    if beta == 0.75:
+        root = np.sqrt(s)
+        root *= np.sqrt(root)  # s^0.75
+        return np.divide(1.0, root, out=root)
+    if beta == 0.5:
+        root = np.sqrt(s)
+        return np.divide(1.0, root, out=root)
+    return np.power(s, -beta)
+
+
+def local_response_norm(B: Backend, x: np.ndarray, size: int, alpha: float, beta: float, k: float):
+    squares = np.multiply(x, x)
+    s = _lrn_window_sum_into(squares, size // 2, (size - 1) // 2, np.empty_like(squares))
+    s *= x.dtype.type(alpha / size)
+    s += x.dtype.type(k)
+    scale = _neg_power(s, beta)
+    return np.multiply(x, scale, out=squares), (x, s, scale)
+
+
+def local_response_norm_backward(
+    B: Backend, grad_y: np.ndarray, ctx: Any, size: int, alpha: float, beta: float
+) -> np.ndarray:
+    x, s, scale = ctx
+    t = np.multiply(grad_y, x)
+    t *= scale
+    t /= s
+    through_s = _lrn_window_sum_into(t, (size - 1) // 2, size // 2, np.empty_like(t))
+    through_s *= x
+    through_s *= x.dtype.type(2.0 * alpha * beta / size)
+    grad_x = np.multiply(grad_y, scale, out=t)
+    grad_x -= through_s
+    return grad_x
+
+
 KERNELS = F.kernels_in(globals())  # every function above named as the functional it replaces

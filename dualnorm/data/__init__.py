@@ -1,13 +1,18 @@
 """Small, offline datasets for the demo networks: NumPy arrays only, never a network call.
 
-Two sources:
+Three sources:
 
 * :func:`load_digits` -- the UCI ML hand-written digits (8x8 pixels, 1797 images, 10 classes),
-  shipped inside the package as ``digits.npz`` (see ``DIGITS_LICENSE.md``).
+  shipped inside the package as ``digits.npz`` (see ``DIGITS_LICENSE.md``); flat, or as
+  1x8x8 images with ``images=True``.
 * :func:`load_mnist` -- real MNIST, read from files the user already has: the Keras cache file
   ``mnist.npz`` or the four original IDX files (gzipped or plain).
+* :func:`load_cifar10` -- CIFAR-10 from the user's extracted python or binary batches (see
+  :mod:`dualnorm.data.cifar`), as 3x32x32 images.
 
-Every loader returns a :class:`Dataset` of flattened float32 features in ``[0, 1]`` and int64 labels.
+Every loader returns a :class:`Dataset` of float32 features in ``[0, 1]`` (flattened, or images
+``(N, C, H, W)`` when ``image_shape`` is set) and int64 labels. :class:`Normalize` standardizes
+images per channel as ``torchvision.transforms.Normalize`` does.
 Anything wrong with the files raises :class:`DatasetError` (a ``ValueError``) naming the file,
 what is wrong with it and what to do about it.
 
@@ -29,7 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Dataset", "DatasetError", "load_dataset", "load_digits", "load_mnist"]
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "Dataset",
+    "DatasetError",
+    "Normalize",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits",
+    "load_mnist",
+    "normalize",
+]
 
 DIGITS_TRAIN_SIZE = 1500
 """The shipped digits are split in file order: the first 1500 images train, the last 297 test."""
@@ -60,10 +76,11 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A train/test split of flattened features and integer class labels.
+    """A train/test split of features and integer class labels.
 
-    ``x_*`` are float32 of shape ``(N, input_dim)``; ``y_*`` are int64 of shape ``(N,)`` with
-    values in ``range(num_classes)``.
+    ``x_*`` are float32 of shape ``(N, input_dim)``, or ``(N, *image_shape)`` for image data
+    (``image_shape`` is then ``(C, H, W)`` and ``input_dim`` its product); ``y_*`` are int64 of
+    shape ``(N,)`` with values in ``range(num_classes)``.
     """
 
     x_train: np.ndarray
@@ -73,6 +90,7 @@ class Dataset:
     name: str
     num_classes: int
     input_dim: int
+    image_shape: tuple[int, int, int] | None = None
 
 
 def load_dataset(name_or_path: str | os.PathLike[str]) -> Dataset:
@@ -86,33 +104,42 @@ def load_dataset(name_or_path: str | os.PathLike[str]) -> Dataset:
     return load_mnist(name_or_path)
 
 
-def load_digits(*, normalize: bool = True) -> Dataset:
+def load_digits(*, normalize: bool = True, images: bool = False) -> Dataset:
     """The UCI ML hand-written digits shipped with dualnorm: 1797 images of 8x8 pixels, 10 classes.
 
     The split is fixed and deterministic: the first 1500 images (in the order of the source file)
     are the training set, the remaining 297 the test set; every class has 146-153 training and
     27-33 test images. Pixels are integers 0..16 in the source; with ``normalize`` (the default)
-    they are divided by 16 into ``[0, 1]``, otherwise returned as float32 0..16.
+    they are divided by 16 into ``[0, 1]``, otherwise returned as float32 0..16. With ``images``
+    the features come as 1x8x8 images, ``(N, 1, 8, 8)``, for convolutional networks (same pixels,
+    same order).
 
     >>> ds = load_digits()
     >>> ds.x_train.shape, ds.x_test.shape, ds.input_dim, ds.num_classes
     ((1500, 64), (297, 64), 64, 10)
     >>> float(ds.x_train.max()), sorted(set(ds.y_test.tolist())) == list(range(10))
     (1.0, True)
+    >>> load_digits(images=True).x_test.shape
+    (297, 1, 8, 8)
     """
     try:
         with resources.files(__name__).joinpath("digits.npz").open("rb") as fh, np.load(fh) as npz:
-            images, labels = npz["images"], npz["labels"]
+            pixels, labels = npz["images"], npz["labels"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise DatasetError(
             f"the shipped digits file dualnorm/data/digits.npz could not be read ({exc}); "
             "the installation looks broken: reinstall dualnorm"
         ) from exc
-    x = images.reshape(len(images), -1).astype(np.float32)
+    x = pixels.reshape(len(pixels), -1).astype(np.float32)
     if normalize:
         x /= 16.0
     y = labels.astype(np.int64)
     n = DIGITS_TRAIN_SIZE
+    input_dim = x.shape[1]
+    image_shape = None
+    if images:
+        image_shape = (1, *pixels.shape[1:])  # the file holds (N, 8, 8)
+        x = x.reshape(len(x), *image_shape)
     return Dataset(
         x_train=x[:n].copy(),
         y_train=y[:n].copy(),
@@ -120,7 +147,8 @@ def load_digits(*, normalize: bool = True) -> Dataset:
         y_test=y[n:].copy(),
         name="digits",
         num_classes=10,
-        input_dim=x.shape[1],
+        input_dim=input_dim,
+        image_shape=image_shape,
     )
 
 
@@ -306,3 +334,8 @@ def _labels(y: np.ndarray, name: str, source: Path) -> np.ndarray:
             f"found dtype {y.dtype} and shape {y.shape}."
         )
     return y.astype(np.int64)
+
+
+# Below the definitions they use (Dataset, DatasetError).
+from dualnorm.data.cifar import load_cifar10  # noqa: E402
+from dualnorm.data.transforms import CIFAR10_MEAN, CIFAR10_STD, Normalize, normalize  # noqa: E402

@@ -10,9 +10,12 @@ from dualnorm.experiments.dying_relu import DyingReLU
 from dualnorm.experiments.init_sweep import InitSweep
 from dualnorm.experiments.norm_zoo import NormZoo
 from dualnorm.experiments.sigmoid_depth import SigmoidDepth
+from dualnorm.experiments.simple_cnn import SimpleCNNExperiment
+from dualnorm.experiments.small_batch import SmallBatch
 
 EXPERIMENTS: dict[str, Experiment] = {
-    exp.name: exp for exp in (DyingReLU(), SigmoidDepth(), InitSweep(), NormZoo())
+    exp.name: exp
+    for exp in (DyingReLU(), SigmoidDepth(), InitSweep(), NormZoo(), SmallBatch(), SimpleCNNExperiment())
 }
 DEFAULT_EXPERIMENT = "dying-relu"
 

@@ -912,3 +912,47 @@ def conv2d_backward(B: Backend, grad_y: Any, ctx: Any, weight: Any) -> tuple[Any
             rows = _spread(xp, grad_col[:, :, i, j], 2, stride[0], i * dilation[0], hp)
             grad_pad = grad_pad + _spread(xp, rows, 3, stride[1], j * dilation[1], wp)
     return conv_pad_backward(B, grad_pad, padding, "zeros"), grad_w, grad_b
+
+
+# =============================================================================================
+# Local response normalization (Krizhevsky et al. 2012) over the channels of (N, C, *) input:
+#
+#     s_c = k + alpha / size * sum_{c' = c - size//2}^{c + (size-1)//2} x_{c'}^2     (zeros outside)
+#     y_c = x_c * s_c^(-beta)
+#
+# Backward: x_j is in the window of every channel c in [j - (size-1)//2, j + size//2] (the
+# transposed window), so with t = g * x * s^(-beta) / s,
+#
+#     dL/dx_j = g_j * s_j^(-beta) - 2 * alpha * beta / size * x_j * sum_{c in window^T(j)} t_c
+
+
+def lrn_window_sum(xp: Any, v: Any, front: int, back: int) -> Any:
+    """Sum of ``v`` over channels c-front .. c+back (axis 1), with zeros outside the range."""
+    channels = v.shape[1]
+    pad = [(0, 0)] * v.ndim
+    pad[1] = (front, back)
+    padded = xp.pad(v, pad)
+    total = padded[:, 0:channels]
+    for offset in range(1, front + back + 1):
+        total = total + padded[:, offset : offset + channels]
+    return total
+
+
+@overridable
+def local_response_norm(
+    B: Backend, x: Any, size: int, alpha: float, beta: float, k: float
+) -> tuple[Any, tuple[Any, Any, Any]]:
+    """(y, ctx): LRN of (N, C, *) ``x`` as ``torch.nn.LocalResponseNorm`` (note the division by size)."""
+    s = k + (alpha / size) * lrn_window_sum(B.xp, x * x, size // 2, (size - 1) // 2)
+    scale = s ** (-beta)
+    return x * scale, (x, s, scale)
+
+
+@overridable
+def local_response_norm_backward(
+    B: Backend, grad_y: Any, ctx: Any, size: int, alpha: float, beta: float
+) -> Any:
+    """dL/dx of :func:`local_response_norm` from ``ctx``."""
+    x, s, scale = ctx
+    through_s = lrn_window_sum(B.xp, grad_y * x * scale / s, (size - 1) // 2, size // 2)
+    return grad_y * scale - (2.0 * alpha * beta / size) * x * through_s

@@ -5,7 +5,8 @@ Each activation is divided by the energy of its neighbouring channels::
     s_c = k + alpha / size * sum_{c' = c - size//2}^{c + (size-1)//2} x_{c'}^2     (zero outside [0, C))
     y_c = x_c / s_c^beta
 
-as in ``torch.nn.LocalResponseNorm`` (note the division by ``size``).
+as in ``torch.nn.LocalResponseNorm`` (note the division by ``size``). The maths is the
+functional pair :func:`dualnorm.nn.functional.local_response_norm` and its backward.
 """
 
 from __future__ import annotations
@@ -13,20 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from dualnorm.errors import InputError
+from dualnorm.nn import functional as F
 from dualnorm.nn._checks import check_non_negative, check_positive_int
 from dualnorm.nn.module import Module
-
-
-def window_sum(xp: Any, v: Any, front: int, back: int) -> Any:
-    """Sum of ``v`` over channels c-front .. c+back (axis 1), with zeros outside the range."""
-    channels = v.shape[1]
-    pad = [(0, 0)] * v.ndim
-    pad[1] = (front, back)
-    padded = xp.pad(v, pad)
-    total = padded[:, 0:channels]
-    for offset in range(1, front + back + 1):
-        total = total + padded[:, offset : offset + channels]
-    return total
 
 
 class LocalResponseNorm(Module):
@@ -56,23 +46,17 @@ class LocalResponseNorm(Module):
             )
         if x.size == 0:
             return self._empty_forward(x)
-        front, back = self.size // 2, (self.size - 1) // 2
-        s = self.k + (self.alpha / self.size) * window_sum(self.xp, x * x, front, back)
-        scale = s ** (-self.beta)
-        self._save(x=x, s=s, scale=scale)
-        return x * scale
+        y, ctx = F.local_response_norm(self.backend, x, self.size, self.alpha, self.beta, self.k)
+        self._save(ctx=ctx)
+        return y
 
     def backward(self, grad_output: Any) -> Any:
         saved = self._saved_values()
         if saved.get("empty"):
             return self._empty_backward(grad_output)
-        x, s, scale = saved["x"], saved["s"], saved["scale"]
-        grad = self._check_grad(grad_output, x.shape)
-        # x_j appears in the window of every channel c with c - front <= j <= c + back,
-        # i.e. c in [j - back, j + front]: the transposed window.
-        front, back = self.size // 2, (self.size - 1) // 2
-        through_s = window_sum(self.xp, grad * x * scale / s, back, front)
-        return grad * scale - (2.0 * self.alpha * self.beta / self.size) * x * through_s
+        ctx = saved["ctx"]
+        grad = self._check_grad(grad_output, ctx[0].shape)
+        return F.local_response_norm_backward(self.backend, grad, ctx, self.size, self.alpha, self.beta)
 
     def extra_repr(self) -> str:
         return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"

@@ -19,7 +19,14 @@ FAST_PATHS = {
     "conv2d",
     "conv2d_backward",
 }
-EXTRA_FAST_PATHS = {"kernels_numpy": {"max_pool2d", "max_pool2d_backward"}}  # the MaxPool2d(2) fast path
+EXTRA_FAST_PATHS = {
+    "kernels_numpy": {
+        "max_pool2d",
+        "max_pool2d_backward",
+        "local_response_norm",
+        "local_response_norm_backward",
+    },
+}  # the MaxPool2d(2) and LRN fast paths
 
 
 def test_kernels_in_keeps_only_callables_named_as_overridables():

@@ -29,7 +29,14 @@ def _curve(records):
 
 
 def test_registry_order_and_contract():
-    assert list(EXPERIMENTS) == ["dying-relu", "sigmoid-depth", "init-sweep", "norm-zoo"]
+    assert list(EXPERIMENTS) == [
+        "dying-relu",
+        "sigmoid-depth",
+        "init-sweep",
+        "norm-zoo",
+        "small-batch",
+        "simple-cnn",
+    ]
     for exp in EXPERIMENTS.values():
         assert exp.summary and exp.title and exp.variants
         assert exp.default_steps > 0 and exp.default_lr > 0 and exp.default_record_every > 0

@@ -32,6 +32,8 @@ COVERED = {
     "max_pool2d_backward",
     "conv2d",  # test_conv_parity.py
     "conv2d_backward",
+    "local_response_norm",  # test_lrn_parity.py
+    "local_response_norm_backward",
 }
 
 
