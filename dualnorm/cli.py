@@ -57,10 +57,10 @@ def _parser() -> argparse.ArgumentParser:
         help=f"one of: {', '.join(names)}; or your own: path/to/file.py:ClassName, or an installed entry point",
     )
     run.add_argument("--backend", choices=BACKEND_NAMES, help="array backend (default: the active one)")
-    run.add_argument("--steps", type=_positive_int, help="optimizer steps per variant")
+    run.add_argument("--steps", type=positive_int, help="optimizer steps per variant")
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    run.add_argument("--lr", type=_positive_float, help="learning rate")
-    run.add_argument("--record-every", type=_positive_int, help="record per-layer statistics every K steps")
+    run.add_argument("--lr", type=positive_float, help="learning rate")
+    run.add_argument("--record-every", type=positive_int, help="record per-layer statistics every K steps")
     run.add_argument("--variants", type=_csv, help="comma-separated subset of the experiment's variants")
     run.add_argument(
         "--mnist", metavar="PATH", help="MNIST files (mnist.npz or the IDX files) instead of digits"
@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -94,7 +94,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -102,6 +102,30 @@ def _positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def check_run_paths(paths: Sequence[str]) -> str | None:
+    """Every path opens as a run (a run directory, a UI export, a records file): None, or one line
+    naming the first that does not, with a hint where one fits (``dualnorm tui`` and the viewer)."""
+    from dualnorm.errors import DualnormError
+    from dualnorm.tracking import RunReader
+
+    for path in paths:
+        try:
+            RunReader(path)
+        except DualnormError as exc:
+            return f"{exc}{_run_path_hint(str(path))}"
+    return None
+
+
+def _run_path_hint(path: str) -> str:
+    _, sep, cls = path.rpartition(":")
+    spec = path if sep and cls.isidentifier() else f"{path}:ClassName"  # my_experiments.py:Wider
+    if spec.rpartition(":")[0].endswith(".py"):
+        return f"; did you mean -x? (dualnorm tui -x {spec} runs an experiment from a file)"
+    if not Path(path).exists() and path in _experiments():
+        return f"; did you mean -x {path}? (a demo's name)"
+    return ""
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -459,10 +483,10 @@ def _add_compare_parser(sub: Any, names: list[str]) -> None:
         default=COMPARE_TOL,
         help=f"largest relative loss difference called agreement (default {COMPARE_TOL:g})",
     )
-    p.add_argument("--steps", type=_positive_int, help="optimizer steps per variant")
+    p.add_argument("--steps", type=positive_int, help="optimizer steps per variant")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--lr", type=_positive_float, help="learning rate")
-    p.add_argument("--record-every", type=_positive_int, help="record per-layer statistics every K steps")
+    p.add_argument("--lr", type=positive_float, help="learning rate")
+    p.add_argument("--record-every", type=positive_int, help="record per-layer statistics every K steps")
     p.add_argument("--variants", type=_csv, help="comma-separated subset of the experiment's variants")
     p.add_argument(
         "--no-tui",
