@@ -141,10 +141,11 @@ def _error(message: str) -> int:
 
 
 def _cmd_list() -> int:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from dualnorm._console import output_console
+
+    console = output_console()
     table = Table(title="experiments", show_lines=False)
     for col in ("name", "variants", "steps", "summary"):
         table.add_column(col)
@@ -376,8 +377,9 @@ def _drive(exp: Any, config: Any, records: Any, writer: Any, summary: dict, *, q
 
 
 def _print_summary(exp: Any, summary: dict[str, dict[str, Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from dualnorm._console import output_console
 
     table = Table(title=f"{exp.name}: summary")
     for col in ("variant", "final loss", "accuracy", "status", "steps", "steps/s"):
@@ -400,7 +402,7 @@ def _print_summary(exp: Any, summary: dict[str, dict[str, Any]]) -> None:
             str(entry["step"]),
             "-" if rate is None else f"{rate:,.0f}",
         )
-    Console().print(table)
+    output_console().print(table)
 
 
 # --- devices and compare -------------------------------------------------------------------
@@ -495,6 +497,12 @@ def _add_compare_parser(sub: Any, names: list[str]) -> None:
     )
     p.add_argument("--json", metavar="FILE", help="write the comparison as JSON to FILE")
     p.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="MLX device for every MLX backend compared: gpu or cpu (NumPy runs on the CPU); "
+        "the same as --backends numpy,mlx-DEVICE",
+    )
+    p.add_argument(
         "--out",
         metavar="DIR",
         help="each backend's run directory goes in DIR/<backend> (default ./dualnorm-runs/compare-NAME-TIME)",
@@ -505,6 +513,24 @@ def _add_compare_parser(sub: Any, names: list[str]) -> None:
         help="run the backends at the same time: sooner done, but they share the cores, so the "
         "timings are not comparable (default: one after another)",
     )
+
+
+def _on_device(backends: dict[str, Any], device: str) -> dict[str, Any]:
+    """compare's ``--device``: every backend that has ``device`` runs on it; one that does not
+    (NumPy: the CPU only) stays as it is. Raises BackendError for a device no backend has."""
+    from dualnorm.backends import get_backend
+    from dualnorm.errors import BackendError
+
+    wanted = str(device).strip().lower()
+    known = sorted({d for b in backends.values() for d in type(b).devices})
+    if wanted not in known:
+        raise BackendError(f"unknown device {device!r}; choose from: {', '.join(known)}")
+    out = {}
+    for backend in backends.values():
+        if wanted in type(backend).devices:
+            backend = get_backend(backend.name, wanted)
+        out.setdefault(backend.label, backend)
+    return out
 
 
 def _compare_run_args(args: argparse.Namespace) -> list[str]:
@@ -521,14 +547,13 @@ def _compare_run_args(args: argparse.Namespace) -> list[str]:
 def _cmd_compare(args: argparse.Namespace) -> int:
     import json
 
-    from rich.console import Console
-
+    from dualnorm._console import output_console
     from dualnorm.backends import available_labels, get_backend
     from dualnorm.compare import CompareJob
     from dualnorm.errors import BackendError
     from dualnorm.tracking import OutputPathError, check_output_dir, check_output_file, default_run_dir
 
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    console = output_console()
     here = available_labels()
     labels = list(dict.fromkeys(args.backends or here))
     backends = {}
@@ -537,6 +562,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             backends[label] = get_backend(label)
         except BackendError as exc:
             return _error(f"{exc} (backends available here: {', '.join(here)})")
+    if args.device is not None:
+        try:
+            backends = _on_device(backends, args.device)
+        except BackendError as exc:
+            return _error(f"{exc} (backends available here: {', '.join(here)})")
+        labels = list(backends)
     if len(labels) < 2:
         return _error(f"compare needs at least two backends; available here: {', '.join(here)}")
     exp, problem = _resolve_experiment(args.experiment)
