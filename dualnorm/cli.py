@@ -233,6 +233,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     problem = _check_outputs(args)
     if problem:
         return _error(problem)
+    from dualnorm._threads import blas_threads_for
     from dualnorm.backends.kernels_numba import add_compile_listener
 
     try:
@@ -250,7 +251,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # a first run's compile pause gets one line; the listener goes with the run
     stop_notices = add_compile_listener(lambda message: print(message, file=sys.stderr))
     try:
-        _drive(exp, config, records, _Tee(writer, run_dir), summary, quiet=args.quiet)
+        with blas_threads_for(exp):
+            _drive(exp, config, records, _Tee(writer, run_dir), summary, quiet=args.quiet)
         complete = True
         status = "finished"
     except KeyboardInterrupt:
