@@ -52,3 +52,20 @@ def test_the_users_environment_wins(monkeypatch):
     monkeypatch.setenv("DUALNORM_BLAS_THREADS", "2")
     with blas_threads_for(Large()) as limit:
         assert limit == 2
+
+
+def test_dualnorm_run_trains_a_demo_with_one_blas_thread(monkeypatch):
+    from dualnorm import cli
+
+    if not blas_threads():
+        pytest.skip("no BLAS library with a thread pool is loaded here")
+    seen = []
+    drive = cli._drive
+
+    def watching_drive(*args, **kwargs):
+        seen.append(blas_threads())
+        return drive(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "_drive", watching_drive)
+    assert cli.main(["run", "dying-relu", "--steps", "2", "--quiet", "--backend", "numpy"]) == 0
+    assert seen == [{1}]
