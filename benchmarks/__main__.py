@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _set_threads(args.threads)
 
+    from rich.console import Console
+
     from benchmarks import e2e, layers, report
     from dualnorm._console import output_console
     from dualnorm.bench import FULL_CASES, QUICK_CASES, check_result_path, machine
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     except ImportError:
         pass
-    console = output_console(stderr=True)
+    console = Console(stderr=True)  # progress lines: console.log pads them to the console's width
     log = lambda msg: console.log(msg)  # noqa: E731
     info = machine()
     info["threads"] = args.threads

@@ -32,6 +32,8 @@ def piped(code_or_args: list[str], cwd: Path) -> str:
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    longest = max(len(line) for line in (result.stdout + result.stderr).splitlines() or [""])
+    assert longest < 1000  # natural width: nothing padded out to an unbounded console's width
     return result.stdout
 
 
