@@ -186,3 +186,29 @@ def test_tracked_model_records_name_the_models_device(tmp_path, backend):
             run.log(1, loss=1.0, epoch=3)
     (record,) = read_run(tmp_path / "r").records
     assert (record.backend, record.device, record.epoch) == (backend, "cpu", 3)
+
+
+def test_the_example_run_twice_into_one_directory_ends_in_one_line(tmp_path):
+    def example() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "examples" / "train_digits.py"),
+                "--steps",
+                "2",
+                "--out",
+                "runs/live",
+            ],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    assert example().returncode == 0
+    second = example()
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    (line,) = second.stderr.strip().splitlines()
+    assert line.startswith("train_digits: error: runs/live: already holds a run")
+    assert [r.epoch for r in read_run(tmp_path / "runs" / "live").records] == [1, 1]
