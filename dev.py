@@ -4,6 +4,7 @@
     python3 dev.py run     # the terminal UI, straight into the default demo (installs what it needs)
     python3 dev.py test    # the whole test suite on both backends (installs what it needs)
     python3 dev.py shell   # a shell inside .venv: dualnorm, python and pytest are the project's (exit to leave)
+    python3 dev.py docs    # serve the documentation site locally (mkdocs; `docs build --strict` builds it)
 
 Each creates ``.venv`` next to this file on first use and reinstalls only when
 ``pyproject.toml`` changes or it needs an extra that is not installed yet (``test``'s
@@ -177,8 +178,13 @@ def main(argv: list[str]) -> int:
     if command == "shell":
         ensure_venv("mlx,tui,fast")
         return shell(rest)
+    if command == "docs":
+        ensure_venv("docs")
+        os.chdir(ROOT)  # mkdocs reads ./mkdocs.yml
+        os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")  # mkdocs-material's banner about its successor
+        return run(PYTHON, "-m", "mkdocs", *(rest or ["serve"]), check=False).returncode
     print(
-        f"unknown command {command!r}; use 'run', 'test' or 'shell' (see python3 dev.py --help)",
+        f"unknown command {command!r}; use 'run', 'test', 'shell' or 'docs' (see python3 dev.py --help)",
         file=sys.stderr,
     )
     return 2

@@ -47,9 +47,14 @@ class _Loss(Module):
 
 
 class MSELoss(_Loss):
-    """Mean squared error: ``mean((prediction - target)^2)`` over every element (as ``nn.MSELoss``)."""
+    """Mean squared error: ``mean((prediction - target)^2)`` over every element (as ``nn.MSELoss``).
+
+    Args:
+        reduction: "mean" (default) or "sum" over the elements.
+    """
 
     def forward(self, prediction: Any, target: Any) -> Any:  # type: ignore[override]
+        """The loss for ``prediction`` against ``target``: a 0-d array. Call the loss, ``loss_fn(prediction, target)``."""
         pred = self._array(prediction, "prediction")
         tgt = self._array(target, "target")
         if tuple(pred.shape) != tuple(tgt.shape):
@@ -63,6 +68,7 @@ class MSELoss(_Loss):
         return total / diff.size if self.reduction == "mean" else total
 
     def backward(self, grad_output: Any = 1.0) -> Any:
+        """dLoss/dPrediction for the last call, scaled by ``grad_output``; feed it to ``model.backward``."""
         diff = self._saved_values()["diff"]
         scale = 2.0 / diff.size if self.reduction == "mean" else 2.0
         if isinstance(grad_output, (int, float)):
@@ -76,9 +82,13 @@ class CrossEntropyLoss(_Loss):
     ``target`` is either class indices of shape (N,) (integers) or class probabilities
     with the logits' shape (N, C). Uses a stable log-sum-exp, so huge logits do not
     overflow. ``backward`` returns ``(softmax(logits) - onehot) / N``.
+
+    Args:
+        reduction: "mean" (default) over the batch, or "sum".
     """
 
     def forward(self, prediction: Any, target: Any) -> Any:  # type: ignore[override]
+        """The loss for the logits ``prediction`` against ``target`` (class indices or probabilities): a 0-d array."""
         logits = self._array(prediction, "logits")
         if logits.ndim != 2:
             raise InputError(f"CrossEntropyLoss: logits must have shape (N, C), got {tuple(logits.shape)}")
@@ -109,6 +119,7 @@ class CrossEntropyLoss(_Loss):
         return target.astype(dtype)
 
     def backward(self, grad_output: Any = 1.0) -> Any:
+        """dLoss/dLogits for the last call, scaled by ``grad_output``; feed it to ``model.backward``."""
         saved = self._saved_values()
         log_probs, target = saved["log_probs"], saved["target"]
         n = log_probs.shape[0]

@@ -27,9 +27,11 @@ channels with spatial extent. Group norm with one group per feature would do the
 """
 
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "selu", "identity")
+"""Activation names :func:`mlp` and :func:`make_activation` accept."""
 
 
 def make_activation(name: str) -> nn.Module:
+    """A new activation layer by name, one of :data:`ACTIVATIONS`."""
     table = {
         "relu": nn.ReLU,
         "leaky_relu": nn.LeakyReLU,

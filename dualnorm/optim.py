@@ -49,6 +49,7 @@ class Optimizer:
 
     @property
     def lr(self) -> float:
+        """The learning rate; assign to change it (e.g. for a schedule)."""
         return self.defaults["lr"]
 
     @lr.setter
@@ -56,10 +57,12 @@ class Optimizer:
         self.defaults["lr"] = _check_non_negative("lr", value, type(self).__name__)
 
     def zero_grad(self) -> None:
+        """Set the ``.grad`` of every parameter to None."""
         for p in self.params:
             p.grad = None
 
     def step(self) -> None:
+        """Update every parameter that has a ``.grad``, by the optimizer's rule."""
         raise NotImplementedError
 
     def state_arrays(self) -> list[Any]:

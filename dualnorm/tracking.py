@@ -67,6 +67,7 @@ __all__ = [
 ]
 
 DEFAULT_RUNS_DIR = "dualnorm-runs"
+"""Where runs are written and listed unless told otherwise (relative to the working directory)."""
 RECORDS, META, LOCK = "records.jsonl", "meta.json", "lock"
 EXPORT_META = "run.json"  # what the terminal UI's export writes beside records.jsonl
 META_FORMAT, META_VERSION = "dualnorm-run-dir", 1
@@ -266,6 +267,7 @@ class RunWriter:
         atomic_write(self.dir / META, (json.dumps(self.meta, indent=1, default=str) + "\n").encode())
 
     def write(self, record: StepRecord) -> None:
+        """Append ``record`` as one JSON line and flush it."""
         self.fh.write(record.to_json() + "\n")
         self.fh.flush()
         self.meta["records"] += 1
@@ -274,6 +276,7 @@ class RunWriter:
             self.meta["variants"].append(record.variant)
 
     def finish(self, status: str = "finished", error: str | None = None) -> None:
+        """Close the records file and write the final status ("finished", "failed" or "interrupted") to ``meta.json``."""
         if self.closed:
             return
         if status not in STATUSES:
@@ -478,6 +481,7 @@ class Run:
 
     @property
     def status(self) -> str:
+        """The run's status: "running" until ``finish``, then the final one."""
         return "running" if not self.writer.closed else str(self.writer.meta["status"])
 
     def __enter__(self) -> Run:
@@ -670,6 +674,7 @@ class RunReader:
             self._checked_first = False
 
     def poll(self, max_bytes: int = 1 << 26) -> list[StepRecord]:
+        """The complete records appended since the last call (reading at most ``max_bytes``)."""
         if self.error is not None:
             return []
         try:
@@ -738,6 +743,7 @@ class RunReader:
 
     @property
     def torn(self) -> bool:
+        """The file ends in an incomplete line (a writer mid-record, or one that died)."""
         return bool(self._tail.strip())
 
     def close_torn(self) -> str | None:

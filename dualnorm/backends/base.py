@@ -192,6 +192,34 @@ class Backend(abc.ABC):
         return array + 0
 
     # --- ops that differ between array libraries ---------------------------------
+    def add_strided(self, out: Any, value: Any, starts: tuple[int, ...], steps: tuple[int, ...]) -> Any:
+        """``out`` with ``value`` added at every ``steps``-th place of its trailing dims from ``starts``.
+
+        That is ``out[..., s0 : : k0, s1 : : k1] += value`` (the slices as long as ``value``); the
+        pooling backward's slice-add. In place where arrays are mutable (NumPy); this default
+        only uses the xp contract: ``value`` is spread out with zeros, shifted by padding, and added.
+        """
+        xp = self.xp
+        lead = out.ndim - len(starts)
+        for k, (start, step) in enumerate(zip(starts, steps, strict=True)):
+            axis = lead + k
+            count = value.shape[axis]
+            if step > 1:  # interleave step-1 zeros after each entry
+                spread = value.reshape(*value.shape[: axis + 1], 1, *value.shape[axis + 1 :])
+                widths = [(0, 0)] * spread.ndim
+                widths[axis + 1] = (0, step - 1)
+                spread = xp.pad(spread, widths)
+                value = spread.reshape(*value.shape[:axis], count * step, *value.shape[axis + 1 :])
+            length = out.shape[axis]
+            widths = [(0, 0)] * value.ndim
+            widths[axis] = (start, max(0, length - start - value.shape[axis]))
+            value = xp.pad(value, widths)
+            if value.shape[axis] > length:
+                cut = [slice(None)] * value.ndim
+                cut[axis] = slice(0, length)
+                value = value[tuple(cut)]
+        return out + value
+
     def rsqrt(self, x: Any) -> Any:
         return 1.0 / self.xp.sqrt(x)
 

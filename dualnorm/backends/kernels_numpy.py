@@ -30,7 +30,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -601,6 +601,87 @@ def group_norm_backward(
     w = None if weight is None else weight.astype(dt, copy=False).reshape(c, 1)
     dx2, sgx, sg = _rows_backward(x2, g2, num_groups, (c, s), w, head, tail, inv)
     return dx2.reshape(shape), sgx.sum(axis=1).astype(dt), sg.sum(axis=1).astype(dt)
+
+
+# --- pooling: the common non-overlapping MaxPool2d(2) ----------------------------------------
+#
+# Viewed as (N, C, H/2, 2, W/2, 2), each window's four places are four strided views; the max
+# is three element-wise maxima of them (a reduction over the two size-2 axes is 15x slower in
+# NumPy). The backward rebuilds "first of tied maxima" from the input and the output: the
+# gradient goes to the first place (row by row) equal to the max. Any other geometry, indices,
+# or a NaN (whose winner is the last NaN, as PyTorch scans) goes to the reference.
+
+
+class _MaxPool2x2Context(NamedTuple):
+    x: np.ndarray  # the input, cropped to whole windows
+    y: np.ndarray
+    in_shape: tuple[int, ...]
+
+
+def _quarters(v: np.ndarray) -> list[np.ndarray]:
+    """The four places of every 2x2 window of (N, C, 2h, 2w) ``v``, in PyTorch's scan order."""
+    n, c, h, w = v.shape
+    six = v.reshape(n, c, h // 2, 2, w // 2, 2)
+    return [six[:, :, :, i, :, j] for i in (0, 1) for j in (0, 1)]
+
+
+def max_pool2d(
+    B: Backend,
+    x: np.ndarray,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    out_hw: tuple[int, int],
+    return_indices: bool = False,
+) -> tuple[np.ndarray, Any, Any]:
+    h, w = x.shape[2], x.shape[3]
+    common = kernel == stride == (2, 2) and padding == (0, 0) and dilation == (1, 1)
+    if not common or return_indices or tuple(out_hw) != (h // 2, w // 2):
+        return F.max_pool2d.reference(B, x, kernel, stride, padding, dilation, out_hw, return_indices)
+    whole = np.ascontiguousarray(x[:, :, : 2 * out_hw[0], : 2 * out_hw[1]])
+    y = np.empty((x.shape[0], x.shape[1], *out_hw), dtype=x.dtype)
+
+    def part(lo: int, hi: int) -> None:
+        a, b, c, d = _quarters(whole[lo:hi])
+        out = y[lo:hi]
+        np.maximum(a, b, out=out)
+        np.maximum(out, c, out=out)
+        np.maximum(out, d, out=out)
+
+    _parallel(part, x.shape[0], x.size)
+    return y, None, _MaxPool2x2Context(whole, y, tuple(x.shape))
+
+
+def max_pool2d_backward(B: Backend, grad_y: np.ndarray, ctx: Any) -> np.ndarray:
+    if not isinstance(ctx, _MaxPool2x2Context):
+        return F.max_pool2d_backward.reference(B, grad_y, ctx)
+    whole, y, in_shape = ctx
+    if np.isnan(y).any():
+        out_hw = (y.shape[2], y.shape[3])
+        _, _, ref = F.max_pool2d.reference(B, whole, (2, 2), (2, 2), (0, 0), (1, 1), out_hw)
+        grad = F.max_pool2d_backward.reference(B, grad_y, ref)
+    else:
+        grad = np.empty(whole.shape, dtype=grad_y.dtype)
+
+        def part(lo: int, hi: int) -> None:
+            g, m = grad_y[lo:hi], y[lo:hi]
+            places, intos = _quarters(whole[lo:hi]), _quarters(grad[lo:hi])
+            taken = places[0] == m  # the first place wins every tie
+            np.multiply(g, taken, out=intos[0])
+            for place, into in zip(places[1:3], intos[1:3], strict=True):
+                won = place == m
+                won &= ~taken
+                taken |= won
+                np.multiply(g, won, out=into)
+            np.multiply(g, ~taken, out=intos[3])  # without NaN, one of the four is the max
+
+        _parallel(part, whole.shape[0], whole.size)
+    if grad.shape == tuple(in_shape):
+        return grad
+    full = np.zeros(in_shape, dtype=grad.dtype)  # the rows/columns the floor left out get nothing
+    full[:, :, : grad.shape[2], : grad.shape[3]] = grad
+    return full
 
 
 KERNELS = F.kernels_in(globals())  # every function above named as the functional it replaces

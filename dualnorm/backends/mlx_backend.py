@@ -118,6 +118,14 @@ class MLXBackend(Backend):
     def eval(self, *arrays: Any) -> None:
         mx.eval(*arrays)
 
+    def add_strided(self, out: Any, value: Any, starts: tuple[int, ...], steps: tuple[int, ...]) -> Any:
+        lead = out.ndim - len(starts)
+        index = [slice(None)] * lead + [
+            slice(start, start + (value.shape[lead + k] - 1) * step + 1, step)
+            for k, (start, step) in enumerate(zip(starts, steps, strict=True))
+        ]
+        return out.at[tuple(index)].add(value)
+
     def rsqrt(self, x: Any) -> Any:
         return mx.rsqrt(x)
 

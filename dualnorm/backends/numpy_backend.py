@@ -45,6 +45,15 @@ class NumPyBackend(Backend):
     def indices(self, host: np.ndarray) -> np.ndarray:
         return host
 
+    def add_strided(self, out: Any, value: Any, starts: tuple[int, ...], steps: tuple[int, ...]) -> Any:
+        lead = out.ndim - len(starts)
+        index = [slice(None)] * lead + [
+            slice(start, start + (value.shape[lead + k] - 1) * step + 1, step)
+            for k, (start, step) in enumerate(zip(starts, steps, strict=True))
+        ]
+        out[tuple(index)] += value
+        return out
+
     def copy_into(self, out: Any, array: Any) -> Any:
         np.copyto(out, array)
         return out

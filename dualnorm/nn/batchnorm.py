@@ -270,14 +270,24 @@ class _BatchRenorm(_BatchNorm):
 
 
 class BatchRenorm1d(_BatchRenorm):
-    """Batch renormalization over (N, C) or (N, C, L) input."""
+    """Batch renormalization over (N, C) or (N, C, L) input.
+
+    Args:
+        num_features: C, the number of features or channels.
+        eps: added to the variance (default 1e-5).
+        momentum: weight of the new batch in the running averages (default 0.1).
+        affine: learn ``weight`` (ones) and ``bias`` (zeros) per feature.
+        rmax: bound of the scale correction r, clipped to [1/rmax, rmax] (default 3).
+        dmax: bound of the shift correction d, clipped to [-dmax, dmax] (default 5).
+        bias: with ``affine``, also learn the bias (default True).
+    """
 
     _ndims = (2, 3)
     _layout = "(N, C) or (N, C, L)"
 
 
 class BatchRenorm2d(_BatchRenorm):
-    """Batch renormalization over (N, C, H, W) input."""
+    """Batch renormalization over (N, C, H, W) input, per channel (arguments as BatchRenorm1d)."""
 
     _ndims = (4,)
     _layout = "(N, C, H, W)"

@@ -429,3 +429,281 @@ def rms_norm_backward(
     # normalize_backward without the mean term (nothing was subtracted)
     mean_gx = accurate_mean(B, grad_xhat * x_hat, axes)
     return inv_rms * (grad_xhat - x_hat * mean_gx), grad_w
+
+
+# =============================================================================================
+# --- pooling and dropout ----------------------------------------------------------------------
+#
+# Pooling works on channels-first (N, C, H, W); the 1-d layers view (N, C, L) as (N, C, 1, L).
+# A window's values are gathered one window *offset* at a time: for offset (i, j) the strided
+# slice ``padded[..., i*dh :: sh, j*dw :: sw]`` holds, for every output pixel at once, the
+# input value at that place in its window. So the loops run over the k·k offsets, never over
+# pixels. Output sizes follow PyTorch (``pool_output_size``).
+
+
+def pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
+    """PyTorch's pooling output length: floor (or ceil) of the window count, and in ceil mode the
+    last window must start inside the input or its left padding."""
+    span = dilation * (kernel - 1) + 1
+    out = (size + 2 * pad - span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _window(start: int, count: int, step: int) -> slice:
+    return slice(start, start + (count - 1) * step + 1, step)
+
+
+def _pool_pad(
+    B: Backend,
+    x: Any,
+    out_hw: tuple[int, int],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    value: float,
+) -> Any:
+    """``x`` padded with ``value``: ``padding`` on the left/top, and on the right/bottom as much as the
+    last window needs (``padding``, or more in ceil mode, or less where the floor drops a remainder)."""
+    widths = [(0, 0), (0, 0)]
+    for axis in (0, 1):
+        need = (out_hw[axis] - 1) * stride[axis] + (kernel[axis] - 1) * dilation[axis] + 1
+        widths.append((padding[axis], max(0, need - x.shape[2 + axis] - padding[axis])))
+    if all(a == 0 and b == 0 for a, b in widths):
+        return x
+    return B.xp.pad(x, widths, constant_values=value)
+
+
+def _offsets(kernel: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """(offset number, i, j) in PyTorch's scan order: row by row through the window."""
+    return [(i * kernel[1] + j, i, j) for i in range(kernel[0]) for j in range(kernel[1])]
+
+
+def _first_inside(out: int, stride: int, pad: int, dilation: int, kernel: int) -> np.ndarray:
+    """Per output index, the first window offset that lies inside the input (not in the padding)."""
+    start = np.arange(out) * stride - pad
+    first = np.where(start < 0, -(start // dilation), 0)  # ceil(-start / dilation)
+    return np.minimum(first, kernel - 1)
+
+
+@overridable
+def max_pool2d(
+    B: Backend,
+    x: Any,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    out_hw: tuple[int, int],
+    return_indices: bool = False,
+) -> tuple[Any, Any, Any]:
+    """Max over each window of (N, C, H, W) ``x``: returns (y, indices or None, ctx).
+
+    As PyTorch: the padding never wins (it is -inf, and a value must be strictly greater to
+    replace the running maximum), the first of tied maxima wins, a NaN wins over any number.
+    ``indices`` are flat indices into each input H·W plane, as ``torch.nn.MaxPool2d`` gives them.
+    """
+    xp = B.xp
+    oh, ow = out_hw
+    padded = _pool_pad(B, x, out_hw, kernel, stride, padding, dilation, -math.inf)
+    best = which = None
+    for number, i, j in _offsets(kernel):
+        v = padded[:, :, _window(i * dilation[0], oh, stride[0]), _window(j * dilation[1], ow, stride[1])]
+        if best is None:
+            best, which = v, xp.zeros(v.shape, dtype=B.int64)
+            continue
+        take = (v > best) | (v != v)  # v != v: NaN
+        best = xp.where(take, v, best)
+        which = xp.where(take, number, which)
+    if kernel[0] * kernel[1] == 1:
+        best = best * 1.0  # a 1x1 window: a new array, not a view of the caller's input
+    # Where every value is -inf, PyTorch points at the window's first place inside the input.
+    rows = _first_inside(oh, stride[0], padding[0], dilation[0], kernel[0])
+    cols = _first_inside(ow, stride[1], padding[1], dilation[1], kernel[1])
+    if rows.any() or cols.any():
+        first = B.indices(rows[:, None] * kernel[1] + cols[None, :]).astype(B.int64)
+        which = xp.where(best == -math.inf, first, which)
+    indices = (
+        max_pool2d_indices(B, which, x.shape, kernel, stride, padding, dilation) if return_indices else None
+    )
+    return best, indices, (which, tuple(x.shape), kernel, stride, padding, dilation)
+
+
+def max_pool2d_indices(
+    B: Backend,
+    which: Any,
+    in_shape: tuple[int, ...],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Any:
+    """Flat H·W indices of the winners from their window offset numbers ``which``."""
+    oh, ow = which.shape[2], which.shape[3]
+    width = in_shape[3]
+    top = B.indices(np.arange(oh) * stride[0] - padding[0]).astype(B.int64).reshape(oh, 1)
+    left = B.indices(np.arange(ow) * stride[1] - padding[1]).astype(B.int64).reshape(1, ow)
+    row = top + (which // kernel[1]) * dilation[0]
+    col = left + (which % kernel[1]) * dilation[1]
+    return row * width + col
+
+
+@overridable
+def max_pool2d_backward(B: Backend, grad_y: Any, ctx: Any) -> Any:
+    """Backward of :func:`max_pool2d`: each output's gradient goes to its window's winner."""
+    which, in_shape, kernel, stride, padding, dilation = ctx
+    oh, ow = grad_y.shape[2], grad_y.shape[3]
+    grad = _pool_grad_buffer(B, grad_y, in_shape, (oh, ow), kernel, stride, padding, dilation)
+    for number, i, j in _offsets(kernel):
+        part = B.xp.where(which == number, grad_y, 0.0)
+        grad = B.add_strided(grad, part, (i * dilation[0], j * dilation[1]), stride)
+    return _pool_crop(grad, in_shape, padding)
+
+
+def _pool_grad_buffer(
+    B: Backend,
+    like: Any,
+    in_shape: tuple[int, ...],
+    out_hw: tuple[int, int],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Any:
+    """Zeros the shape of the padded input, in ``like``'s dtype."""
+    shape = list(in_shape)
+    for axis in (0, 1):
+        need = (out_hw[axis] - 1) * stride[axis] + (kernel[axis] - 1) * dilation[axis] + 1
+        shape[2 + axis] = padding[axis] + max(in_shape[2 + axis], need - padding[axis])
+    return B.xp.zeros(tuple(shape), dtype=like.dtype)
+
+
+def _pool_crop(grad: Any, in_shape: tuple[int, ...], padding: tuple[int, int]) -> Any:
+    h, w = in_shape[2], in_shape[3]
+    if grad.shape[2] == h and grad.shape[3] == w:
+        return grad
+    return grad[:, :, padding[0] : padding[0] + h, padding[1] : padding[1] + w]
+
+
+def avg_pool_divisors(
+    in_hw: tuple[int, int],
+    out_hw: tuple[int, int],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> np.ndarray:
+    """(OH, OW) divisor of each window, as PyTorch counts it: the window clipped to the padded input
+    (``count_include_pad``) or to the input itself."""
+    if divisor_override:
+        return np.full(out_hw, float(divisor_override))
+    sizes = []
+    for axis in (0, 1):
+        start = np.arange(out_hw[axis]) * stride[axis] - padding[axis]
+        end = np.minimum(start + kernel[axis], in_hw[axis] + padding[axis])
+        if not count_include_pad:
+            start, end = np.maximum(start, 0), np.minimum(end, in_hw[axis])
+        sizes.append((end - start).astype(np.float64))
+    return sizes[0][:, None] * sizes[1][None, :]
+
+
+def avg_pool2d(
+    B: Backend,
+    x: Any,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    out_hw: tuple[int, int],
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> tuple[Any, Any]:
+    """Mean over each window of (N, C, H, W) ``x`` (zero padding): returns (y, ctx)."""
+    oh, ow = out_hw
+    ones = (1, 1)
+    padded = _pool_pad(B, x, out_hw, kernel, stride, padding, ones, 0.0)
+    total = None
+    for _, i, j in _offsets(kernel):
+        v = padded[:, :, _window(i, oh, stride[0]), _window(j, ow, stride[1])]
+        total = v if total is None else total + v
+    divisors = avg_pool_divisors(
+        x.shape[2:], out_hw, kernel, stride, padding, count_include_pad, divisor_override
+    )
+    inv = B.from_host(1.0 / divisors, x.dtype)
+    return total * inv, (inv, tuple(x.shape), kernel, stride, padding)
+
+
+def avg_pool2d_backward(B: Backend, grad_y: Any, ctx: Any) -> Any:
+    """Backward of :func:`avg_pool2d`: each output's gradient, divided, goes to every place of its window."""
+    inv, in_shape, kernel, stride, padding = ctx
+    ones = (1, 1)
+    share = grad_y * inv
+    grad = _pool_grad_buffer(B, grad_y, in_shape, tuple(grad_y.shape[2:]), kernel, stride, padding, ones)
+    for _, i, j in _offsets(kernel):
+        grad = B.add_strided(grad, share, (i, j), stride)
+    return _pool_crop(grad, in_shape, padding)
+
+
+def adaptive_bounds(size: int, out: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive windows: [floor(i·size/out), ceil((i+1)·size/out)) for each output i."""
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
+def adaptive_weights(size: int, out: int) -> np.ndarray:
+    """(out, size): row i averages window i (1/length inside it, 0 elsewhere)."""
+    weights = np.zeros((out, size))
+    for i, (start, end) in enumerate(adaptive_bounds(size, out)):
+        weights[i, start:end] = 1.0 / (end - start)
+    return weights
+
+
+def adaptive_avg_pool2d(B: Backend, x: Any, out_hw: tuple[int, int]) -> tuple[Any, Any]:
+    """Adaptive average pooling of (N, C, H, W) ``x`` to ``out_hw``: returns (y, ctx).
+
+    Windows are separable, so the rows are averaged first, then the columns: one slice-sum per
+    output row and column. (A matrix product would turn an inf into NaN in the windows that
+    weight it by 0.)
+    """
+    xp = B.xp
+    h, w = x.shape[2], x.shape[3]
+    rows = [xp.mean(x[:, :, a:b, :], axis=2, keepdims=True) for a, b in adaptive_bounds(h, out_hw[0])]
+    x = xp.concatenate(rows, axis=2)
+    cols = [xp.mean(x[:, :, :, a:b], axis=3, keepdims=True) for a, b in adaptive_bounds(w, out_hw[1])]
+    y = xp.concatenate(cols, axis=3)
+    weights = (
+        B.from_host(adaptive_weights(h, out_hw[0]), y.dtype),
+        B.from_host(adaptive_weights(w, out_hw[1]), y.dtype),
+    )
+    return y, weights
+
+
+def adaptive_avg_pool2d_backward(B: Backend, grad_y: Any, ctx: Any) -> Any:
+    """Backward of :func:`adaptive_avg_pool2d`: the transposed averaging, Rhᵀ · dY · Rw."""
+    rows, cols = ctx
+    return rows.T @ (grad_y @ cols)
+
+
+def dropout_multiplier(
+    B: Backend, shape: tuple[int, ...], p: float, dtype: Any, rng: np.random.Generator
+) -> Any:
+    """A fresh mask of ``shape``: 1/(1-p) where kept (probability 1-p), 0 where dropped.
+
+    Drawn with NumPy from ``rng`` whatever the backend, so the same seed drops the same units
+    on NumPy and on MLX. p = 1 drops everything (the multiplier is 0, not 0·inf).
+    """
+    keep = rng.random(shape, dtype=np.float32) >= p
+    scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
+    host = np.where(keep, np.asarray(scale, B.numpy_dtype(dtype)), np.asarray(0.0, B.numpy_dtype(dtype)))
+    return B.from_host(host, dtype)
+
+
+def dropout(B: Backend, x: Any, multiplier: Any) -> Any:
+    """y = x · multiplier (the mask broadcasts: whole channels for Dropout2d)."""
+    return x * multiplier
+
+
+def dropout_backward(B: Backend, grad_y: Any, multiplier: Any) -> Any:
+    """Backward of :func:`dropout`: the same mask and scale."""
+    return grad_y * multiplier

@@ -36,9 +36,11 @@ class Parameter:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The shape of ``data``."""
         return tuple(self.data.shape)
 
     def numpy(self) -> np.ndarray:
+        """``data`` as a NumPy array (copied from MLX)."""
         from dualnorm.backends import to_numpy
 
         return to_numpy(self.data)
@@ -134,6 +136,7 @@ class Module:
     # --- helpers for subclasses ---------------------------------------------------
     @property
     def xp(self) -> Any:
+        """The array namespace of the module's backend (``numpy`` or ``mlx.core``)."""
         return self.backend.xp
 
     def _new_parameter(self, array: np.ndarray) -> Parameter:
@@ -212,9 +215,11 @@ class Module:
 
     # --- the interface -------------------------------------------------------------
     def forward(self, x: Any) -> Any:
+        """Compute the output for ``x`` and save what ``backward`` needs; call the module, ``module(x)``, to run it."""
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
     def backward(self, grad_output: Any) -> Any:
+        """Given dLoss/d(output) of the last forward, return dLoss/d(input) and add the parameters' gradients to their ``.grad``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, x: Any) -> Any:
@@ -222,38 +227,46 @@ class Module:
             return self.forward(x)
 
     def train(self, mode: bool = True) -> Module:
+        """Set training mode (``mode=False``: eval mode) on this module and its children; returns ``self``."""
         self.training = bool(mode)
         for child in self._modules.values():
             child.train(mode)
         return self
 
     def eval(self) -> Module:
+        """Set eval mode (batch norm uses its running statistics); the same as ``train(False)``."""
         return self.train(False)
 
     # --- traversal -------------------------------------------------------------------
     def named_children(self) -> Iterator[tuple[str, Module]]:
+        """The direct child modules, with their names."""
         yield from self._modules.items()
 
     def children(self) -> Iterator[Module]:
+        """The direct child modules."""
         for _, child in self.named_children():
             yield child
 
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """This module and every descendant, with dotted names (``""`` for this one)."""
         yield prefix, self
         for name, child in self._modules.items():
             yield from child.named_modules(_join(prefix, name))
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        """Every parameter of this module and its descendants, with dotted names (``"0.weight"``)."""
         for name, param in self._parameters.items():
             yield _join(prefix, name), param
         for name, child in self._modules.items():
             yield from child.named_parameters(_join(prefix, name))
 
     def parameters(self) -> Iterator[Parameter]:
+        """Every parameter of this module and its descendants (what an optimizer takes)."""
         for _, param in self.named_parameters():
             yield param
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
+        """Every buffer that is set (e.g. ``running_mean``), with dotted names."""
         for name, module, leaf in self._buffer_slots(prefix):
             yield name, module._buffers[leaf]
 
@@ -266,6 +279,7 @@ class Module:
             yield from child._buffer_slots(_join(prefix, name))
 
     def zero_grad(self) -> None:
+        """Set every parameter's ``.grad`` to None (gradients accumulate across backward calls)."""
         for param in self.parameters():
             param.grad = None
 
@@ -409,6 +423,7 @@ class Sequential(Module):
         return list(self._modules.values())[index]
 
     def append(self, module: Module) -> Sequential:
+        """Add ``module`` at the end; returns ``self``."""
         self._modules[str(len(self._modules))] = module
         return self
 

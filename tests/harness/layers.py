@@ -182,6 +182,57 @@ CONFIGS: list[LayerConfig] = [
         "torch.nn.Flatten()",
         (("N", "S"), ("N", "S", "S")),
     ),
+    # pooling and dropout (Dropout with p = 0: torch's random mask cannot be the oracle otherwise)
+    _cfg(
+        "MaxPool1d",
+        nn.MaxPool1d,
+        lambda d: nn.MaxPool1d(2, dtype=d),
+        "torch.nn.MaxPool1d(2)",
+        (("N", "S", "S"), ("S", "S")),
+    ),
+    _cfg(
+        "MaxPool2d",
+        nn.MaxPool2d,
+        lambda d: nn.MaxPool2d(2, stride=1, padding=1, dtype=d),
+        "torch.nn.MaxPool2d(2, stride=1, padding=1)",
+        (("N", "S", "S", "S"), ("S", "S", "S")),
+    ),
+    _cfg(
+        "AvgPool1d",
+        nn.AvgPool1d,
+        lambda d: nn.AvgPool1d(2, dtype=d),
+        "torch.nn.AvgPool1d(2)",
+        (("N", "S", "S"), ("S", "S")),
+    ),
+    _cfg(
+        "AvgPool2d",
+        nn.AvgPool2d,
+        lambda d: nn.AvgPool2d(2, padding=1, count_include_pad=False, dtype=d),
+        "torch.nn.AvgPool2d(2, padding=1, count_include_pad=False)",
+        (("N", "S", "S", "S"), ("S", "S", "S")),
+    ),
+    _cfg(
+        "AdaptiveAvgPool1d",
+        nn.AdaptiveAvgPool1d,
+        lambda d: nn.AdaptiveAvgPool1d(3, dtype=d),
+        "torch.nn.AdaptiveAvgPool1d(3)",
+        (("N", "S", "S"), ("S", "S")),
+    ),
+    _cfg(
+        "AdaptiveAvgPool2d",
+        nn.AdaptiveAvgPool2d,
+        lambda d: nn.AdaptiveAvgPool2d((3, None), dtype=d),
+        "torch.nn.AdaptiveAvgPool2d((3, None))",
+        (("N", "S", "S", "S"), ("S", "S", "S")),
+    ),
+    _cfg("Dropout", nn.Dropout, lambda d: nn.Dropout(0.0, dtype=d), "torch.nn.Dropout(0.0)", ELEMENTWISE),
+    _cfg(
+        "Dropout2d",
+        nn.Dropout2d,
+        lambda d: nn.Dropout2d(0.0, dtype=d),
+        "torch.nn.Dropout2d(0.0)",
+        (("N", "S", "S", "S"),),
+    ),
 ]
 
 # Classes of dualnorm.nn.__all__ that are not layers one calls on data.

@@ -200,7 +200,11 @@ def run_torch(config: LayerConfig, odd: OddInput, start: dict[str, np.ndarray], 
             out.stage = ""
         except Exception as exc:
             out.error = exc
-    out.warned = [str(w.message) for w in caught if "deprecated" not in str(w.message)]
+    # torch.nn.utils.weight_norm's deprecation is torch's own business; dropout2d's warning about the
+    # input's rank is about the input (dualnorm gives the same one).
+    out.warned = [
+        str(w.message) for w in caught if "deprecated" not in str(w.message) or "dropout2d" in str(w.message)
+    ]
     for key, value in module.state_dict().items():
         out.arrays[f"state.{key}"] = value.detach().numpy().copy()
     return out
