@@ -96,3 +96,21 @@ def test_help_lists_shell(capsys):
         [sys.executable, str(ROOT / "dev.py"), "--help"], capture_output=True, text=True, timeout=60
     )
     assert "python3 dev.py shell" in out.stdout
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mlx") is not None
+    and "gpu" in __import__("dualnorm").backends.available_devices("mlx"),
+    reason="this machine has an MLX GPU: nothing to summarize",
+)
+def test_skipped_gpu_cases_are_one_summary_line():
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider", "-q", "-ra",
+         "tests/core/test_norm_layers.py", "-k", "mlx-gpu"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    skipped = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert len(skipped) == 1 and "tests/conftest.py: MLX has no GPU here" in skipped[0], result.stdout[-3000:]
+    assert int(skipped[0].split("[")[1].split("]")[0]) > 1  # many cases, one line
