@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""The two commands of this repository, each doing its own set-up.
+"""The commands of this repository, each doing its own set-up.
 
     python3 dev.py run     # the terminal UI, straight into the default demo (installs what it needs)
     python3 dev.py test    # the whole test suite on both backends (installs what it needs)
+    python3 dev.py shell   # a shell inside .venv: dualnorm, python and pytest are the project's (exit to leave)
     python3 dev.py docs    # serve the documentation site locally (mkdocs; `docs build --strict` builds it)
 
-Both create ``.venv`` next to this file on first use and reinstall only when
-``pyproject.toml`` changes. Only the Python standard library is used here, so a
-fresh machine needs nothing but Python 3.10+.
+Each creates ``.venv`` next to this file on first use and reinstalls only when
+``pyproject.toml`` changes or it needs an extra that is not installed yet (``test``'s
+``dev`` extra includes everything ``run`` needs). Only the Python standard library is
+used here, so a fresh machine needs nothing but Python 3.10+.
 
 PyTorch is optional: ``test`` installs it for the parity tests only when pip can find
 a wheel without the network (for example through ``PIP_FIND_LINKS``), because the
@@ -35,8 +37,34 @@ def say(message: str) -> None:
     print(f"[dev] {message}", flush=True)
 
 
-def run(*cmd: str | os.PathLike[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(c) for c in cmd], check=check, text=True)
+def run(
+    *cmd: str | os.PathLike[str], check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(c) for c in cmd], check=check, text=True, env=env)
+
+
+#: The extras each extra brings along (pyproject.toml's ``dev = ["dualnorm[mlx,tui,distributed,fast]", ...]``):
+#: after ``test`` installed ``dev``, ``run`` (mlx,tui,fast) finds everything it needs installed.
+IMPLIED_EXTRAS = {"dev": ("mlx", "tui", "distributed", "fast")}
+STAMP = VENV / ".dualnorm-installed.json"  # {"pyproject": sha256, "extras": [...]}: what is installed
+
+
+def expand_extras(extras: str) -> set[str]:
+    wanted = {e.strip() for e in extras.split(",") if e.strip()}
+    for extra in list(wanted):
+        wanted.update(IMPLIED_EXTRAS.get(extra, ()))
+    return wanted
+
+
+def installed_extras(digest: str) -> set[str]:
+    """The extras installed in .venv for this pyproject.toml (none if it changed since)."""
+    try:
+        stamp = json.loads(STAMP.read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(stamp, dict) or stamp.get("pyproject") != digest:
+        return set()
+    return set(stamp.get("extras") or ())
 
 
 def ensure_venv(extras: str) -> None:
@@ -45,9 +73,9 @@ def ensure_venv(extras: str) -> None:
     if not PYTHON.exists():
         say(f"creating {VENV.relative_to(ROOT)} with {sys.executable}")
         run(sys.executable, "-m", "venv", VENV)
-    stamp = VENV / f".dualnorm-installed-{extras.replace(',', '-')}"
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if stamp.exists() and stamp.read_text() == digest:
+    have, wanted = installed_extras(digest), expand_extras(extras)
+    if wanted <= have:
         return
     say(
         f"installing dualnorm[{extras}] into {VENV.relative_to(ROOT)} (once; again only when pyproject.toml changes)"
@@ -55,7 +83,30 @@ def ensure_venv(extras: str) -> None:
     pip = [PYTHON, "-m", "pip", "--disable-pip-version-check"]
     run(*pip, "install", "--quiet", "--upgrade", "pip")
     run(*pip, "install", "--quiet", "-e", f"{ROOT}[{extras}]")
-    stamp.write_text(digest)
+    STAMP.write_text(json.dumps({"pyproject": digest, "extras": sorted(have | wanted)}))
+
+
+def enter_hint() -> None:
+    """How to use the installed dualnorm yourself (the venv is not on PATH outside dev.py)."""
+    activate = BIN / ("activate.bat" if os.name == "nt" else "activate")
+    rel = activate.relative_to(ROOT)
+    source = str(rel) if os.name == "nt" else f"source {rel}"
+    say(f"to run dualnorm, python and the examples yourself: python3 dev.py shell  (or: {source})")
+
+
+def shell(argv: list[str]) -> int:
+    """A shell (or ``argv``, run inside the venv) with .venv first on PATH, as ``activate`` would set it."""
+    env = dict(os.environ)
+    env["VIRTUAL_ENV"] = str(VENV)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("PYTHONHOME", None)
+    if argv:
+        return run(*argv, check=False, env=env).returncode
+    command = os.environ.get("COMSPEC", "cmd.exe") if os.name == "nt" else os.environ.get("SHELL", "/bin/sh")
+    say(
+        f"a shell inside {VENV.relative_to(ROOT)}: dualnorm, python and pytest are the project's; exit to leave"
+    )
+    return run(command, check=False, env=env).returncode
 
 
 def local_torch_version() -> str | None:
@@ -113,19 +164,29 @@ def main(argv: list[str]) -> int:
         ensure_venv("mlx,tui,fast")
         # With no arguments, open straight into the default demo (esc goes to the list).
         args = rest or ["--experiment", "dying-relu"]
-        return run(BIN / "dualnorm", "tui", *args, check=False).returncode
+        code = run(BIN / "dualnorm", "tui", *args, check=False).returncode
+        enter_hint()
+        return code
     if command == "test":
         ensure_venv("dev")
         ensure_torch()
         # One pytest worker per core (pytest-xdist is in the dev extra) unless told otherwise.
         parallel = [] if any(a == "-n" or a.startswith("-n") for a in rest) else ["-n", "auto"]
-        return run(PYTHON, "-m", "pytest", *parallel, *rest, check=False).returncode
+        code = run(PYTHON, "-m", "pytest", *parallel, *rest, check=False).returncode
+        enter_hint()
+        return code
+    if command == "shell":
+        ensure_venv("mlx,tui,fast")
+        return shell(rest)
     if command == "docs":
         ensure_venv("docs")
         os.chdir(ROOT)  # mkdocs reads ./mkdocs.yml
         os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")  # mkdocs-material's banner about its successor
         return run(PYTHON, "-m", "mkdocs", *(rest or ["serve"]), check=False).returncode
-    print(f"unknown command {command!r}; use 'run' or 'test' (see python3 dev.py --help)", file=sys.stderr)
+    print(
+        f"unknown command {command!r}; use 'run', 'test', 'shell' or 'docs' (see python3 dev.py --help)",
+        file=sys.stderr,
+    )
     return 2
 
 

@@ -36,7 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     from benchmarks import e2e, layers, report
-    from dualnorm.bench import FULL_CASES, QUICK_CASES, machine
+    from dualnorm._console import output_console
+    from dualnorm.bench import FULL_CASES, QUICK_CASES, check_result_path, machine
+
+    for path, what in ((args.json, "JSON file"), (args.markdown, "Markdown file")):
+        problem = path and check_result_path(path, what)  # before minutes of measuring, not after
+        if problem:
+            print(f"python -m benchmarks: error: {problem}", file=sys.stderr)
+            return 2
 
     try:
         import torch
@@ -44,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     except ImportError:
         pass
-    console = Console(stderr=True)
+    console = Console(stderr=True)  # progress lines: console.log pads them to the console's width
     log = lambda msg: console.log(msg)  # noqa: E731
     info = machine()
     info["threads"] = args.threads
@@ -54,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     e2e_rows = [] if args.no_e2e else e2e.run(args.quick, log)
     info["loadavg_end"] = machine().get("loadavg")
-    out = Console()
+    out = output_console()
     report.print_tables(out, info, layer_results, e2e_rows)
     if args.json:
         report.write_json(args.json, info, layer_results, e2e_rows)

@@ -170,15 +170,16 @@ def main(argv=None) -> int:
         ("init-sweep grid: redraw 1 plot", f"{one_ms:.2f} ms"),
     ]
     try:
-        from rich.console import Console
         from rich.table import Table
+
+        from dualnorm._console import output_console
 
         table = Table(title=f"dualnorm TUI benchmark (median of {args.repeats})")
         table.add_column("measure")
         table.add_column("value", justify="right")
         for row in rows:
             table.add_row(*row)
-        Console().print(table)
+        output_console().print(table)
     except ImportError:
         for k, v in rows:
             print(f"{k:<36} {v}")

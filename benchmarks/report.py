@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from dualnorm._console import RATIO_RULE, fmt_ratio, titled_table
 from dualnorm.bench import LayerResult
 
 ORDER = (
@@ -31,6 +32,11 @@ RATIOS = (
 )
 
 
+# nb: dualnorm on NumPy with the numba kernels, np: without them, mlx: dualnorm on MLX
+LAYERS_TITLE = f"Layers, float32, training mode, median ms; {RATIO_RULE}"
+E2E_TITLE = f"End to end, seconds; {RATIO_RULE}"
+
+
 def layer_rows(results: list[LayerResult]) -> tuple[list[str], list[list[str]]]:
     impls = [k for k in ORDER if any(k in r.times for r in results)]
     ratios = [r for r in RATIOS if any(r[0] in x.times and r[1] in x.times for x in results)]
@@ -40,14 +46,14 @@ def layer_rows(results: list[LayerResult]) -> tuple[list[str], list[list[str]]]:
         row = [r.case, "forward" if r.mode == "fwd" else "fwd+bwd"]
         row += [f"{r.times[k] * 1e3:.2f}" if k in r.times else "-" for k in impls]
         row += [
-            f"{r.times[a] / r.times[b]:.2f}" if a in r.times and b in r.times else "-" for a, b, _ in ratios
+            fmt_ratio(r.times[a], r.times[b]) if a in r.times and b in r.times else "-" for a, b, _ in ratios
         ]
         rows.append(row)
     return header, rows
 
 
 def e2e_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    header = ["experiment", "setup", "implementation", "seconds", "vs torch", "record share"]
+    header = ["experiment", "setup", "implementation", "seconds", "impl/torch", "record share"]
     torch_s = {r["experiment"]: r["s"] for r in rows if r["impl"] == "torch"}
     out = []
     for r in rows:
@@ -59,7 +65,7 @@ def e2e_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
                 r["setup"],
                 r["impl"],
                 f"{r['s']:.2f}",
-                f"{r['s'] / t:.2f}" if t else "-",
+                fmt_ratio(r["s"], t) if t else "-",
                 f"{share:.1%}" if share is not None and "default" in r["impl"] else "-",
             ]
         )
@@ -76,15 +82,14 @@ def _machine_line(info: dict[str, Any]) -> str:
 
 
 def print_tables(console: Any, info: dict[str, Any], results: list[LayerResult], e2e: list[dict]) -> None:
-    from rich.table import Table
 
     for title, (header, rows) in (
-        ("Layers (median ms; ratios < 1: dualnorm faster)", layer_rows(results) if results else ([], [])),
-        ("End to end (seconds)", e2e_table(e2e) if e2e else ([], [])),
+        (LAYERS_TITLE, layer_rows(results) if results else ([], [])),
+        (E2E_TITLE, e2e_table(e2e) if e2e else ([], [])),
     ):
         if not rows:
             continue
-        table = Table(title=title)
+        table = titled_table(title)
         for h in header:
             table.add_column(
                 h,
@@ -117,10 +122,10 @@ def _md(header: list[str], rows: list[list[str]]) -> str:
 def write_markdown(path: str, info: dict[str, Any], results: list[LayerResult], e2e: list[dict]) -> None:
     parts = [f"Measured on: {_machine_line(info)}", ""]
     if results:
-        parts += ["Layers, float32, training mode (median ms; ratio < 1 means dualnorm is faster):", ""]
+        parts += [f"{LAYERS_TITLE}:", ""]
         parts += [_md(*layer_rows(results)), ""]
     if e2e:
-        parts += ["End to end (seconds; record share = per-layer statistics time / training time):", ""]
+        parts += [f"{E2E_TITLE}; record share = per-layer statistics time / training time:", ""]
         parts += [_md(*e2e_table(e2e)), ""]
     with open(path, "w") as fh:
         fh.write("\n".join(parts))

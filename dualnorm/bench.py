@@ -3,9 +3,10 @@
 A short run for people comparing backends on their own machine (e.g. MLX vs NumPy on
 a Mac): batch norm, layer norm and group norm, training forward and forward+backward,
 float32, the same inputs for every backend, median of several interleaved repeats.
-The table shows each backend's time, the speed-up over NumPy, the memory floor (one
-copy of the input) and the largest absolute difference between the backends' outputs
-and input gradients.
+The table shows each backend's time, its ratio to NumPy's (``mlx/numpy`` = MLX's time /
+NumPy's: < 1 is faster, the one convention of every benchmark table), its ratio to the
+memory floor (one copy of the input) and the largest absolute difference between the
+backends' outputs and input gradients.
 
 The timing helpers here are shared with the full suite in the repository's
 ``benchmarks/`` folder (which adds PyTorch, ``mlx.nn``, a textbook NumPy version and
@@ -21,6 +22,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ import numpy as np
 
 import dualnorm
 from dualnorm import nn
+from dualnorm._console import RATIO_RULE, fmt_ratio, output_console, titled_table
 
 # --- timing ---------------------------------------------------------------------------------
 
@@ -446,13 +449,12 @@ def text_plot(series: dict[str, list[tuple[float, float]]], width: int = 56, hei
 
 
 def _sweep_report(console: Any, points: list[SweepPoint], labels: list[str]) -> dict[str, Any]:
-    from rich.table import Table
 
     ref = labels[0]
     cross = crossovers(points, labels)
     for kind in dict.fromkeys(p.kind for p in points):
         row = [p for p in points if p.kind == kind]
-        table = Table(title=f"{kind}: forward+backward, float32 (median ms; first call apart)")
+        table = titled_table(f"{kind}: forward+backward, float32, median ms (first call apart); {RATIO_RULE}")
         table.add_column("input")
         table.add_column("elements", justify="right")
         for label in labels:
@@ -464,7 +466,7 @@ def _sweep_report(console: Any, points: list[SweepPoint], labels: list[str]) -> 
             cells = [p.case.split(" ", 1)[1], f"{p.elements:,}"]
             for label in labels:
                 cells += [f"{p.median_s[label] * 1e3:.3g}", f"{p.first_call_s[label] * 1e3:.3g}"]
-            cells += [f"{p.ratio(label, ref):.2f}" for label in labels[1:]]
+            cells += [fmt_ratio(p.median_s[label], p.median_s[ref]) for label in labels[1:]]
             table.add_row(*cells)
         console.print(table)
         console.print(text_plot({label: [(p.elements, p.median_s[label]) for p in row] for label in labels}))
@@ -478,7 +480,9 @@ def _sweep_report(console: Any, points: list[SweepPoint], labels: list[str]) -> 
             elif start is not None:
                 verdict = f"faster than {ref} from {start:,} elements up (the crossover)"
             else:
-                sizes = ", ".join(f"{p.elements:,} ({p.ratio(label, ref):.2f})" for p in faster)
+                sizes = ", ".join(
+                    f"{p.elements:,} ({fmt_ratio(p.median_s[label], p.median_s[ref])})" for p in faster
+                )
                 verdict = f"faster than {ref} only at {sizes}; slower at the largest size"
             console.print(f"  {label}: {verdict}")
         console.print()
@@ -494,16 +498,15 @@ def _sweep_report(console: Any, points: list[SweepPoint], labels: list[str]) -> 
 
 
 def _table(results: list[LayerResult], diffs: dict[str, float], backends: list[str]) -> Any:
-    from rich.table import Table
 
-    table = Table(title="dualnorm bench (median ms; speed-up = NumPy time / backend time)")
+    table = titled_table(f"dualnorm bench: float32, median ms; {RATIO_RULE}; copy: the memory floor")
     table.add_column("layer")
     table.add_column("pass")
     for b in backends:
         table.add_column(f"{b} ms", justify="right")
         if b != "numpy" and "numpy" in backends:
-            table.add_column(f"{b} speed-up", justify="right")
-        table.add_column(f"{b} / copy", justify="right")
+            table.add_column(f"{b}/numpy", justify="right")
+        table.add_column(f"{b}/copy", justify="right")
     if len(backends) > 1:
         table.add_column("max |diff|", justify="right")
     for r in results:
@@ -512,8 +515,8 @@ def _table(results: list[LayerResult], diffs: dict[str, float], backends: list[s
             t = r.times[f"dualnorm-{b}"]
             row.append(f"{t * 1e3:.2f}")
             if b != "numpy" and "numpy" in backends:
-                row.append(f"{r.times['dualnorm-numpy'] / t:.2f}x")
-            row.append(f"{t / r.times[f'floor-{b}']:.1f}x")
+                row.append(fmt_ratio(t, r.times["dualnorm-numpy"]))
+            row.append(fmt_ratio(t, r.times[f"floor-{b}"]))
         if len(backends) > 1:
             row.append(f"{diffs.get(r.case, float('nan')):.1e}")
         table.add_row(*row)
@@ -543,18 +546,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
-    from rich.console import Console
-
-    console = Console()
+    console = output_console()
     backends, problem = _labels(args)
+    if not problem and args.json:
+        problem = check_result_path(args.json)  # before minutes of measuring, not after
     if problem:
-        console.print(f"[red]{problem}[/]")
+        print(f"dualnorm bench: error: {problem}", file=sys.stderr)
         return 2
     if args.sweep:
-        import sys
-
-        wide = Console(width=None if sys.stdout.isatty() else 140)  # the tables have a column per backend
-        return _main_sweep(args, backends, wide)
+        return _main_sweep(args, backends, console)
     cases = FULL_CASES if args.full else QUICK_CASES
     with console.status("measuring..."):
         results, diffs = run_backends(cases, backends, max(1, args.repeats))
@@ -567,9 +567,26 @@ def main(argv: list[str] | None = None) -> int:
             "results": [r.__dict__ for r in results],
             "max_abs_diff": diffs,
         }
-        with open(args.json, "w") as fh:
-            json.dump(payload, fh, indent=2)
+        _write_json(args.json, payload)
     return 0
+
+
+def check_result_path(path: str, what: str = "JSON file") -> str | None:
+    """One line naming ``path`` and why a results file cannot be written there, or None."""
+    from dualnorm._paths import check_output_path
+    from dualnorm.errors import OutputPathError
+
+    try:
+        check_output_path(path, what, create_parent=True)
+    except OutputPathError as exc:
+        return str(exc)
+    return None
+
+
+def _write_json(path: str, payload: dict[str, Any]) -> None:
+    from dualnorm.checkpoint import atomic_write
+
+    atomic_write(path, (json.dumps(payload, indent=2) + "\n").encode(), what="JSON file")
 
 
 def _labels(args: argparse.Namespace) -> tuple[list[str], str | None]:
@@ -605,12 +622,11 @@ def _main_sweep(args: argparse.Namespace, labels: list[str], console: Any) -> in
     info = machine()
     console.print(
         f"[dim]{time.perf_counter() - t0:.0f} s; {info['processor']}, {info['cpu_count']} CPUs, "
-        f"{info['platform']}; ratios < 1: faster than {labels[0]}[/]"
+        f"{info['platform']}; {RATIO_RULE}[/]"
     )
     if args.json:
         payload.update(machine=info, sizes=list(sizes), repeats=repeats)
-        with open(args.json, "w") as fh:
-            json.dump(payload, fh, indent=2)
+        _write_json(args.json, payload)
     return 0
 
 

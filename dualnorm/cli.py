@@ -57,10 +57,10 @@ def _parser() -> argparse.ArgumentParser:
         help=f"one of: {', '.join(names)}; or your own: path/to/file.py:ClassName, or an installed entry point",
     )
     run.add_argument("--backend", choices=BACKEND_NAMES, help="array backend (default: the active one)")
-    run.add_argument("--steps", type=_positive_int, help="optimizer steps per variant")
+    run.add_argument("--steps", type=positive_int, help="optimizer steps per variant")
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    run.add_argument("--lr", type=_positive_float, help="learning rate")
-    run.add_argument("--record-every", type=_positive_int, help="record per-layer statistics every K steps")
+    run.add_argument("--lr", type=positive_float, help="learning rate")
+    run.add_argument("--record-every", type=positive_int, help="record per-layer statistics every K steps")
     run.add_argument("--variants", type=_csv, help="comma-separated subset of the experiment's variants")
     run.add_argument(
         "--mnist", metavar="PATH", help="MNIST files (mnist.npz or the IDX files) instead of digits"
@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -97,7 +97,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -105,6 +105,30 @@ def _positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def check_run_paths(paths: Sequence[str]) -> str | None:
+    """Every path opens as a run (a run directory, a UI export, a records file): None, or one line
+    naming the first that does not, with a hint where one fits (``dualnorm tui`` and the viewer)."""
+    from dualnorm.errors import DualnormError
+    from dualnorm.tracking import RunReader
+
+    for path in paths:
+        try:
+            RunReader(path)
+        except DualnormError as exc:
+            return f"{exc}{_run_path_hint(str(path))}"
+    return None
+
+
+def _run_path_hint(path: str) -> str:
+    _, sep, cls = path.rpartition(":")
+    spec = path if sep and cls.isidentifier() else f"{path}:ClassName"  # my_experiments.py:Wider
+    if spec.rpartition(":")[0].endswith(".py"):
+        return f"; did you mean -x? (dualnorm tui -x {spec} runs an experiment from a file)"
+    if not Path(path).exists() and path in _experiments():
+        return f"; did you mean -x {path}? (a demo's name)"
+    return ""
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -120,10 +144,11 @@ def _error(message: str) -> int:
 
 
 def _cmd_list() -> int:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from dualnorm._console import output_console
+
+    console = output_console()
     table = Table(title="experiments", show_lines=False)
     for col in ("name", "variants", "steps", "summary"):
         table.add_column(col)
@@ -215,6 +240,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     problem = _check_outputs(args)
     if problem:
         return _error(problem)
+    from dualnorm._threads import blas_threads_for
     from dualnorm.backends.kernels_numba import add_compile_listener
 
     try:
@@ -232,7 +258,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # a first run's compile pause gets one line; the listener goes with the run
     stop_notices = add_compile_listener(lambda message: print(message, file=sys.stderr))
     try:
-        _drive(exp, config, records, _Tee(writer, run_dir), summary, quiet=args.quiet)
+        with blas_threads_for(exp):
+            _drive(exp, config, records, _Tee(writer, run_dir), summary, quiet=args.quiet)
         complete = True
         status = "finished"
     except KeyboardInterrupt:
@@ -361,8 +388,9 @@ def _drive(exp: Any, config: Any, records: Any, writer: Any, summary: dict, *, q
 
 
 def _print_summary(exp: Any, summary: dict[str, dict[str, Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from dualnorm._console import output_console
 
     table = Table(title=f"{exp.name}: summary")
     for col in ("variant", "final loss", "accuracy", "status", "steps", "steps/s"):
@@ -385,7 +413,7 @@ def _print_summary(exp: Any, summary: dict[str, dict[str, Any]]) -> None:
             str(entry["step"]),
             "-" if rate is None else f"{rate:,.0f}",
         )
-    Console().print(table)
+    output_console().print(table)
 
 
 # --- devices and compare -------------------------------------------------------------------
@@ -468,10 +496,10 @@ def _add_compare_parser(sub: Any, names: list[str]) -> None:
         default=COMPARE_TOL,
         help=f"largest relative loss difference called agreement (default {COMPARE_TOL:g})",
     )
-    p.add_argument("--steps", type=_positive_int, help="optimizer steps per variant")
+    p.add_argument("--steps", type=positive_int, help="optimizer steps per variant")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--lr", type=_positive_float, help="learning rate")
-    p.add_argument("--record-every", type=_positive_int, help="record per-layer statistics every K steps")
+    p.add_argument("--lr", type=positive_float, help="learning rate")
+    p.add_argument("--record-every", type=positive_int, help="record per-layer statistics every K steps")
     p.add_argument("--variants", type=_csv, help="comma-separated subset of the experiment's variants")
     p.add_argument(
         "--no-tui",
@@ -479,6 +507,12 @@ def _add_compare_parser(sub: Any, names: list[str]) -> None:
         help="print the comparison as tables (default: live in the terminal UI)",
     )
     p.add_argument("--json", metavar="FILE", help="write the comparison as JSON to FILE")
+    p.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="MLX device for every MLX backend compared: gpu or cpu (NumPy runs on the CPU); "
+        "the same as --backends numpy,mlx-DEVICE",
+    )
     p.add_argument(
         "--out",
         metavar="DIR",
@@ -490,6 +524,26 @@ def _add_compare_parser(sub: Any, names: list[str]) -> None:
         help="run the backends at the same time: sooner done, but they share the cores, so the "
         "timings are not comparable (default: one after another)",
     )
+
+
+def _on_device(backends: dict[str, Any], device: str) -> dict[str, Any]:
+    """compare's ``--device``: every backend that has ``device`` runs on it; one that does not
+    (NumPy: the CPU only) stays as it is. Raises BackendError for a device no backend has."""
+    from dualnorm.backends import get_backend
+    from dualnorm.errors import BackendError
+
+    wanted = str(device).strip().lower()
+    # the reference frameworks (torch, mlx.nn) have no devices here: they stay as they are
+    known = sorted({d for b in backends.values() for d in getattr(type(b), "devices", ())})
+    if wanted not in known:
+        raise BackendError(f"unknown device {device!r}; choose from: {', '.join(known)}")
+    out = {}
+    for label, backend in backends.items():
+        if wanted in getattr(type(backend), "devices", ()):
+            backend = get_backend(backend.name, wanted)
+            label = backend.label
+        out.setdefault(label, backend)
+    return out
 
 
 def _compare_run_args(args: argparse.Namespace) -> list[str]:
@@ -506,15 +560,14 @@ def _compare_run_args(args: argparse.Namespace) -> list[str]:
 def _cmd_compare(args: argparse.Namespace) -> int:
     import json
 
-    from rich.console import Console
-
+    from dualnorm._console import output_console
     from dualnorm.backends import available_labels, get_backend
     from dualnorm.compare import CompareJob
     from dualnorm.errors import BackendError, InputError
     from dualnorm.references import FRAMEWORKS, check_reference, reference_framework
     from dualnorm.tracking import OutputPathError, check_output_dir, check_output_file, default_run_dir
 
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    console = output_console()
     here = available_labels()
     labels = list(dict.fromkeys(args.backends or here))
     backends = {}
@@ -523,6 +576,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             backends[label] = reference_framework(label) if label in FRAMEWORKS else get_backend(label)
         except (BackendError, InputError) as exc:
             return _error(f"{exc} (backends available here: {', '.join(here)}; references: torch, mlx.nn)")
+    if args.device is not None:
+        try:
+            backends = _on_device(backends, args.device)
+        except BackendError as exc:
+            return _error(f"{exc} (backends available here: {', '.join(here)})")
+        labels = list(backends)
     if len(labels) < 2:
         return _error(f"compare needs at least two backends; available here: {', '.join(here)}")
     exp, problem = _resolve_experiment(args.experiment)

@@ -25,9 +25,12 @@ A run directory holds
 
 Reading (:class:`RunReader`, :func:`read_run`) skips a torn last line with a warning and stops
 at a corrupt line in the middle with a :class:`RunFileError` naming the file and line; the
-records before it stay available (``error.records``). The same reader reads the header-less
-``records.jsonl`` of a UI export and the files ``dualnorm.save_run`` and ``dualnorm run --json``
-write.
+records before it stay available (``error.records``). The same reader reads a folder the
+terminal UI's export (``e``) wrote (``records.jsonl`` and ``run.json``), its header-less
+``records.jsonl`` alone, and the files ``dualnorm.save_run`` and ``dualnorm run --json`` write.
+A path that is none of these raises :class:`RunDirError` (no such path, a folder that is not a
+run) or :class:`RunFileError` (a file whose first line is not a record, a corrupt ``meta.json``)
+when the reader is opened, before any record is read.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from dualnorm._paths import check_output_dir, check_output_path
 from dualnorm.checkpoint import CheckpointError, atomic_write
@@ -53,6 +56,7 @@ __all__ = [
     "DEFAULT_RUNS_DIR",
     "OutputPathError",
     "Run",
+    "RunData",
     "RunDirError",
     "RunFileError",
     "RunReader",
@@ -68,6 +72,7 @@ __all__ = [
 DEFAULT_RUNS_DIR = "dualnorm-runs"
 """Where runs are written and listed unless told otherwise (relative to the working directory)."""
 RECORDS, META, LOCK = "records.jsonl", "meta.json", "lock"
+EXPORT_META = "run.json"  # what the terminal UI's export writes beside records.jsonl
 META_FORMAT, META_VERSION = "dualnorm-run-dir", 1
 STATUSES = ("running", "finished", "failed", "interrupted")
 
@@ -77,12 +82,19 @@ class RunDirError(DualnormError, ValueError):
 
 
 class RunFileError(CheckpointError):
-    """A corrupt line in a records file. ``records`` holds the records read before it."""
+    """A file of a run is damaged or is not a run file: a corrupt line in a records file, or an
+    unreadable ``meta.json``. ``path`` names the file, ``line`` the line (None for ``meta.json``),
+    ``records`` holds the records read before the bad line.
 
-    def __init__(self, path: Path, line: int, problem: str, records: list[StepRecord]) -> None:
-        super().__init__(path, f"line {line}: {problem}", "the records before it are still shown")
+    Also a :class:`~dualnorm.checkpoint.CheckpointError` (what code reading saved files catches).
+    """
+
+    def __init__(
+        self, path: Path, line: int | None, problem: str, records: list[StepRecord] | None = None
+    ) -> None:
+        super().__init__(path, problem if line is None else f"line {line}: {problem}")
         self.line = line
-        self.records = records
+        self.records = [] if records is None else records
 
 
 # --------------------------------------------------------------------------- output paths
@@ -153,11 +165,31 @@ def read_meta(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     except FileNotFoundError:
         raise RunDirError(f"{path.parent}: not a run directory: it has no {META}") from None
     except (OSError, ValueError) as exc:
-        raise CheckpointError(path, f"unreadable run metadata ({exc})") from None
+        raise RunFileError(path, None, f"unreadable run metadata ({exc})") from None
     if not isinstance(meta, dict):
-        raise CheckpointError(path, "run metadata is not a JSON object")
+        raise RunFileError(path, None, f"run metadata is a JSON {type(meta).__name__}, expected an object")
     meta["status"] = effective_status(meta)
     return meta
+
+
+def read_export_meta(export_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``run.json`` of a UI export, as run metadata: ``status`` is "exported"."""
+    path = Path(os.fspath(export_dir)) / EXPORT_META
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunFileError(path, None, f"unreadable export metadata ({exc})") from None
+    if not isinstance(data, dict):
+        raise RunFileError(path, None, f"export metadata is a JSON {type(data).__name__}, expected an object")
+    config = data.get("config") if isinstance(data.get("config"), dict) else {}
+    return {
+        **data,
+        "name": path.parent.name,
+        "experiment": data.get("experiment", path.parent.name),
+        "backend": config.get("backend") or "?",
+        "config": config,
+        "status": "exported",
+    }
 
 
 # --------------------------------------------------------------------------- writing
@@ -193,7 +225,7 @@ class RunWriter:
             self.lock_path.unlink()
             raise RunDirError(
                 f"{self.dir}: already holds a run (records.jsonl / meta.json); nothing was overwritten. "
-                "Track into a new directory (another name, or leave dir= unset for a fresh one)"
+                "Choose a new directory (another name, or none for a fresh one)"
             )
         if backend is None:
             from dualnorm.backends import get_backend
@@ -361,10 +393,15 @@ class Run:
         )
         self.dir = self.writer.dir
         self.backend_name = self.writer.meta["backend"]
+        self.device = _record_device(self.backend, self.backend_name)
+        self.epoch = 0  # the epoch the next record is in: the last one given to log()
         self._capture = _Capture(model) if framework == "dualnorm" else None
         if self._watcher is not None:
             self.writer.meta["device"] = self._watcher.device
             self.writer._write_meta()
+            # records name the device kind as the experiments do ("cpu", "gpu")
+            accel = any(k in str(self._watcher.device).lower() for k in ("gpu", "cuda", "mps"))
+            self.device = "gpu" if accel else "cpu"
             self._watcher.arm()  # the first log records layers
         self._start = time.perf_counter()
         self._logged = 0
@@ -383,9 +420,11 @@ class Run:
     ) -> StepRecord:
         """Write one record for ``step``; per-layer statistics on step 1 and every ``every`` steps.
 
-        ``layers=True/False`` forces or skips the layer statistics for this call. Extra
-        keyword scalars go to ``record.extra["scalars"]``. ``grads``: for an mlx.nn model,
-        the gradient tree of this step (from ``nn.value_and_grad``), read at recording steps.
+        ``epoch``: the epoch this step is in; kept for the following calls until another is
+        given (0 until the first). ``layers=True/False`` forces or skips the layer statistics
+        for this call. Extra keyword scalars go to ``record.extra["scalars"]``. ``grads``: for an
+        mlx.nn model, the gradient tree of this step (from ``nn.value_and_grad``), read at
+        recording steps.
         """
         if self.writer.closed:
             raise InputError(
@@ -393,6 +432,10 @@ class Run:
             )
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise InputError(f"run.log: step must be a non-negative integer, got {step!r}")
+        if epoch is not None:
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+                raise InputError(f"run.log: epoch must be a non-negative integer, got {epoch!r}")
+            self.epoch = epoch
         values = {"loss": loss, "accuracy": accuracy, **scalars}
         clean: dict[str, float | None] = {}
         for key, value in values.items():
@@ -420,13 +463,14 @@ class Run:
             experiment=self.writer.meta["experiment"],
             variant=self.variant,
             step=step,
-            epoch=int(epoch) if epoch is not None else 0,
+            epoch=self.epoch,
             loss=float("nan") if clean["loss"] is None else clean["loss"],
             backend=self.backend_name,
             accuracy=clean["accuracy"],
             layers=stats,
             elapsed_s=time.perf_counter() - self._start,
             extra=extra,
+            device=self.device,
         )
         self.writer.write(record)
         self._logged += 1
@@ -500,6 +544,16 @@ class Run:
                 self.finish("interrupted")
 
 
+def _record_device(backend: Any, backend_name: str) -> str:
+    """The device a record names ("cpu", "gpu"), as the experiments' records do."""
+    if backend is None:
+        from dualnorm.backends import get_backend
+
+        with contextlib.suppress(Exception):
+            backend = get_backend(backend_name)
+    return str(getattr(backend, "device", "") or "")
+
+
 def track(
     model: Any = None,
     *,
@@ -526,23 +580,39 @@ def track(
 # --------------------------------------------------------------------------- reading
 
 
-def _records_path(path: Path) -> tuple[Path, Path | None]:
-    """(records file, run directory or None) for a run directory or a records file."""
+def _records_path(path: Path) -> tuple[Path, Path | None, str]:
+    """(records file, folder or None, kind) for a run directory, a UI export or a records file.
+
+    kind: "run" (records.jsonl + meta.json), "export" (records.jsonl + run.json) or "file".
+    """
     if path.is_dir():
         rec = path / RECORDS
+        has_meta, has_export = (path / META).exists(), (path / EXPORT_META).exists()
         if not rec.exists():
+            if has_meta:
+                raise RunDirError(
+                    f"{path}: a run directory without its {RECORDS}: the run wrote no records, "
+                    "or the file was moved or deleted"
+                )
             raise RunDirError(
                 f"{path}: not a run: expected a run directory holding {RECORDS} (and {META}), "
                 "or a .jsonl records file"
             )
-        return rec, path
+        if has_meta:
+            return rec, path, "run"
+        if has_export:
+            return rec, path, "export"
+        raise RunDirError(
+            f"{path}: holds {RECORDS} but no {META} (run metadata) or {EXPORT_META} (an export); "
+            f"to see the records alone, open the file {rec}"
+        )
     if not path.exists():
         raise RunDirError(
             f"{path}: no such file or directory; expected a run directory or a .jsonl records file"
         )
     if path.name == RECORDS and (path.parent / META).exists():
-        return path, path.parent
-    return path, None
+        return path, path.parent, "run"
+    return path, None, "file"
 
 
 _NUMBER = (int, float)
@@ -600,17 +670,53 @@ class RunReader:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(os.fspath(path)).expanduser()
-        self.records_path, self.run_dir = _records_path(self.path)
+        self.records_path, self.run_dir, self.kind = _records_path(self.path)
         self.offset = 0
         self.line = 0
         self._tail = b""
         self.error: RunFileError | None = None
         self.count = 0
         self._checked_first = False
+        # what is not a run fails here, in one error, before a viewer shows an empty screen
+        self.meta()
+        self._check_first_line()
 
     def meta(self) -> dict[str, Any] | None:
-        """The run directory's ``meta.json`` (None for a bare records file)."""
-        return None if self.run_dir is None else read_meta(self.run_dir)
+        """The run's metadata (read again on each call); None for a bare records file."""
+        if self.kind == "run":
+            return read_meta(self.run_dir)
+        if self.kind == "export":
+            return read_export_meta(self.run_dir)
+        return None
+
+    FIRST_LINE_BYTES = 1 << 20  # far more than a step record's line
+
+    def _check_first_line(self) -> None:
+        """A records file's first line is a step record or a save_run header; else RunFileError.
+
+        An empty file, or a first line still being written, passes: a live run may not have
+        written it yet.
+        """
+        try:
+            with open(self.records_path, "rb") as fh:
+                head = fh.read(self.FIRST_LINE_BYTES)
+        except OSError as exc:
+            raise RunFileError(self.records_path, None, f"cannot be read ({exc.strerror or exc})") from None
+        if not head.strip():
+            return
+        first, newline, _ = head.partition(b"\n")
+        try:
+            self._parse(first)
+        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
+            if not newline and first.lstrip().startswith(b"{"):
+                return  # a record still being written
+            if self.records_path.suffix == ".py":
+                problem = "not a step record: this is Python source, not a run's records (JSON Lines)"
+            else:
+                problem = f"not a step record ({exc}); this is not a run's records file"
+            raise RunFileError(self.records_path, 1, problem) from None
+        finally:
+            self._checked_first = False
 
     def poll(self, max_bytes: int = 1 << 26) -> list[StepRecord]:
         """The complete records appended since the last call (reading at most ``max_bytes``)."""
@@ -695,11 +801,25 @@ class RunReader:
         )
 
 
-def read_run(path: str | os.PathLike[str]) -> tuple[list[StepRecord], dict[str, Any] | None]:
-    """All records of a run directory or records file, and its meta (None for a bare file).
+class RunData(NamedTuple):
+    """What :func:`read_run` returns; a tuple, so ``records, meta = read_run(path)`` works.
 
-    A torn last line is skipped with a ``UserWarning``; a corrupt line raises
-    :class:`RunFileError` (``error.records`` holds the records before it).
+    ``records``: every :class:`~dualnorm.records.StepRecord`, in file order.
+    ``meta``: the run directory's ``meta.json`` as a dict (``name``, ``experiment``,
+    ``variants``, ``backend``, ``device``, ``status``, ``config``, ...; ``status`` "exported"
+    for a folder the UI's export wrote), or None for a bare records file.
+    """
+
+    records: list[StepRecord]
+    meta: dict[str, Any] | None
+
+
+def read_run(path: str | os.PathLike[str]) -> RunData:
+    """All records of a run directory, UI export or records file, and its meta (see :class:`RunData`).
+
+    A torn last line is skipped with a ``UserWarning``. A path that is not a run raises
+    :class:`RunDirError`; a corrupt line or ``meta.json`` raises :class:`RunFileError`
+    (``error.records`` holds the records before the bad line).
     """
     reader = RunReader(path)
     records: list[StepRecord] = []
@@ -714,7 +834,7 @@ def read_run(path: str | os.PathLike[str]) -> tuple[list[StepRecord], dict[str, 
     message = reader.close_torn()
     if message:
         warnings.warn(message, stacklevel=2)
-    return records, reader.meta()
+    return RunData(records, reader.meta())
 
 
 def _last_step(path: Path) -> int:

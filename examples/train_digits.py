@@ -15,6 +15,7 @@ and reopen it (or overlay it with another run) once it has finished:
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> str:
             loss = loss_fn(model(x), y)
             model.backward(loss_fn.backward())
             opt.step()
-            record = run.log(step, loss=loss, accuracy=accuracy, lr=args.lr)
+            epoch = (step - 1) * args.batch // len(data.y_train) + 1  # batches drawn with replacement
+            record = run.log(step, loss=loss, accuracy=accuracy, epoch=epoch, lr=args.lr)
             if accuracy is not None:
                 print(f"step {step:4d}  loss {record.loss:.4f}  test accuracy {accuracy:.3f}", flush=True)
             if args.delay:
@@ -82,4 +84,7 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except dualnorm.DualnormError as exc:  # e.g. --out already holds a run: one line, not a traceback
+        sys.exit(f"train_digits: error: {exc}")

@@ -214,6 +214,8 @@ class DualnormApp(App[None]):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dualnorm.cli import positive_float, positive_int  # the checks `dualnorm run` makes
+
     parser = argparse.ArgumentParser(
         prog="dualnorm tui", description="Watch normalization layers train, live."
     )
@@ -231,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--backend", "-b", default=None, help="array backend: numpy or mlx")
     parser.add_argument("--device", default=None, help="MLX device: gpu or cpu (default: the GPU if any)")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per variant")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate")
+    parser.add_argument("--steps", type=positive_int, default=None, help="optimizer steps per variant")
+    parser.add_argument("--lr", type=positive_float, default=None, help="learning rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--paused", action="store_true", help="start paused (step with n)")
     parser.add_argument(
@@ -309,12 +311,14 @@ def run_compare(job: Any, *, tol: float) -> int | None:
 
 def check_paths(paths: Sequence[str], export_dir: str | None) -> str | None:
     """Every run to open is a run, and the export directory is writable: one line naming the path, or None."""
+    from dualnorm.cli import check_run_paths
     from dualnorm.errors import DualnormError
-    from dualnorm.tracking import RunReader, check_output_dir
+    from dualnorm.tracking import check_output_dir
 
+    problem = check_run_paths(paths)
+    if problem:
+        return problem
     try:
-        for path in paths:
-            RunReader(path)
         if export_dir:
             check_output_dir(export_dir)
     except DualnormError as exc:

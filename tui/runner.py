@@ -327,7 +327,10 @@ def _child_main(name: str, config: Any, out: Any, running: Any, credits: Any, st
 
         return get_experiment(name)
 
-    drive(experiment, config, stop, wait_turn, lambda kind, payload: out.put((kind, payload)))
+    from dualnorm._threads import blas_threads_for
+
+    with blas_threads_for(experiment()):  # the demos' small matrices: no BLAS thread pool
+        drive(experiment, config, stop, wait_turn, lambda kind, payload: out.put((kind, payload)))
 
 
 def make_runner(experiment: Any, config: Any, buffer: RecordBuffer, *, paused: bool = False) -> Any:

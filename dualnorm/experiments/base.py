@@ -96,6 +96,9 @@ class Experiment:
     option_names: tuple[str, ...] = ()
     #: does this experiment use a dataset (``options["dataset"]``: "digits" or an MNIST path)?
     uses_dataset: bool = False
+    #: BLAS threads while ``dualnorm run`` and the UI train it: 1 where the matrices are small
+    #: (a thread pool then costs more than it gives), None to leave the BLAS library's default
+    blas_threads: int | None = None
 
     # -- the hooks ---------------------------------------------------------------------------------
 

@@ -72,6 +72,7 @@ class DyingReLU(BaseExperiment):
     default_steps = 10_000
     default_lr = 1e-3
     default_record_every = 50
+    blas_threads = 1  # (100, 100)-sized products: no thread pool
 
     def build_task(self, variant: str, setup: Setup) -> Task:
         backend = setup.backend

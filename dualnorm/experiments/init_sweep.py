@@ -92,6 +92,7 @@ class InitSweep(BaseExperiment):
     default_steps = 20 * ITERS_PER_EPOCH
     default_lr = 0.01
     default_record_every = ITERS_PER_EPOCH
+    blas_threads = 1  # (100, 100)-sized products: no thread pool
     uses_dataset = True
     option_names = ("accuracy_mode", "bn_eps")
 

@@ -47,6 +47,7 @@ class NormZoo(BaseExperiment):
     default_steps = 600
     default_lr = 0.05
     default_record_every = 20
+    blas_threads = 1  # (100, 100)-sized products: no thread pool
     uses_dataset = True
 
     def seed_keys(self, variant: str) -> tuple[int, ...]:

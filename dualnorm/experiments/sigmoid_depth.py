@@ -102,6 +102,7 @@ class SigmoidDepth(BaseExperiment):
     default_steps = 1500
     default_lr = 0.1
     default_record_every = 30
+    blas_threads = 1  # (100, 100)-sized products: no thread pool
     uses_dataset = True
 
     def seed_keys(self, variant: str) -> tuple[int, ...]:

@@ -52,6 +52,7 @@ NEEDS = (
 
 class SimpleCNNExperiment(Experiment):
     name = "simple-cnn"
+    blas_threads = None  # (64, 288) x (288, 65536) products at batch 64: let BLAS use its threads
     title = "The seeds' SimpleCNN (LRN) on CIFAR-10"
     summary = "SimpleCNN (3 conv blocks with LRN) on CIFAR-10 (--cifar10 PATH); SGD+momentum, StepLR(7, 0.1)"
     variants = ("lrn", "batch", "group", "instance", "layer", "none")

@@ -64,8 +64,8 @@ def test_tiny_real_sweep_times_every_backend_with_the_first_call_apart():
 
 def test_sweep_rejects_an_unknown_backend_naming_the_choices(capsys):
     assert bench.main(["--sweep", "--backends", "numpy", "cuda"]) == 2
-    out = capsys.readouterr().out
-    assert "cuda" in out and "numpy" in out
+    err = capsys.readouterr().err  # an error goes to stderr, as one line
+    assert "cuda" in err and "numpy" in err and len(err.strip().splitlines()) == 1
 
 
 def test_sweep_json(tmp_path, monkeypatch):

@@ -175,3 +175,26 @@ def test_compare_numpy_against_mlx_cpu_matches_separate_runs(tmp_path, capsys):
 
     assert main([*argv, "--tol", repr(largest * 2)]) == 0  # within a looser tolerance: exit 0
     assert json.loads(path.read_text())["agree"] is True
+
+
+def test_compare_device_names_the_device_of_every_mlx_backend():
+    from dualnorm.backends import get_backend
+    from dualnorm.cli import _on_device
+
+    numpy = get_backend("numpy")
+    assert _on_device({"numpy": numpy}, "cpu") == {"numpy": numpy}  # NumPy keeps its only device
+    with pytest.raises(dualnorm.BackendError, match="unknown device 'tpu'; choose from: cpu"):
+        _on_device({"numpy": numpy}, "tpu")
+    if HAS_MLX:
+        on_cpu = _on_device({"numpy": numpy, "mlx-cpu": get_backend("mlx-cpu")}, "CPU")
+        assert list(on_cpu) == ["numpy", "mlx-cpu"]
+
+
+@mlx_only
+def test_compare_device_cpu_runs_numpy_against_mlx_on_the_cpu(tmp_path, capsys):
+    out = tmp_path / "c.json"
+    argv = ["compare", "dying-relu", "--device", "cpu", "--steps", "2", "--variants", "plain", "--no-tui"]
+    assert main([*argv, "--json", str(out), "--out", str(tmp_path / "runs")]) == 0
+    assert set(json.loads(out.read_text())["run_dirs"]) == {"numpy", "mlx-cpu"}
+    assert main(["compare", "dying-relu", "--device", "tpu", "--no-tui"]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err

@@ -1,0 +1,116 @@
+"""dev.py: what it installs and when, and how a user gets into the environment it made."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def dev(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("dev_under_test", ROOT / "dev.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    venv = tmp_path / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("")  # the venv exists: no `python -m venv`
+    (tmp_path / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    for name, value in (("ROOT", tmp_path), ("VENV", venv), ("BIN", venv / "bin"),
+                        ("PYTHON", venv / "bin" / "python"), ("STAMP", venv / ".dualnorm-installed.json")):  # fmt: skip
+        monkeypatch.setattr(module, name, value)
+    module.calls = []
+    monkeypatch.setattr(module, "run", lambda *cmd, **kw: module.calls.append([str(c) for c in cmd]))
+    return module
+
+
+def installs(dev) -> list[str]:
+    return [cmd[-1] for cmd in dev.calls if "-e" in cmd]
+
+
+def test_run_after_test_does_not_reinstall(dev):
+    dev.ensure_venv("dev")
+    assert installs(dev) == [f"{dev.ROOT}[dev]"]
+    dev.ensure_venv("mlx,tui,fast")  # what `dev.py run` and `dev.py shell` need: all in dev
+    dev.ensure_venv("dev")
+    assert len(installs(dev)) == 1
+
+
+def test_an_extra_not_installed_yet_installs_and_a_changed_pyproject_reinstalls(dev):
+    dev.ensure_venv("mlx,tui,fast")
+    dev.ensure_venv("dev")  # dev needs more than run installed
+    assert len(installs(dev)) == 2
+    dev.ensure_venv("mlx,tui,fast")
+    assert len(installs(dev)) == 2
+    pyproject = dev.ROOT / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + "\n# changed\n")
+    dev.ensure_venv("mlx,tui,fast")
+    assert len(installs(dev)) == 3
+
+
+def test_the_implied_extras_are_pyprojects():
+    tomllib = pytest.importorskip("tomllib")
+    spec = importlib.util.spec_from_file_location("dev_for_extras", ROOT / "dev.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (self_ref,) = [d for d in extras["dev"] if d.startswith("dualnorm[")]
+    assert set(module.IMPLIED_EXTRAS["dev"]) == set(self_ref[len("dualnorm[") : -1].split(","))
+
+
+@pytest.mark.parametrize("command", ["run", "test"])
+def test_run_and_test_say_how_to_enter_the_environment(dev, command, capsys, monkeypatch):
+    monkeypatch.setattr(dev, "ensure_torch", lambda: None)
+    monkeypatch.setattr(dev, "run", lambda *cmd, **kw: type("Done", (), {"returncode": 0})())
+    assert dev.main([command]) == 0
+    assert "python3 dev.py shell" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a POSIX shell script stands in for the venv's dualnorm")
+def test_shell_puts_the_venv_first_on_path(dev, tmp_path, monkeypatch):
+    import subprocess
+
+    script = dev.BIN / "dualnorm"
+    script.write_text('#!/bin/sh\necho "venv dualnorm $VIRTUAL_ENV"\n')
+    script.chmod(0o755)
+    seen = []
+
+    def run(*cmd, check=True, env=None):
+        seen.append(subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True))
+        return seen[-1]
+
+    monkeypatch.setattr(dev, "run", run)
+    assert dev.shell(["dualnorm"]) == 0
+    assert seen[0].stdout.strip() == f"venv dualnorm {dev.VENV}"
+
+
+def test_help_lists_shell(capsys):
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "dev.py"), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert "python3 dev.py shell" in out.stdout
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mlx") is not None
+    and "gpu" in __import__("dualnorm").backends.available_devices("mlx"),
+    reason="this machine has an MLX GPU: nothing to summarize",
+)
+def test_skipped_gpu_cases_are_one_summary_line():
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider", "-q", "-ra",
+         "tests/core/test_norm_layers.py", "-k", "mlx-gpu"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    skipped = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert len(skipped) == 1 and "tests/conftest.py: MLX has no GPU here" in skipped[0], result.stdout[-3000:]
+    assert int(skipped[0].split("[")[1].split("]")[0]) > 1  # many cases, one line
