@@ -646,10 +646,10 @@ def _compare_in_tui(job: Any, args: argparse.Namespace) -> int | None:
         return EXIT_USAGE
     job.start()
     try:
-        run_compare(job, tol=args.tol)
+        code = run_compare(job, tol=args.tol)  # 130 after Ctrl-C, None after q/esc
     finally:
         job.stop()
-    return None
+    return code or None
 
 
 def _print_comparison(console: Any, comparison: Any) -> None:

@@ -313,6 +313,7 @@ class RunState:
         self.error: str | None = None
         self.finished = False
         self.sweep: dict[int, dict[str, Any]] = {}  # scale_index -> {"scale": s, "batchnorm": v, "none": v}
+        self.sweep_cells: int | None = None  # how many cells the experiment's grid has, when it says
         self._rate_window: deque[tuple[float, int]] = deque()
 
     # -- folding records -------------------------------------------------------------------------
@@ -375,6 +376,10 @@ class RunState:
             if "scale_index" in extra:
                 idx = int(extra["scale_index"])
                 cell = self.sweep.setdefault(idx, {"scale": extra.get("scale")})
+                if "grid_label" in extra:  # the experiment names its cells ("batch 2")
+                    cell["label"] = str(extra["grid_label"])
+                if "grid_cells" in extra:  # and says how many there are (init-sweep: 16 by default)
+                    self.sweep_cells = int(extra["grid_cells"])
                 norm = str(extra.get("normalization", rec.variant))
                 cell[norm] = v.name
                 changes.sweep.add(idx)

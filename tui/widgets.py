@@ -395,6 +395,7 @@ class SweepCell(Plot):
     NORM_STYLES: ClassVar[dict[str, tuple[str, str, bool]]] = {
         "none": ("red", "plain", False),
         "batchnorm": ("green", "BN", True),
+        "groupnorm": ("dodger_blue1", "GN", True),
     }
     OTHER_COLORS = ("dodger_blue1", "yellow", "magenta", "cyan")
 
@@ -404,7 +405,9 @@ class SweepCell(Plot):
             return
         scale = cell.get("scale")
         self.clear()
-        norms = sorted((k for k in cell if k != "scale"), key=lambda n: (n != "none", n != "batchnorm", n))
+        norms = sorted(
+            (k for k in cell if k not in ("scale", "label")), key=lambda n: (n != "none", n != "batchnorm", n)
+        )
         parts = []
         for i, norm in enumerate(norms):
             color, label, solid = self.NORM_STYLES.get(
@@ -425,7 +428,10 @@ class SweepCell(Plot):
         parts = parts[1:] + parts[:1] if norms and norms[0] == "none" else parts
         self.border_subtitle = " / ".join(f"{label} {acc}" for label, acc in parts)
         # one border line, on top, holds both (a full border took two of a small cell's rows)
-        scale_text = f"{scale:.0e}" if isinstance(scale, (int, float)) else f"#{index}"
+        if "label" in cell:
+            scale_text = cell["label"]
+        else:
+            scale_text = f"{scale:.0e}" if isinstance(scale, (int, float)) else f"#{index}"
         self.border_title = f"{scale_text} {self.border_subtitle}"
         self.set_xticks([])
 
@@ -443,8 +449,8 @@ class SweepGrid(Grid):
         self.cells: list[SweepCell] = []
         self.dirty: set[int] = set()  # cells with new data not drawn yet (e.g. not mounted yet)
 
-    def ensure_cells(self, count: int = 0) -> None:
-        count = max(count, self.MIN_CELLS)
+    def ensure_cells(self, count: int = 0, minimum: int | None = None) -> None:
+        count = max(count, self.MIN_CELLS if minimum is None else minimum)
         if len(self.cells) >= count:
             return
         new = [SweepCell(id=f"sweep-{i}") for i in range(len(self.cells), count)]
@@ -455,7 +461,7 @@ class SweepGrid(Grid):
         self.mount(*new)
 
     def redraw(self, state: RunState, indices: set[int] | None = None) -> None:
-        self.ensure_cells(max(state.sweep, default=-1) + 1)
+        self.ensure_cells(max(state.sweep, default=-1) + 1, state.sweep_cells)
         self.dirty |= set(indices if indices is not None else state.sweep)
         for i in sorted(self.dirty):
             if not 0 <= i < len(self.cells):

@@ -14,10 +14,11 @@ batch 32, with the learning rate scaled linearly with the batch size as Wu & He 
 (Goyal et al.'s rule): ``lr * B / 32``, ``lr`` (default 0.1) being batch 32's. ``accuracy`` (on the records that end an epoch) is the eval-mode accuracy
 on the 297 held-out digits: batch norm then uses its running averages. The records also carry
 ``extra["train_mode_accuracy"]``: the same digits normalized, batch by batch of the training
-size, with the batch's own statistics. For BN at B = 2 the two part: in training the last
-stage outputs +-1 per channel whatever the input, and the running averages of those tiny
-batches' statistics describe none of them, so the eval-mode network is not the one that
-learned. GN normalizes each image on its own and has no such gap.
+size, with the batch's own statistics. For BN at B = 2 the network cannot learn at all: two
+values per channel normalize to -1 and +1 whatever they are, so in training the last stage says
+only which of the two images is larger, and train-mode accuracy stays as low as eval-mode's
+(measured: 27 % and 43 % after 3 epochs on NumPy). GN normalizes each image over its own
+channels and does not depend on the batch size.
 
 Variants are ``b{B:02d}-{norm}`` for B in 2, 4, 8, 32 and norm in batchnorm, groupnorm, none
 (GroupNorm with 8 groups). Every variant of one batch size starts from the same convolution
@@ -122,6 +123,7 @@ class SmallBatch(Experiment):
                 "normalization": normalization,
                 "lr": setup.lr * batch_size / REFERENCE_BATCH,
                 "grid_label": f"batch {batch_size}",
+                "grid_cells": len(BATCH_SIZES),
                 "dataset": "digits-8x8",
             },
             context={

@@ -89,8 +89,33 @@ async def test_the_sweep_grid_takes_any_number_of_settings_and_normalizations():
         await pilot.pause()
         assert len(grid.cells) == 20 and grid.styles.grid_size_columns == 5
         cell = grid.cells[19]
-        assert cell.border_title == "1e-19 BN 1.00 / groupnorm 1.00 / plain 0.10"
-        assert cell.border_subtitle == "BN 1.00 / groupnorm 1.00 / plain 0.10"
+        assert cell.border_title == "1e-19 BN 1.00 / GN 1.00 / plain 0.10"
+        assert cell.border_subtitle == "BN 1.00 / GN 1.00 / plain 0.10"
         kinds = sorted(type(d).__name__ for d in cell._datasets)
         assert kinds == ["LinePlot", "LinePlot", "ScatterPlot"]  # the baseline dotted
         assert all(c._scale_rectangle.height >= 3 for c in grid.cells)  # rows of curve
+
+
+@sync
+async def test_a_grid_that_names_its_cells_and_their_count_gets_just_those():
+    """small-batch's records: four batch sizes, each cell named by ``grid_label``."""
+    state = RunState()
+    records = [
+        StepRecord(
+            "small-batch", f"b{b:02d}-{norm}", 10, 1, 1.0, "numpy", accuracy=0.9,
+            extra={"scale": b, "scale_index": i, "normalization": norm, "grid_label": f"batch {b}", "grid_cells": 4},
+        )
+        for i, b in enumerate((2, 4, 8, 32))
+        for norm in ("batchnorm", "groupnorm", "none")
+    ]  # fmt: skip
+    state.apply(records)
+    app = _GridApp()
+    async with app.run_test(size=(100, 30)) as pilot:
+        grid = app.query_one(SweepGrid)
+        grid.redraw(state)
+        await pilot.pause()
+        grid.redraw(state)
+        await pilot.pause()
+        assert len(grid.cells) == 4 and grid.styles.grid_size_columns == 2
+        assert grid.cells[0].border_title == "batch 2 BN 0.90 / GN 0.90 / plain 0.90"
+        assert grid.cells[3].border_title.startswith("batch 32 ")
