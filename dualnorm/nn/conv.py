@@ -252,7 +252,8 @@ class Conv2d(_ConvNd):
     """2-d convolution (cross-correlation) over (N, C, H, W) or unbatched (C, H, W) input.
 
     Args:
-        in_channels, out_channels: C and O; both divisible by ``groups``.
+        in_channels: C, the input channels; divisible by ``groups``.
+        out_channels: O, the output channels; divisible by ``groups``.
         kernel_size: an int or (kh, kw).
         stride: an int or (sh, sw) (default 1).
         padding: an int, (ph, pw), ``'valid'`` (none) or ``'same'`` (output size = input size;

@@ -24,6 +24,7 @@ MODULES = [
     "dualnorm",
     "dualnorm.nn",
     "dualnorm.optim",
+    "dualnorm.lr_scheduler",
     "dualnorm.losses",
     "dualnorm.data",
     "dualnorm.models",
