@@ -516,10 +516,9 @@ class RunScreen(Screen[None]):
         self.query_one("#loss").border_title = f"loss vs step — {self.experiment.title}"
         self.update_layer_title()
         self.query_one("#probe").border_title = "probe inputs 1..5 through the network"
-        self.query_one(
-            "#sweep"
-        ).border_title = "training accuracy per weight scale: BN solid green, plain dotted red"
-        if self.state.sweep or getattr(self.experiment, "name", "") == "init-sweep":
+        grid_title = getattr(self.experiment, "grid_title", None)
+        self.query_one("#sweep").border_title = grid_title or "accuracy per setting"
+        if self.state.sweep or grid_title:
             self.add_class("sweep")
         self.on_resize()
         self.post_message(RunnerStarted(self.runner))

@@ -99,6 +99,9 @@ class Experiment:
     #: BLAS threads while ``dualnorm run`` and the UI train it: 1 where the matrices are small
     #: (a thread pool then costs more than it gives), None to leave the BLAS library's default
     blas_threads: int | None = None
+    #: the title of the accuracy grid (what it shows, how each line is drawn), for an experiment
+    #: whose records fill one (``extra["scale_index"]``)
+    grid_title: str | None = None
 
     # -- the hooks ---------------------------------------------------------------------------------
 

@@ -93,6 +93,7 @@ class InitSweep(BaseExperiment):
     default_lr = 0.01
     default_record_every = ITERS_PER_EPOCH
     blas_threads = 1  # (100, 100)-sized products: no thread pool
+    grid_title = "training accuracy per weight scale: BN solid green, plain dotted red"
     uses_dataset = True
     option_names = ("accuracy_mode", "bn_eps")
 

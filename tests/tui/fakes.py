@@ -43,6 +43,8 @@ class FakeExperiment(Experiment):
         self.default_steps = steps
         self.default_lr = 0.01
         self.default_record_every = 1
+        if kind == "sweep":  # as init-sweep's
+            self.grid_title = "training accuracy per weight scale: BN solid green, plain dotted red"
         self.delay = delay
 
     # ----------------------------------------------------------------------------------------
