@@ -8,6 +8,10 @@ NumPy's: < 1 is faster, the one convention of every benchmark table), its ratio 
 memory floor (one copy of the input) and the largest absolute difference between the
 backends' outputs and input gradients.
 
+A second table (``--cnn`` alone, ``--no-cnn`` without) times Conv2d, MaxPool2d(2) and one SimpleCNN
+training step against PyTorch CPU, each library in its own process at the same thread count
+(:mod:`dualnorm.bench_cnn`); ``numpy/torch`` = dualnorm's time / PyTorch's.
+
 The timing helpers here are shared with the full suite in the repository's
 ``benchmarks/`` folder (which adds PyTorch, ``mlx.nn``, a textbook NumPy version and
 the end-to-end experiments).
@@ -535,7 +539,12 @@ def main(argv: list[str] | None = None) -> int:
         help="numpy, mlx, mlx-cpu, mlx-gpu (default: all available here)",
     )
     parser.add_argument("--device", help="MLX device for 'mlx': gpu or cpu")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="timed repeats per measurement (median; the CNN rows: min of 2 rounds)",
+    )
     parser.add_argument("--full", action="store_true", help="the README's large shapes (slower)")
     parser.add_argument(
         "--sweep",
