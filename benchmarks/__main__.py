@@ -2,7 +2,7 @@
 a textbook NumPy version and the memory floor; times and ratios from one run.
 
     python -m benchmarks                 # the full suite (a few minutes on 2 cores)
-    python -m benchmarks --quick         # smaller shapes and runs (under a minute)
+    python -m benchmarks --quick         # smaller shapes and runs (a minute or two)
     python -m benchmarks --json out.json --markdown out.md
 """
 
@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every library")
     parser.add_argument("--no-layers", action="store_true", help="skip the layer measurements")
+    parser.add_argument(
+        "--no-cnn", action="store_true", help="skip Conv2d, MaxPool2d and the SimpleCNN training step"
+    )
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end experiments")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown")
@@ -36,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     from benchmarks import e2e, layers, report
+    from dualnorm import available_backends, bench_cnn
     from dualnorm._console import output_console
     from dualnorm.bench import FULL_CASES, QUICK_CASES, check_result_path, machine
 
@@ -59,14 +63,29 @@ def main(argv: list[str] | None = None) -> int:
     layer_results = (
         [] if args.no_layers else layers.run(QUICK_CASES if args.quick else FULL_CASES, repeats, log)
     )
+    cnn_results = []
+    if not args.no_cnn:
+        # each library in its own process at --threads: OpenBLAS's and PyTorch's pools fight in one
+        batch = bench_cnn.QUICK_BATCH if args.quick else bench_cnn.BATCH
+        rounds = 1 if args.quick else 3
+        cnn_repeats = args.repeats or (3 if args.quick else 5)
+        info["cnn"] = {"batch": batch, "rounds": rounds, "repeats": cnn_repeats}
+        cnn_results, _ = bench_cnn.run_cnn(
+            available_backends(),
+            bench_cnn.cnn_cases(batch),
+            repeats=cnn_repeats,
+            rounds=rounds,
+            threads=args.threads,
+            progress=log,
+        )
     e2e_rows = [] if args.no_e2e else e2e.run(args.quick, log)
     info["loadavg_end"] = machine().get("loadavg")
     out = output_console()
-    report.print_tables(out, info, layer_results, e2e_rows)
+    report.print_tables(out, info, layer_results, e2e_rows, cnn_results)
     if args.json:
-        report.write_json(args.json, info, layer_results, e2e_rows)
+        report.write_json(args.json, info, layer_results, e2e_rows, cnn_results)
     if args.markdown:
-        report.write_markdown(args.markdown, info, layer_results, e2e_rows)
+        report.write_markdown(args.markdown, info, layer_results, e2e_rows, cnn_results)
     return 0
 
 

@@ -42,54 +42,19 @@ def _best(fn: Any, repeats: int) -> float:
     return min(times)
 
 
-def _torch_cases(threads: int) -> dict[str, Any]:
-    import torch
+def _cases(library: str) -> dict[str, Any]:
+    """dualnorm's and PyTorch's calls, built as ``dualnorm bench`` builds them (dualnorm.bench_cnn)."""
+    from dualnorm.bench_cnn import CnnCase, dualnorm_callables, torch_callables
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
     cases = {}
     for n, c, hw, out in SHAPES:
-        conv = torch.nn.Conv2d(c, out, 3, padding=1)
-        x = torch.randn(n, c, hw, hw, requires_grad=True)
-        g = torch.randn(n, out, hw, hw)
-
-        def fwd(conv=conv, x=x) -> None:
-            with torch.no_grad():
-                conv(x)
-
-        def fwdbwd(conv=conv, x=x, g=g) -> None:
-            conv.zero_grad()
-            x.grad = None
-            conv(x).backward(g)
-
-        cases[str((n, c, hw, out))] = (fwd, fwdbwd)
-    return cases
-
-
-def _dualnorm_cases(backend: str) -> dict[str, Any]:
-    import numpy as np
-
-    import dualnorm
-
-    dualnorm.set_backend(backend, device="cpu" if backend == "mlx" else None)
-    B = dualnorm.get_backend()
-    rng = np.random.default_rng(0)
-    cases = {}
-    for n, c, hw, out in SHAPES:
-        dualnorm.manual_seed(0)
-        conv = dualnorm.nn.Conv2d(c, out, 3, padding=1)
-        x = B.asarray(rng.standard_normal((n, c, hw, hw)).astype(np.float32))
-        g = B.asarray(rng.standard_normal((n, out, hw, hw)).astype(np.float32))
-
-        def fwd(conv=conv, x=x) -> None:
-            B.eval(conv(x))
-
-        def fwdbwd(conv=conv, x=x, g=g) -> None:
-            conv.zero_grad()
-            conv(x)
-            B.eval(conv.backward(g), conv.weight.grad, conv.bias.grad)
-
-        cases[str((n, c, hw, out))] = (fwd, fwdbwd)
+        case = CnnCase("conv", (n, c, hw, hw), out)
+        if library == "torch":
+            fns = torch_callables(case)
+        else:  # MLX on its CPU device, as the issue's numbers are
+            backend = library.split("-", 1)[1]
+            fns = dualnorm_callables(case, "mlx-cpu" if backend == "mlx" else backend)
+        cases[str((n, c, hw, out))] = (fns["fwd"], fns["fwdbwd"])
     return cases
 
 
@@ -135,11 +100,10 @@ def _gemm_cases() -> dict[str, Any]:
 
 def worker(library: str, threads: int, repeats: int) -> dict[str, dict[str, float]]:
     if library == "torch":
-        cases = _torch_cases(threads)
-    elif library == "numpy-gemm":
-        cases = _gemm_cases()
-    else:
-        cases = _dualnorm_cases(library.split("-", 1)[1])
+        import torch
+
+        torch.set_num_threads(threads)
+    cases = _gemm_cases() if library == "numpy-gemm" else _cases(library)
     return {
         shape: {"fwd": _best(fwd, repeats), "fwdbwd": _best(fwdbwd, repeats)}
         for shape, (fwd, fwdbwd) in cases.items()

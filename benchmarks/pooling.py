@@ -29,13 +29,9 @@ def _set_threads(n: int) -> None:
 
 
 def _inputs(shape: tuple[int, ...]) -> tuple[Any, Any]:
-    import numpy as np
+    from dualnorm.bench_cnn import CnnCase, case_inputs
 
-    rng = np.random.default_rng(0)
-    n, c, h, w = shape
-    x = rng.standard_normal(shape).astype(np.float32)
-    g = rng.standard_normal((n, c, h // 2, w // 2)).astype(np.float32)
-    return x, g
+    return case_inputs(CnnCase("maxpool", shape))
 
 
 def plain_numpy(x: Any, g: Any) -> dict[str, Callable[[], Any]]:
@@ -60,45 +56,17 @@ def plain_numpy(x: Any, g: Any) -> dict[str, Callable[[], Any]]:
 
 
 def dualnorm_impl(backend: str, x: Any, g: Any) -> dict[str, Callable[[], Any]]:
-    import dualnorm
+    """dualnorm's calls on the inputs of ``x``'s shape, built as ``dualnorm bench`` builds them."""
+    from dualnorm.bench_cnn import CnnCase, dualnorm_callables
 
-    B = dualnorm.get_backend(backend)
-    with dualnorm.use_backend(B):
-        pool = dualnorm.nn.MaxPool2d(2)
-    bx, bg = B.asarray(x), B.asarray(g)
-
-    def forward() -> Any:
-        with B.on_device():
-            y = pool(bx)
-            B.eval(y)
-        return y
-
-    def fwdbwd() -> Any:
-        with B.on_device():
-            pool(bx)
-            dx = pool.backward(bg)
-            B.eval(dx)
-        return dx
-
-    return {"fwd": forward, "fwdbwd": fwdbwd}
+    return dualnorm_callables(CnnCase("maxpool", tuple(x.shape)), backend)
 
 
 def torch_impl(x: Any, g: Any) -> dict[str, Callable[[], Any]]:
-    import torch
+    """PyTorch's calls, as ``dualnorm bench`` builds them (same seeded inputs as :func:`_inputs`)."""
+    from dualnorm.bench_cnn import CnnCase, torch_callables
 
-    tx = torch.from_numpy(x.copy()).requires_grad_(True)
-    tg = torch.from_numpy(g.copy())
-
-    def forward() -> Any:
-        with torch.no_grad():
-            return torch.nn.functional.max_pool2d(tx, 2)
-
-    def fwdbwd() -> Any:
-        y = torch.nn.functional.max_pool2d(tx, 2)
-        (dx,) = torch.autograd.grad(y, tx, tg)
-        return dx
-
-    return {"fwd": forward, "fwdbwd": fwdbwd}
+    return torch_callables(CnnCase("maxpool", tuple(x.shape)))
 
 
 def _measure(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from dualnorm._console import RATIO_RULE, fmt_ratio, titled_table
 from dualnorm.bench import LayerResult
+from dualnorm.bench_cnn import pass_name
 
 ORDER = (
     "dualnorm-numpy+numba",
@@ -35,6 +36,9 @@ RATIOS = (
 # nb: dualnorm on NumPy with the numba kernels, np: without them, mlx: dualnorm on MLX
 LAYERS_TITLE = f"Layers, float32, training mode, median ms; {RATIO_RULE}"
 E2E_TITLE = f"End to end, seconds; {RATIO_RULE}"
+CNN_TITLE = (
+    f"CNN layers and a SimpleCNN training step, float32, min ms, one process per library; {RATIO_RULE}"
+)
 
 
 def layer_rows(results: list[LayerResult]) -> tuple[list[str], list[list[str]]]:
@@ -43,7 +47,7 @@ def layer_rows(results: list[LayerResult]) -> tuple[list[str], list[list[str]]]:
     header = ["layer", "pass", *(f"{k} ms" for k in impls), *(t for _, _, t in ratios)]
     rows = []
     for r in results:
-        row = [r.case, "forward" if r.mode == "fwd" else "fwd+bwd"]
+        row = [r.case, pass_name(r.mode)]
         row += [f"{r.times[k] * 1e3:.2f}" if k in r.times else "-" for k in impls]
         row += [
             fmt_ratio(r.times[a], r.times[b]) if a in r.times and b in r.times else "-" for a, b, _ in ratios
@@ -81,10 +85,17 @@ def _machine_line(info: dict[str, Any]) -> str:
     )
 
 
-def print_tables(console: Any, info: dict[str, Any], results: list[LayerResult], e2e: list[dict]) -> None:
+def print_tables(
+    console: Any,
+    info: dict[str, Any],
+    results: list[LayerResult],
+    e2e: list[dict],
+    cnn: list[LayerResult] | None = None,
+) -> None:
 
     for title, (header, rows) in (
         (LAYERS_TITLE, layer_rows(results) if results else ([], [])),
+        (CNN_TITLE, layer_rows(cnn) if cnn else ([], [])),
         (E2E_TITLE, e2e_table(e2e) if e2e else ([], [])),
     ):
         if not rows:
@@ -100,13 +111,30 @@ def print_tables(console: Any, info: dict[str, Any], results: list[LayerResult],
         for row in rows:
             table.add_row(*row)
         console.print(table)
+    if cnn:
+        console.print(f"[dim]CNN rows: {_cnn_line(info)}[/]")
     console.print(f"[dim]{_machine_line(info)}[/]")
 
 
-def write_json(path: str, info: dict[str, Any], results: list[LayerResult], e2e: list[dict]) -> None:
+def _cnn_line(info: dict[str, Any]) -> str:
+    c = info.get("cnn", {})
+    return (
+        f"batch {c.get('batch')}, each library in its own process at {info.get('threads')} thread(s), "
+        f"min of {c.get('rounds')} round(s) x {c.get('repeats')} repeats"
+    )
+
+
+def write_json(
+    path: str,
+    info: dict[str, Any],
+    results: list[LayerResult],
+    e2e: list[dict],
+    cnn: list[LayerResult] | None = None,
+) -> None:
     payload = {
         "machine": info,
         "layers": [{"case": r.case, "mode": r.mode, "median_s": r.times} for r in results],
+        "cnn": [{"case": r.case, "mode": r.mode, "min_s": r.times} for r in cnn or []],
         "e2e": e2e,
     }
     with open(path, "w") as fh:
@@ -119,11 +147,20 @@ def _md(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(path: str, info: dict[str, Any], results: list[LayerResult], e2e: list[dict]) -> None:
+def write_markdown(
+    path: str,
+    info: dict[str, Any],
+    results: list[LayerResult],
+    e2e: list[dict],
+    cnn: list[LayerResult] | None = None,
+) -> None:
     parts = [f"Measured on: {_machine_line(info)}", ""]
     if results:
         parts += [f"{LAYERS_TITLE}:", ""]
         parts += [_md(*layer_rows(results)), ""]
+    if cnn:
+        parts += [f"{CNN_TITLE}; {_cnn_line(info)}:", ""]
+        parts += [_md(*layer_rows(cnn)), ""]
     if e2e:
         parts += [f"{E2E_TITLE}; record share = per-layer statistics time / training time:", ""]
         parts += [_md(*e2e_table(e2e)), ""]

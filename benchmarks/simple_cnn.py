@@ -4,7 +4,7 @@
     python -m benchmarks.simple_cnn --backends numpy,mlx --norms lrn --threads 2 --rounds 3
 
 A step is what training does: zero_grad, forward, cross-entropy, backward, SGD-with-momentum
-update. Each library runs in its own process with the same thread count (in one process
+update (built by dualnorm.bench_cnn, as dualnorm bench builds it). Each library runs in its own process with the same thread count (in one process
 OpenBLAS's and PyTorch's thread pools fight over the cores), and the processes take turns:
 ``--rounds`` rounds of one process per library and norm, each timing ``--steps`` steps after
 warm-up. Reported: the minimum step time over all rounds, in milliseconds, and the ratio to
@@ -22,22 +22,16 @@ import sys
 import time
 from typing import Any
 
-BATCH = 64
+# The cases (and torch_simple_cnn, the seed's network in PyTorch) are shared with dualnorm bench.
+from dualnorm.bench_cnn import BATCH, CnnCase, dualnorm_callables, torch_callables, torch_simple_cnn
+
+__all__ = ["torch_simple_cnn"]
 NORMS = ("lrn", "batch", "group")
 
 
 def _set_threads(n: int) -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "DUALNORM_NUM_THREADS"):
         os.environ[var] = str(n)
-
-
-def _data(seed: int = 0) -> tuple[Any, Any]:
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((BATCH, 3, 32, 32)).astype(np.float32)
-    y = rng.integers(0, 10, BATCH)
-    return x, y
 
 
 def _time_steps(step: Any, steps: int, warmup: int) -> list[float]:
@@ -52,106 +46,16 @@ def _time_steps(step: Any, steps: int, warmup: int) -> list[float]:
 
 
 def _dualnorm_worker(backend: str, norm: str, steps: int, warmup: int) -> list[float]:
-    import dualnorm
-    from dualnorm.losses import CrossEntropyLoss
-    from dualnorm.models import simple_cnn
-    from dualnorm.optim import SGD
-
-    x_host, y_host = _data()
-    with dualnorm.use_backend(backend, device="cpu" if backend == "mlx" else None):
-        dualnorm.manual_seed(0)
-        be = dualnorm.get_backend()
-        model = simple_cnn(norm)
-        loss_fn = CrossEntropyLoss()
-        opt = SGD(model.parameters(), lr=0.01, momentum=0.9)
-        x, y = be.asarray(x_host), be.asarray(y_host, be.int64)
-        params = list(model.parameters())
-
-        def step() -> None:
-            opt.zero_grad()
-            loss = loss_fn(model(x), y)
-            model.backward(loss_fn.backward())
-            opt.step()
-            if be.lazy:
-                be.eval(loss, *(p.data for p in params), *opt.state_arrays())
-            float(loss.item())
-
-        return _time_steps(step, steps, warmup)
-
-
-def torch_simple_cnn(norm: str) -> Any:
-    """The seed's SimpleCNN in PyTorch (note 001), with the norm after each convolution swapped."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    class LocalResponseNorm(nn.Module):  # the seed's own wrapper: k = 2.0
-        def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> None:
-            super().__init__()
-            self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
-
-    def make(c: int) -> nn.Module:
-        return {
-            "lrn": lambda: LocalResponseNorm(5),
-            "batch": lambda: nn.BatchNorm2d(c),
-            "group": lambda: nn.GroupNorm(8, c),
-        }[norm]()
-
-    prefix = {"lrn": "lrn", "batch": "bn", "group": "gn"}[norm]
-
-    class SimpleCNN(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
-            setattr(self, f"{prefix}1", make(32))
-            self.pool1 = nn.MaxPool2d(2, 2)
-            self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
-            setattr(self, f"{prefix}2", make(64))
-            self.pool2 = nn.MaxPool2d(2, 2)
-            self.conv3 = nn.Conv2d(64, 128, 3, padding=1)
-            setattr(self, f"{prefix}3", make(128))
-            self.pool3 = nn.MaxPool2d(2, 2)
-            self.fc1 = nn.Linear(128 * 4 * 4, 256)
-            self.fc2 = nn.Linear(256, 10)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            for i in (1, 2, 3):
-                conv, nrm, pool = (getattr(self, f"{n}{i}") for n in ("conv", prefix, "pool"))
-                x = pool(F.relu(nrm(conv(x))))
-            x = x.view(-1, 128 * 4 * 4)
-            return self.fc2(F.relu(self.fc1(x)))
-
-    return SimpleCNN()
+    label = "mlx-cpu" if backend == "mlx" else backend  # Linux mlx[cpu]; a Mac's GPU: --backends mlx-gpu
+    step = dualnorm_callables(CnnCase("step", (BATCH, 3, 32, 32), norm=norm), label)["step"]
+    return _time_steps(step, steps, warmup)
 
 
 def _torch_worker(norm: str, steps: int, warmup: int, threads: int) -> list[float]:
     import torch
 
-    import dualnorm
-    from dualnorm.models import simple_cnn
-
     torch.set_num_threads(threads)
-    with dualnorm.use_backend("numpy"):
-        dualnorm.manual_seed(0)
-        state = {
-            k: torch.from_numpy(dualnorm.to_numpy(v).copy()) for k, v in simple_cnn(norm).state_dict().items()
-        }
-    model = torch_simple_cnn(norm)
-    model.load_state_dict(state)
-    x_host, y_host = _data()
-    x, y = torch.from_numpy(x_host), torch.from_numpy(y_host)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def step() -> None:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        float(loss.item())
-
+    step = torch_callables(CnnCase("step", (BATCH, 3, 32, 32), norm=norm))["step"]
     return _time_steps(step, steps, warmup)
 
 

@@ -8,6 +8,10 @@ NumPy's: < 1 is faster, the one convention of every benchmark table), its ratio 
 memory floor (one copy of the input) and the largest absolute difference between the
 backends' outputs and input gradients.
 
+A second table (``--cnn`` alone, ``--no-cnn`` without) times Conv2d, MaxPool2d(2) and one SimpleCNN
+training step against PyTorch CPU, each library in its own process at the same thread count
+(:mod:`dualnorm.bench_cnn`); ``numpy/torch`` = dualnorm's time / PyTorch's.
+
 The timing helpers here are shared with the full suite in the repository's
 ``benchmarks/`` folder (which adds PyTorch, ``mlx.nn``, a textbook NumPy version and
 the end-to-end experiments).
@@ -535,14 +539,28 @@ def main(argv: list[str] | None = None) -> int:
         help="numpy, mlx, mlx-cpu, mlx-gpu (default: all available here)",
     )
     parser.add_argument("--device", help="MLX device for 'mlx': gpu or cpu")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="timed repeats per measurement (median; the CNN rows: min of 2 rounds)",
+    )
     parser.add_argument("--full", action="store_true", help="the README's large shapes (slower)")
     parser.add_argument(
         "--sweep",
         action="store_true",
         help="each layer from ~1e3 to ~1e7 elements on every backend and device; crossover sizes",
     )
-    parser.add_argument("--quick", action="store_true", help="with --sweep: up to 1e6 elements, 3 repeats")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="with --sweep: up to 1e6 elements, 3 repeats; else the CNN rows at batch 16, one round of 3 repeats",
+    )
+    cnn = parser.add_mutually_exclusive_group()
+    cnn.add_argument(
+        "--cnn", action="store_true", help="only the CNN rows (Conv2d, MaxPool2d, a SimpleCNN training step)"
+    )
+    cnn.add_argument("--no-cnn", action="store_true", help="skip the CNN rows")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
@@ -555,20 +573,77 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.sweep:
         return _main_sweep(args, backends, console)
-    cases = FULL_CASES if args.full else QUICK_CASES
-    with console.status("measuring..."):
-        results, diffs = run_backends(cases, backends, max(1, args.repeats))
-    console.print(_table(results, diffs, backends))
+    payload: dict[str, Any] = {}
+    if not args.cnn:
+        cases = FULL_CASES if args.full else QUICK_CASES
+        with console.status("measuring..."):
+            results, diffs = run_backends(cases, backends, max(1, args.repeats))
+        console.print(_table(results, diffs, backends))
+        payload.update(results=[r.__dict__ for r in results], max_abs_diff=diffs)
+    if not args.no_cnn:
+        payload["cnn"] = _main_cnn(args, backends, console)
     info = machine()
     console.print(f"[dim]{info['processor']}, {info['cpu_count']} CPUs, {info['platform']}[/]")
     if args.json:
-        payload = {
-            "machine": info,
-            "results": [r.__dict__ for r in results],
-            "max_abs_diff": diffs,
-        }
-        _write_json(args.json, payload)
+        _write_json(args.json, {"machine": info, **payload})
     return 0
+
+
+# --- the CNN rows: Conv2d, MaxPool2d(2), a SimpleCNN training step, against PyTorch CPU -----------
+
+
+def _main_cnn(args: argparse.Namespace, backends: list[str], console: Any) -> dict[str, Any]:
+    from dualnorm import bench_cnn
+    from dualnorm.backends import kernels_numpy
+
+    batch = bench_cnn.QUICK_BATCH if args.quick else bench_cnn.BATCH
+    repeats, rounds = (3, 1) if args.quick else (max(1, args.repeats), 2)
+    threads = kernels_numpy.get_num_threads()  # every library's, each in its own process
+    with console.status("measuring the CNN rows...") as status:
+        results, used = bench_cnn.run_cnn(
+            backends,
+            bench_cnn.cnn_cases(batch),
+            repeats=repeats,
+            rounds=rounds,
+            threads=threads,
+            progress=status.update,
+        )
+    console.print(cnn_table(results, backends))
+    quick = " (--quick; the issue's rows are at 64)" if args.quick else ""
+    console.print(
+        f"[dim]CNN rows: batch {batch}{quick}; each library in its own process at {threads} thread(s); "
+        f"min of {rounds} round(s) x {repeats} repeats[/]"
+    )
+    return {
+        "batch": batch,
+        "repeats": repeats,
+        "rounds": rounds,
+        "threads": used,
+        "results": [r.__dict__ for r in results],
+    }
+
+
+def cnn_table(results: list[LayerResult], backends: list[str]) -> Any:
+    """The CNN rows: each backend's and PyTorch's times, and each backend / PyTorch."""
+    from dualnorm.bench_cnn import TORCH, pass_name
+
+    table = titled_table(f"dualnorm bench: CNN layers, a training step; float32, min ms; {RATIO_RULE}")
+    table.add_column("layer")
+    table.add_column("pass")
+    has_torch = any(TORCH in r.times for r in results)
+    labels = [f"dualnorm-{b}" for b in backends] + ([TORCH] if has_torch else [])
+    for label in labels:
+        table.add_column(f"{label.removeprefix('dualnorm-')} ms", justify="right")
+    if has_torch:
+        for b in backends:
+            table.add_column(f"{b}/torch", justify="right")
+    for r in results:
+        row = [r.case, pass_name(r.mode)]
+        row += [f"{r.times[k] * 1e3:.2f}" if k in r.times else "-" for k in labels]
+        if has_torch:
+            row += [fmt_ratio(r.times.get(f"dualnorm-{b}"), r.times.get(TORCH)) for b in backends]
+        table.add_row(*row)
+    return table
 
 
 def check_result_path(path: str, what: str = "JSON file") -> str | None:

@@ -42,6 +42,7 @@ TINY = (
     "import sys, dualnorm.bench as b; "
     "b.QUICK_CASES = (b.Case('batchnorm', (64, 8, 4, 4)), b.Case('groupnorm', (8, 16, 4, 4), groups=4)); "
     "b.QUICK_SWEEP_SIZES = (1000,); "
+    "import dualnorm.bench_cnn as c; c.BATCH = c.QUICK_BATCH = 2; "  # the CNN rows, on tiny batches
 )
 
 
