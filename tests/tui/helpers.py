@@ -21,7 +21,8 @@ def make_app(steps: int = 60, delay: float = 0.0, **kwargs) -> DualnormApp:
     return DualnormApp(fake_experiments(steps=steps, delay=delay), **kwargs)
 
 
-async def wait_for(pilot, cond, timeout: float = 10.0, what: str = "condition") -> None:
+async def wait_for(pilot, cond, timeout: float = 60.0, what: str = "condition") -> None:
+    # generous: a pass returns at once, and a loaded 2-core CI machine must not turn slowness into failure
     end = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > end:

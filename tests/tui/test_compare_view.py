@@ -38,9 +38,7 @@ async def test_compare_screen_overlays_both_backends_and_agrees_with_the_files(t
             await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen), what="the compare screen")
             screen = app.screen
             await wait_for(pilot, job.done.is_set, timeout=60, what="both backends' runs")
-            await wait_for(
-                pilot, screen.runner.finished.is_set, timeout=10, what="the viewer reaching the end"
-            )
+            await wait_for(pilot, screen.runner.finished.is_set, what="the viewer reaching the end")
             screen.poll(force=True)
             await pilot.pause()
             # one curve per backend, each in its backend's colour

@@ -16,7 +16,7 @@ from tui.runner import TrainingRunner
 from tui.state import RecordBuffer
 
 
-def _wait(cond, timeout=5.0):
+def _wait(cond, timeout=60.0):
     end = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < end, "timed out"
