@@ -364,10 +364,8 @@ def torch_sweep(
     """PyTorch CPU's (first call, median) seconds per case id, timed in a child process (its own
     thread pools, set to ``threads``: by default dualnorm's NumPy kernel thread count), and the
     thread count PyTorch ran with."""
-    import subprocess
-    import sys
-
     from dualnorm.backends import kernels_numpy
+    from dualnorm.bench_cnn import run_timing_child
 
     threads = threads or kernels_numpy.get_num_threads()
     spec = {
@@ -375,22 +373,9 @@ def torch_sweep(
         "repeats": repeats,
         "threads": threads,
     }
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    root = os.path.dirname(
-        os.path.dirname(os.path.abspath(dualnorm.__file__))
-    )  # this dualnorm, in the child too
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    done = subprocess.run(
-        [sys.executable, "-c", "from dualnorm.bench import _torch_worker; _torch_worker()"],
-        input=json.dumps(spec),
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
+    reply = run_timing_child(
+        "from dualnorm.bench import _torch_worker; _torch_worker()", spec, threads, "PyTorch"
     )
-    if done.returncode != 0:
-        raise RuntimeError(f"the PyTorch timing process failed: {done.stderr.strip()[-500:]}")
-    reply = json.loads(done.stdout.strip().splitlines()[-1])
     return {k: (v[0], v[1]) for k, v in reply["cases"].items()}, reply["threads"]
 
 

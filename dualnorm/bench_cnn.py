@@ -287,16 +287,17 @@ def _worker_main() -> None:
     print(json.dumps(worker(spec["library"], cases, spec["repeats"], spec["threads"])))
 
 
-def run_in_process(library: str, cases: list[CnnCase], repeats: int, threads: int) -> dict[str, Any]:
-    """:func:`worker` in a fresh Python process whose thread pools are pinned to ``threads``."""
+def run_timing_child(statement: str, spec: dict[str, Any], threads: int, what: str) -> dict[str, Any]:
+    """Run ``statement`` in a fresh Python whose thread pools are pinned to ``threads``, with ``spec``
+    as JSON on its stdin; its last line of output is the JSON reply. One library per process: in one
+    process, OpenBLAS's and PyTorch's thread pools fight over the cores."""
     import dualnorm
 
     env = dict(os.environ, **dict.fromkeys(THREAD_VARS, str(threads)))
     root = os.path.dirname(os.path.dirname(os.path.abspath(dualnorm.__file__)))  # this dualnorm, there too
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    spec = {"library": library, "cases": [c.to_json() for c in cases], "repeats": repeats, "threads": threads}
     done = subprocess.run(
-        [sys.executable, "-c", "from dualnorm.bench_cnn import _worker_main; _worker_main()"],
+        [sys.executable, "-c", statement],
         input=json.dumps(spec),
         capture_output=True,
         text=True,
@@ -304,8 +305,16 @@ def run_in_process(library: str, cases: list[CnnCase], repeats: int, threads: in
         check=False,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"the {library} timing process failed: {done.stderr.strip()[-800:]}")
+        raise RuntimeError(f"the {what} timing process failed: {done.stderr.strip()[-800:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_in_process(library: str, cases: list[CnnCase], repeats: int, threads: int) -> dict[str, Any]:
+    """:func:`worker` in a fresh Python process whose thread pools are pinned to ``threads``."""
+    spec = {"library": library, "cases": [c.to_json() for c in cases], "repeats": repeats, "threads": threads}
+    return run_timing_child(
+        "from dualnorm.bench_cnn import _worker_main; _worker_main()", spec, threads, library
+    )
 
 
 def torch_installed() -> bool:

@@ -159,6 +159,13 @@ class _Pool(_FollowsInput):
         y = self.xp.zeros(out_shape, dtype=x.dtype)
         return (y, self.xp.zeros(out_shape, dtype=self.backend.int64)) if indices else y
 
+    def _finish_4d(self, x: Any, y: Any, ctx: Any, out_shape: tuple[int, ...]) -> Any:
+        """Keep what :meth:`_backward_4d` needs, and give the (N, C, H, W) result ``x``'s own layout."""
+        self._save(
+            ctx=ctx, out_shape=out_shape, out_4d=tuple(y.shape), in_shape=tuple(x.shape), dtype=x.dtype
+        )
+        return y.reshape(out_shape)
+
     def _backward_4d(self, grad_output: Any, backward: Any) -> Any:
         saved = self._saved_values()
         grad = self._check_grad(grad_output, saved["out_shape"], saved["dtype"])
@@ -201,10 +208,7 @@ class _MaxPool(_Pool):
         y, indices, ctx = F.max_pool2d(
             self.backend, x4, kernel, stride, padding, dilation, out_hw, self.return_indices
         )
-        self._save(
-            ctx=ctx, out_shape=out_shape, out_4d=tuple(y.shape), in_shape=tuple(x.shape), dtype=x.dtype
-        )
-        y = y.reshape(out_shape)
+        y = self._finish_4d(x, y, ctx, out_shape)
         return (y, indices.reshape(out_shape)) if self.return_indices else y
 
     def backward(self, grad_output: Any) -> Any:
@@ -260,10 +264,7 @@ class _AvgPool(_Pool):
         y, ctx = F.avg_pool2d(
             self.backend, self._as_4d(x), kernel, stride, padding, out_hw, count_include_pad, divisor_override
         )
-        self._save(
-            ctx=ctx, out_shape=out_shape, out_4d=tuple(y.shape), in_shape=tuple(x.shape), dtype=x.dtype
-        )
-        return y.reshape(out_shape)
+        return self._finish_4d(x, y, ctx, out_shape)
 
     def backward(self, grad_output: Any) -> Any:
         """dL/dx: each output's gradient, divided as in the forward, goes to every place of its window."""
@@ -393,10 +394,7 @@ class _AdaptiveAvgPool(_Pool):
         if x.size == 0 or 0 in out_hw:
             return self._empty(x, out_shape)
         y, ctx = F.adaptive_avg_pool2d(self.backend, self._as_4d(x), out_hw)
-        self._save(
-            ctx=ctx, out_shape=out_shape, out_4d=tuple(y.shape), in_shape=tuple(x.shape), dtype=x.dtype
-        )
-        return y.reshape(out_shape)
+        return self._finish_4d(x, y, ctx, out_shape)
 
     def backward(self, grad_output: Any) -> Any:
         """dL/dx: each output's gradient, divided by its window's size, goes to every place of it."""
