@@ -90,36 +90,32 @@ def _layer_spec(module: Any) -> tuple[str, dict[str, Any]]:
     )
 
 
-def _torch_model(specs: list[tuple[str, dict[str, Any]]]) -> Any:
-    from torch import nn
-
+def _sequential(nn: Any, batch_norm: Any, specs: list[tuple[str, dict[str, Any]]]) -> Any:
+    """The layers of ``specs`` in a framework's ``nn`` (torch.nn, mlx.nn), whose 1-d batch norm is
+    ``batch_norm``; every other layer has the same name and arguments in both."""
     layers = []
     for kind, a in specs:
         if kind == "Linear":
             layers.append(nn.Linear(a["in"], a["out"], bias=a["bias"]))
         elif kind == "BatchNorm1d":
-            layers.append(nn.BatchNorm1d(a["n"], eps=a["eps"], momentum=a["momentum"]))
+            layers.append(batch_norm(a["n"], eps=a["eps"], momentum=a["momentum"]))
         elif kind == "LeakyReLU":
             layers.append(nn.LeakyReLU(a["slope"]))
         else:
             layers.append(getattr(nn, kind)())
     return nn.Sequential(*layers)
+
+
+def _torch_model(specs: list[tuple[str, dict[str, Any]]]) -> Any:
+    from torch import nn
+
+    return _sequential(nn, nn.BatchNorm1d, specs)
 
 
 def _mlx_model(specs: list[tuple[str, dict[str, Any]]]) -> Any:
     from mlx import nn
 
-    layers = []
-    for kind, a in specs:
-        if kind == "Linear":
-            layers.append(nn.Linear(a["in"], a["out"], bias=a["bias"]))
-        elif kind == "BatchNorm1d":
-            layers.append(nn.BatchNorm(a["n"], eps=a["eps"], momentum=a["momentum"]))
-        elif kind == "LeakyReLU":
-            layers.append(nn.LeakyReLU(a["slope"]))
-        else:
-            layers.append(getattr(nn, kind)())
-    return nn.Sequential(*layers)
+    return _sequential(nn, nn.BatchNorm, specs)
 
 
 class _Torch:
