@@ -51,7 +51,13 @@ MIN_ELEMENTS = 1 << 17
 # the small layers of the same process take them too.
 LOADED_MIN = 1 << 12
 NOTICE_AFTER_S = 1.0
-PARALLEL_MIN = _npk.PARALLEL_MIN  # below this many elements, one thread
+# Below this many elements, one thread (twice as many for batch norm's two-launch kernels). With
+# OpenMP's launch (~3 µs) threads pay from 2^14-2^16 elements for the row norms and from 2^17 for
+# batch norm; under workqueue (~35 µs a launch) they lose below 2^18 (benchmarks/ratios.py, 1t/2t).
+PARALLEL_MIN = 1 << 16
+WORKQUEUE_PARALLEL_MIN = 1 << 18
+_parallel_min = PARALLEL_MIN  # WORKQUEUE_PARALLEL_MIN when that layer is the one that loaded
+SPIN_TURNS = 20_000  # GOMP_SPINCOUNT: see _load_threading_layer
 
 log = logging.getLogger("dualnorm")
 _listeners: list[Callable[[str], None]] = []
@@ -89,17 +95,57 @@ def _import_numba() -> Any:
     if _numba is None:
         os.environ.setdefault("NUMBA_CACHE_DIR", cache_dir())
         if "numba" not in sys.modules:
-            # OpenMP's spinning barriers cost up to 4x when the cores are shared (measured on a
-            # loaded 2-core VM: BatchNorm1d 4096x1024 forward 62 ms with omp, 17 ms with workqueue);
-            # workqueue is not re-entrant, which _lock covers for these kernels.
-            os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
+            # OpenMP first: a parallel launch costs 3-16 µs there against 35 µs under workqueue
+            # (2-core VM), which decides whether threads pay at 2^16-2^20 elements. Then TBB, then
+            # workqueue (not re-entrant: _lock covers it), whichever loads (macOS may lack libomp).
+            os.environ.setdefault("NUMBA_THREADING_LAYER_PRIORITY", "omp tbb workqueue")
         import numba
 
         _numba = numba
         globals()["prange"] = numba.prange
         for helper in ("_bn_finish", "_bn_grad_finish"):  # called from inside the kernels
             globals()[helper] = numba.njit(cache=True)(globals()[helper])
+        _load_threading_layer(numba)
     return _numba
+
+
+def _load_threading_layer(numba: Any) -> None:
+    """Start numba's thread pool now, with OpenMP's spin-wait bounded (unless the user chose one).
+
+    GNU OpenMP spins a finished thread for 300 000 turns by default, forever under
+    OMP_WAIT_POLICY=ACTIVE: on cores shared with other processes a kernel then waits out the
+    scheduler (LayerNorm at 2^16 elements, 2 threads, two busy processes beside it: 8 ms instead of
+    25 µs). Passive waiting makes every launch cost ~25 µs more. 20 000 turns keeps the quiet-machine
+    speed and loses nothing measurable under load (benchmarks/threading_layer.py). libgomp reads its
+    settings once, when it is loaded: they are set only for that moment, so an OpenMP runtime loaded
+    later (PyTorch's) keeps its own defaults."""
+    chosen = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
+    if not chosen:
+        os.environ["GOMP_SPINCOUNT"] = str(SPIN_TURNS)
+    try:
+        from numba.np.ufunc import parallel
+
+        parallel._launch_threads()
+        if numba.threading_layer() == "workqueue":
+            global _parallel_min
+            _parallel_min = WORKQUEUE_PARALLEL_MIN
+    except Exception:  # no layer loads (e.g. a broken TBB): the serial kernels still work
+        log.debug("numba threading layer did not load", exc_info=True)
+    finally:
+        if not chosen:
+            del os.environ["GOMP_SPINCOUNT"]
+
+
+def _after_fork_in_child() -> None:
+    # GNU OpenMP cannot run in a forked child of a process that used it (numba aborts the child):
+    # the child keeps to the serial kernels, which never touch the pool.
+    global _forked
+    _forked = True
+
+
+_forked = False
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 prange = range  # replaced by numba.prange before anything is compiled
@@ -197,10 +243,11 @@ def _announce_once() -> None:
         _announce(f"dualnorm: compiling numba kernels (first run only; cached in {cache_dir()})")
 
 
-def _threads(units: int, size: int) -> int:
+def _threads(units: int, size: int, launches: int = 1) -> int:
     """Threads for a launch: one (the serial kernels) below ``PARALLEL_MIN`` elements, where
-    waking a pool costs more than the work, and far more when the cores are busy."""
-    if size < PARALLEL_MIN:
+    waking a pool costs more than the work, and far more when the cores are busy; twice that for
+    kernels of two parallel loops (batch norm: statistics, then normalization)."""
+    if size < _parallel_min * launches or _forked:
         return 1
     numba = _numba or _import_numba()
     nt = max(1, min(_npk._num_threads, units, numba.config.NUMBA_NUM_THREADS))
@@ -212,10 +259,8 @@ def _threads(units: int, size: int) -> int:
 
 def _use(x: np.ndarray) -> bool:
     n = x.size
-    return (n >= MIN_ELEMENTS or (n >= LOADED_MIN and _numba is not None)) and x.dtype in (
-        np.float32,
-        np.float64,
-    )
+    # dtype.char: comparing the dtype with (np.float32, np.float64) costs 0.5 µs a call
+    return (n >= MIN_ELEMENTS or (n >= LOADED_MIN and _numba is not None)) and x.dtype.char in "fd"
 
 
 # --- the kernels (plain Python, compiled by numba on first use) ----------------------------
@@ -225,42 +270,46 @@ def _use(x: np.ndarray) -> bool:
 # sums (nt, ...) in float64, merged by the caller.
 
 
-def _bn_finish(x, w, b, eps, m, shift, s1, s2):
-    """Per-channel statistics from the per-thread shifted sums, and the affine constants."""
+def _bn_finish(x, w, b, eps, m, shift, s1, s2, st, hd):
+    """Per-channel statistics from the per-thread shifted sums into ``st`` (mean, var, 1/std, tail;
+    float64) and ``hd`` (head, mean, var; x's dtype), and the affine constants. The caller's
+    arrays, not returned ones: boxing five arrays for Python cost ~6 µs a call."""
     c = shift.shape[0]
     nt = s1.shape[0]
-    mean = np.empty(c)
-    var = np.empty(c)
-    inv = np.empty(c)
-    tail = np.empty(c)
-    head = np.empty(c, x.dtype)
+    mean, var, inv, tail = st[0], st[1], st[2], st[3]
+    head = hd[0]
     a = np.empty(c, x.dtype)
     bb = np.empty(c, x.dtype)
+    # Short loops over few arrays each: LLVM vectorizes those (one loop over ten arrays it did not,
+    # and the channels' sqrt and division were most of a small layer's kernel time).
+    t1 = s1[0]
+    t2 = s2[0]
+    for t in range(1, nt):
+        for j in range(c):
+            t1[j] += s1[t, j]
+            t2[j] += s2[t, j]
     for j in range(c):
-        t1 = 0.0
-        t2 = 0.0
-        for t in range(nt):
-            t1 += s1[t, j]
-            t2 += s2[t, j]
-        d = t1 / m
-        v = max(t2 / m - d * d, 0.0)
-        mu = shift[j] + d
-        istd = 1.0 / np.sqrt(v + eps)
-        h = x.dtype.type(mu)
-        tl = mu - np.float64(h)
-        aj = istd * np.float64(w[j])
-        # y = (x - mean) * a + b = (x - head) * a + (b - tail * a): x - head is exact near the mean
+        d = t1[j] / m
+        mean[j] = shift[j] + d
+        var[j] = max(t2[j] / m - d * d, 0.0)
+    for j in range(c):
+        inv[j] = 1.0 / np.sqrt(var[j] + eps)
+    for j in range(c):
+        h = x.dtype.type(mean[j])
         head[j] = h
+        tail[j] = mean[j] - np.float64(h)
+    # y = (x - mean) * a + b = (x - head) * a + (b - tail * a): x - head is exact near the mean
+    for j in range(c):
+        aj = inv[j] * np.float64(w[j])
         a[j] = aj
-        bb[j] = np.float64(b[j]) - tl * aj
-        mean[j] = mu
-        var[j] = v
-        inv[j] = istd
-        tail[j] = tl
-    return mean, var, inv, tail, head, a, bb
+        bb[j] = np.float64(b[j]) - tail[j] * aj
+    for j in range(c):
+        hd[1, j] = mean[j]
+        hd[2, j] = var[j]
+    return a, bb
 
 
-def _bn_forward2(x, w, b, eps, nt, y):
+def _bn_forward2(x, w, b, eps, nt, y, st, hd):
     n, c = x.shape
     shift = np.empty(c)
     for j in range(c):
@@ -276,17 +325,17 @@ def _bn_forward2(x, w, b, eps, nt, y):
                 d = np.float64(xr[j]) - shift[j]
                 a1[j] += d
                 a2[j] += d * d
-    mean, var, inv, tail, head, a, bb = _bn_finish(x, w, b, eps, n, shift, s1, s2)
+    a, bb = _bn_finish(x, w, b, eps, n, shift, s1, s2, st, hd)
+    head = hd[0]
     for t in prange(nt):
         for i in range(n * t // nt, n * (t + 1) // nt):
             xr = x[i]
             yr = y[i]
             for j in range(c):
                 yr[j] = (xr[j] - head[j]) * a[j] + bb[j]
-    return mean, var, inv, tail, head
 
 
-def _bn_forward3(x, w, b, eps, nt, y):
+def _bn_forward3(x, w, b, eps, nt, y, st, hd):
     n, c, s = x.shape
     units = n * c
     shift = np.empty(c)
@@ -309,7 +358,8 @@ def _bn_forward3(x, w, b, eps, nt, y):
                 q += d * d
             a1[j] += p
             a2[j] += q
-    mean, var, inv, tail, head, a, bb = _bn_finish(x, w, b, eps, n * s, shift, s1, s2)
+    a, bb = _bn_finish(x, w, b, eps, n * s, shift, s1, s2, st, hd)
+    head = hd[0]
     for t in prange(nt):
         for u in range(units * t // nt, units * (t + 1) // nt):
             j = u % c
@@ -318,10 +368,9 @@ def _bn_forward3(x, w, b, eps, nt, y):
             h, aj, bj = head[j], a[j], bb[j]
             for k in range(s):
                 yr[k] = (xr[k] - h) * aj + bj
-    return mean, var, inv, tail, head
 
 
-def _bn_grad_finish(x, w, m, inv, tail, sg, sgx):
+def _bn_grad_finish(x, w, m, inv, tail, sg, sgx, gwb):
     """dx = a * (g + c2 * (x - head)) + k per channel, and the parameter gradients.
 
     a * c2 is kept as two factors: at 1e30 it is ~1e-60, below float32 (its term would vanish)."""
@@ -330,8 +379,8 @@ def _bn_grad_finish(x, w, m, inv, tail, sg, sgx):
     a = np.empty(c, x.dtype)
     c2 = np.empty(c, x.dtype)
     k = np.empty(c, x.dtype)
-    gw = np.empty(c, x.dtype)
-    gb = np.empty(c, x.dtype)
+    gw = gwb[0]
+    gb = gwb[1]
     for j in range(c):
         sum_g = 0.0
         sum_gt = 0.0
@@ -346,10 +395,10 @@ def _bn_grad_finish(x, w, m, inv, tail, sg, sgx):
         k[j] = -aj * (sum_g / m) - aj * c2j * tail[j]
         gw[j] = inv[j] * sum_gc
         gb[j] = sum_g
-    return a, c2, k, gw, gb
+    return a, c2, k
 
 
-def _bn_backward2(g, x, w, inv, tail, head, nt, dx):
+def _bn_backward2(g, x, w, inv, tail, head, nt, dx, gwb):
     n, c = x.shape
     sg = np.zeros((nt, c))
     sgx = np.zeros((nt, c))
@@ -363,7 +412,7 @@ def _bn_backward2(g, x, w, inv, tail, head, nt, dx):
                 gv = np.float64(gr[j])
                 a1[j] += gv
                 a2[j] += gv * np.float64(xr[j] - head[j])
-    a, c2, k, gw, gb = _bn_grad_finish(x, w, n, inv, tail, sg, sgx)
+    a, c2, k = _bn_grad_finish(x, w, n, inv, tail, sg, sgx, gwb)
     for t in prange(nt):
         for i in range(n * t // nt, n * (t + 1) // nt):
             xr = x[i]
@@ -371,10 +420,9 @@ def _bn_backward2(g, x, w, inv, tail, head, nt, dx):
             dr = dx[i]
             for j in range(c):
                 dr[j] = a[j] * (gr[j] + c2[j] * (xr[j] - head[j])) + k[j]
-    return gw, gb
 
 
-def _bn_backward3(g, x, w, inv, tail, head, nt, dx):
+def _bn_backward3(g, x, w, inv, tail, head, nt, dx, gwb):
     n, c, s = x.shape
     units = n * c
     sg = np.zeros((nt, c))
@@ -395,7 +443,7 @@ def _bn_backward3(g, x, w, inv, tail, head, nt, dx):
                 q += gv * np.float64(xr[k] - h)
             a1[j] += p
             a2[j] += q
-    a, c2, k, gw, gb = _bn_grad_finish(x, w, n * s, inv, tail, sg, sgx)
+    a, c2, k = _bn_grad_finish(x, w, n * s, inv, tail, sg, sgx, gwb)
     for t in prange(nt):
         for u in range(units * t // nt, units * (t + 1) // nt):
             j = u % c
@@ -405,7 +453,6 @@ def _bn_backward3(g, x, w, inv, tail, head, nt, dx):
             h, aj, cj, kj = head[j], a[j], c2[j], k[j]
             for q in range(s):
                 dr[q] = aj * (gr[q] + cj * (xr[q] - h)) + kj
-    return gw, gb
 
 
 def _ln_forward(x, w, b, eps, centred, nt, y, mean, inv):
@@ -620,6 +667,16 @@ def _bne_backward3(g, x, head, ga, nt, dx, sg, sgx):
             a2[j] += q
 
 
+def _running_stats(rm, rv, mean, var, keep, momentum, corr, out):
+    """out = (keep * rm + momentum * mean, keep * rv + momentum * (var * corr)), in the buffers'
+    dtype and order of operations: bit for bit what the reference's NumPy expressions give."""
+    t = out.dtype.type
+    k, m, c = t(keep), t(momentum), t(corr)  # NumPy casts a Python float operand so too
+    for j in range(rm.shape[0]):
+        out[0, j] = k * rm[j] + m * mean[j]
+        out[1, j] = k * rv[j] + m * (var[j] * c)
+
+
 _SOURCES: dict[str, tuple[Callable[..., Any], bool]] = {
     "bn_forward2": (_bn_forward2, True),
     "bn_forward3": (_bn_forward3, True),
@@ -633,6 +690,7 @@ _SOURCES: dict[str, tuple[Callable[..., Any], bool]] = {
     "bne_forward3": (_bne_forward3, False),
     "bne_backward2": (_bne_backward2, True),
     "bne_backward3": (_bne_backward3, True),
+    "running_stats": (_running_stats, False),
 }
 
 
@@ -667,12 +725,14 @@ def batch_norm_train(
     if c == 1:  # one channel: reduce the whole array as one contiguous run
         x3 = x3.reshape(1, 1, -1) if x3.shape[2] == 1 else x3
     xv, nd = _bn_view(x3)
-    nt = _threads(_units(xv), x3.size)
+    nt = _threads(_units(xv), x3.size, 2)
     y = _out_view(out, xv)
     w, b = _affine(weight, c, 1.0, dt), _affine(bias, c, 0.0, dt)
-    mean, var, inv, tail, head = _run(_pick("bn_forward" + nd, nt), xv, w, b, float(eps), nt, y)
-    ctx = (_TAG, xv, nd, inv, tail, head, x.shape)
-    return y.reshape(x.shape), mean.astype(dt), var.astype(dt), ctx
+    st = np.empty((4, c))
+    hd = np.empty((3, c), dt)
+    _run(_pick("bn_forward" + nd, nt), xv, w, b, float(eps), nt, y, st, hd)
+    ctx = (_TAG, xv, nd, st[2], st[3], hd[0], x.shape)
+    return y.reshape(x.shape), hd[1], hd[2], ctx
 
 
 def batch_norm_train_backward(
@@ -683,12 +743,22 @@ def batch_norm_train_backward(
     _, xv, nd, inv, tail, head, shape = ctx
     dt = xv.dtype
     g = np.ascontiguousarray(grad_y, dtype=dt).reshape(xv.shape)
-    nt = _threads(_units(xv), xv.size)
+    nt = _threads(_units(xv), xv.size, 2)
     dx = np.empty_like(xv)
-    gw, gb = _run(
-        _pick("bn_backward" + nd, nt), g, xv, _affine(weight, inv.shape[0], 1.0, dt), inv, tail, head, nt, dx
+    gwb = np.empty((2, inv.shape[0]), dt)
+    _run(
+        _pick("bn_backward" + nd, nt),
+        g,
+        xv,
+        _affine(weight, inv.shape[0], 1.0, dt),
+        inv,
+        tail,
+        head,
+        nt,
+        dx,
+        gwb,
     )
-    return dx.reshape(shape), gw, gb
+    return dx.reshape(shape), gwb[0], gwb[1]
 
 
 _fills: dict[tuple[int, float, Any], np.ndarray] = {}
@@ -910,6 +980,46 @@ def batch_norm_eval_backward(
     return dx.reshape(shape), grad_w.astype(dt), sum_g.astype(dt)
 
 
+def update_running_stats(
+    B: Backend,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    momentum: Any,
+    n: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    # One compiled loop instead of eight NumPy calls (~5 µs against ~15 µs a step), once numba is
+    # loaded; the reference otherwise (importing numba for this would cost more than it saves).
+    dt = running_mean.dtype
+    if _numba is None or not _vectors_of(dt, running_mean, running_var, mean, var):
+        return _reference("update_running_stats")(B, running_mean, running_var, mean, var, momentum, n)
+    keep = 1 - momentum  # as the reference computes it: a float, or a 0-d array of dtype dt
+    out = np.empty((2, running_mean.shape[0]), dt)
+    corr = n / max(n - 1, 1)
+    _run(
+        "running_stats:serial", running_mean, running_var, mean, var, float(keep), float(momentum), corr, out
+    )
+    return out[0], out[1]
+
+
+def _vectors_of(dt: np.dtype, *arrays: Any) -> bool:
+    """All 1-D NumPy arrays of one float dtype and length (else the reference, whose NumPy promotes)."""
+    if dt != np.float32 and dt != np.float64:
+        return False
+    shape = arrays[0].shape
+    for a in arrays:
+        if type(a) is not np.ndarray or a.dtype != dt or a.shape != shape or a.ndim != 1:
+            return False
+    return True
+
+
+def _reference(name: str) -> Callable[..., Any]:
+    from dualnorm.nn import functional
+
+    return getattr(functional, name).reference
+
+
 KERNELS = {
     "batch_norm_train": batch_norm_train,
     "batch_norm_train_backward": batch_norm_train_backward,
@@ -921,4 +1031,5 @@ KERNELS = {
     "group_norm_backward": group_norm_backward,
     "rms_norm": rms_norm,
     "rms_norm_backward": rms_norm_backward,
+    "update_running_stats": update_running_stats,
 }

@@ -137,10 +137,9 @@ class _BatchNorm(_NormBase):
         tracked = buffers["num_batches_tracked"] + 1
         buffers["num_batches_tracked"] = tracked
         factor = 1.0 / tracked.astype(self.dtype) if self.momentum is None else self.momentum
-        keep = 1 - factor
-        unbiased = var.reshape(-1) * (n / max(n - 1, 1))
-        buffers["running_mean"] = keep * buffers["running_mean"] + factor * mean.reshape(-1)
-        buffers["running_var"] = keep * buffers["running_var"] + factor * unbiased
+        buffers["running_mean"], buffers["running_var"] = F.update_running_stats(
+            self.backend, buffers["running_mean"], buffers["running_var"], mean, var, factor, n
+        )
 
     def forward(self, x: Any) -> Any:
         x = self._input(x)

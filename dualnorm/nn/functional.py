@@ -307,6 +307,21 @@ def batch_norm_train_backward(B: Backend, grad_y: Any, ctx: Any, weight: Any | N
 
 
 @overridable
+def update_running_stats(
+    B: Backend, running_mean: Any, running_var: Any, mean: Any, var: Any, momentum: Any, n: int
+) -> tuple[Any, Any]:
+    """PyTorch's moving averages of a batch's statistics: returns the new (running_mean, running_var).
+
+    running = (1 - momentum) * running + momentum * batch, the batch variance made unbiased
+    (times n / (n - 1), n values per channel). ``momentum`` is a float, or for a cumulative
+    average 1 / (batches seen) as a 0-d array of the buffers' dtype.
+    """
+    keep = 1 - momentum
+    unbiased = var.reshape(-1) * (n / max(n - 1, 1))
+    return keep * running_mean + momentum * mean.reshape(-1), keep * running_var + momentum * unbiased
+
+
+@overridable
 def batch_norm_eval(
     B: Backend, x: Any, weight: Any | None, bias: Any | None, running_mean: Any, running_var: Any, eps: float
 ) -> tuple[Any, Any]:

@@ -4,6 +4,7 @@ compile notice. Tests taking ``backend`` run once per kernel table (see conftest
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -358,3 +359,89 @@ def test_small_batch_norm_path_is_bitwise_the_blocked_path(rng, monkeypatch, cas
     for got, want in zip(*runs, strict=True):
         np.testing.assert_array_equal(got, want)
         assert got.dtype == want.dtype
+
+
+# --- running statistics: one compiled loop, bit for bit the reference -------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("momentum", [0.1, 0.37, "cumulative"])
+def test_running_stats_kernel_is_bitwise_the_reference(rng, dtype, momentum, monkeypatch):
+    if not kernels_numba.available():
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(kernels_numba, "_numba", kernels_numba._import_numba())
+    B = NumPyBackend()
+    c = 37
+    rm, rv = rng.standard_normal(c).astype(dtype), rng.random(c).astype(dtype) + 0.5
+    mean, var = rng.standard_normal(c).astype(dtype) * 3, rng.random(c).astype(dtype) * 7
+    factor = 1.0 / np.asarray(7).astype(dtype) if momentum == "cumulative" else momentum
+    calls = []
+    original = kernels_numba._run
+    monkeypatch.setattr(kernels_numba, "_run", lambda *a: calls.append(a[0]) or original(*a))
+    got = kernels_numba.update_running_stats(B, rm, rv, mean, var, factor, 13)
+    want = F.update_running_stats.reference(B, rm, rv, mean, var, factor, 13)
+    assert calls == ["running_stats:serial"]
+    for a, e in zip(got, want, strict=True):
+        assert a.dtype == e.dtype == dtype
+        np.testing.assert_array_equal(a, e)
+
+
+def test_running_stats_without_numba_loaded_is_the_reference(rng, monkeypatch):
+    monkeypatch.setattr(kernels_numba, "_numba", None)  # never imported for this alone
+    calls = []
+    monkeypatch.setattr(kernels_numba, "_run", lambda *a: calls.append(a[0]))
+    B = NumPyBackend()
+    rm, rv, mean, var = (rng.random(5).astype(np.float32) for _ in range(4))
+    got = kernels_numba.update_running_stats(B, rm, rv, mean, var, 0.1, 8)
+    want = F.update_running_stats.reference(B, rm, rv, mean, var, 0.1, 8)
+    assert calls == []
+    for a, e in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, e)
+
+
+# --- threading layer: OpenMP's spin bounded while it loads, serial kernels after a fork ---------
+
+_LAYER_PROBE = """
+import os, json
+from dualnorm.backends import kernels_numba as K
+K._import_numba()
+import numba
+print(json.dumps({"layer": numba.threading_layer(), "spin": os.environ.get("GOMP_SPINCOUNT"),
+                  "min": K._parallel_min}))
+"""
+
+
+def test_threading_layer_loads_and_leaves_the_environment_as_it_was():
+    import json
+    import subprocess
+    import sys
+
+    if not kernels_numba.available():
+        pytest.skip("numba is not installed")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env.pop("NUMBA_THREADING_LAYER", None)
+    done = subprocess.run(
+        [sys.executable, "-c", _LAYER_PROBE], env=env, capture_output=True, text=True, check=True, timeout=300
+    )
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["spin"] is None  # set only while libgomp loaded; PyTorch's OpenMP keeps its defaults
+    assert got["layer"] in ("omp", "tbb", "workqueue")
+    want = kernels_numba.WORKQUEUE_PARALLEL_MIN if got["layer"] == "workqueue" else kernels_numba.PARALLEL_MIN
+    assert got["min"] == want
+
+
+def test_a_forked_child_keeps_to_the_serial_kernels():
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what a large launch would use, then leave at once
+        try:
+            os.write(write, str(kernels_numba._threads(64, 1 << 22)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    assert os.read(read, 16) == b"1"
+    os.close(read)
+    assert kernels_numba._forked is False  # the parent keeps its threads
