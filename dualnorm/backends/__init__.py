@@ -224,6 +224,8 @@ def _load_kernels(backend: Backend) -> None:
                 raise
             continue
         backend.kernels.update(module.KERNELS)
+        if hasattr(module, "warm_up"):
+            backend.warm_ups.append(module)
 
 
 def _auto_name() -> str:

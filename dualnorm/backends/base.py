@@ -46,6 +46,7 @@ class Backend(abc.ABC):
 
     def __init__(self, device: str | None = None) -> None:
         self.kernels = {}
+        self.warm_ups: list[Any] = []  # the kernel modules with a warm_up(), see warm_up()
         self.device = self.default_device() if device is None else device
 
     # --- identity and devices ----------------------------------------------------
@@ -175,6 +176,21 @@ class Backend(abc.ABC):
         as warnings.
         """
         return self.on_device()
+
+    def start_warm_up(self) -> None:
+        """Start loading, in the background, what makes the kernels fast (numba's compiled kernels
+        on NumPy): each installed kernel module's ``start_warm_up()``. Changes nothing until
+        :meth:`warm_up`."""
+        for module in self.warm_ups:
+            if hasattr(module, "start_warm_up"):
+                module.start_warm_up()
+
+    def warm_up(self) -> None:
+        """Finish loading (or load) what makes the kernels fast, and use it from here on: each
+        installed kernel module's ``warm_up()``. Training runs call it at one fixed point (after
+        their first record), so a run's numbers never depend on when the loading ended."""
+        for module in self.warm_ups:
+            module.warm_up()
 
     def make_default(self) -> None:  # noqa: B027 (only MLX has a process-wide device to set)
         """Called by ``set_backend``: make this device the process default where that exists."""

@@ -12,10 +12,12 @@ in float64 after the parallel loop. Normalizing subtracts a float32 head of the 
 (exact for data near the mean) and folds the float64 tail into the affine constants,
 as :mod:`kernels_numpy` does.
 
-Lazy: numba is imported and a kernel compiled the first time an array of at least
-``MIN_ELEMENTS`` elements reaches it; smaller arrays (and float16) take the NumPy
-kernels. Below ``PARALLEL_MIN`` elements a kernel runs on one thread (waking the pool
-costs more than the work). Compiled code is
+Lazy: numba is imported the first time an array of at least ``MIN_ELEMENTS`` elements
+reaches a kernel, or when a training run starts (:func:`warm_up`, through
+``Backend.warm_up``); from then on every array of at least ``LOADED_MIN`` elements takes the
+compiled kernels. Smaller arrays, float16, and a process that only calls small layers
+outside a run take the NumPy kernels. Below ``PARALLEL_MIN`` elements a kernel runs on one
+thread (waking the pool costs more than the work). Compiled code is
 cached on disk (``NUMBA_CACHE_DIR``, default ``$XDG_CACHE_HOME/dualnorm/numba``). A
 compile that takes more than a second is announced to :func:`add_compile_listener`
 callbacks (the CLI prints them) and to the ``dualnorm`` logger.
@@ -41,14 +43,13 @@ from dualnorm.backends.base import Backend
 from dualnorm.nn.functional import writes_out
 
 # Per call numba takes 0.2-0.36x the NumPy kernels' time from 1 000 elements up
-# (benchmarks/crossover.py), but importing numba and loading the cached kernels adds about 1.2 s
-# to a warm start of `dualnorm run` (5 s cold, when it compiles), against ~0.15 ms saved per call
-# at demo sizes. From 2^17 elements a call saves about a millisecond; smaller arrays keep the
-# NumPy kernels, so the demos start exactly as fast as without numba. 0 = numba at every size.
+# (benchmarks/crossover.py), but importing numba costs ~0.4 s warm (5 s cold, when it compiles).
+# A script's layers import it from 2^17 elements, where one call saves about a millisecond;
+# training runs import it before their first step (warm_up), which pays back within the run.
+# 0 = numba at every size.
 MIN_ELEMENTS = 1 << 17
-# Once numba is loaded (a large layer imported it), its import is paid: from LOADED_MIN elements
-# up the serial kernels take 0.2-0.36x the NumPy kernels' time (benchmarks/crossover.py), so
-# the small layers of the same process take them too.
+# Once numba is loaded (by a large layer or warm_up), its import is paid: from LOADED_MIN elements
+# up the serial kernels take 0.2-0.36x the NumPy kernels' time (benchmarks/crossover.py).
 LOADED_MIN = 1 << 12
 NOTICE_AFTER_S = 1.0
 # Below this many elements, one thread (twice as many for batch norm's two-launch kernels). With
@@ -69,6 +70,9 @@ _threads_set = threading.local()  # the numba thread count this thread last set
 _announced = False
 _TAG = object()  # first item of a context made here (smaller arrays carry the NumPy kernels')
 _numba: Any = None
+_import_lock = threading.Lock()
+_small_layers = False  # arrays from LOADED_MIN elements take numba (set by _import_numba)
+_loader: threading.Thread | None = None  # start_warm_up's import
 
 
 def available() -> bool:
@@ -90,7 +94,20 @@ def cache_dir() -> str:
     return os.path.join(base, "dualnorm", "numba")
 
 
-def _import_numba() -> Any:
+def _import_numba(small_layers: bool = True) -> Any:
+    """numba, imported once (two threads' first large layers: one import, helpers compiled once).
+
+    ``small_layers``: from now on arrays from ``LOADED_MIN`` elements take the compiled kernels
+    too (the import is paid). False only for the background import of :func:`start_warm_up`."""
+    global _small_layers
+    with _import_lock:
+        numba = _numba or _import_numba_now()
+        if small_layers:
+            _small_layers = True
+        return numba
+
+
+def _import_numba_now() -> Any:
     global _numba
     if _numba is None:
         os.environ.setdefault("NUMBA_CACHE_DIR", cache_dir())
@@ -107,6 +124,31 @@ def _import_numba() -> Any:
             globals()[helper] = numba.njit(cache=True)(globals()[helper])
         _load_threading_layer(numba)
     return _numba
+
+
+def start_warm_up() -> None:
+    """Import numba in a background thread (~0.4 s when its cache is warm); :func:`warm_up` joins it.
+
+    The import alone changes no kernel choice: small layers switch to the compiled kernels only
+    at ``warm_up()``, a fixed point of the caller's, so a run's numbers never depend on when the
+    import ended."""
+    global _loader
+    if _numba is None and _loader is None:
+        _loader = threading.Thread(
+            target=_import_numba, args=(False,), name="dualnorm-numba-import", daemon=True
+        )
+        _loader.start()
+
+
+def warm_up() -> None:
+    """Import numba now (or join :func:`start_warm_up`'s import); from here on layers from
+    ``LOADED_MIN`` elements take the compiled kernels. Training runs do this after their first
+    record (``Backend.warm_up``): the demos' small layers then run 3-10x faster per call, which
+    pays for the import within the run (init-sweep 29 s -> 22 s end to end, dying-relu 11.7 s ->
+    10.0 s, import included), while the first record comes as soon as before."""
+    if _loader is not None:
+        _loader.join()
+    _import_numba()
 
 
 def _load_threading_layer(numba: Any) -> None:
@@ -260,7 +302,7 @@ def _threads(units: int, size: int, launches: int = 1) -> int:
 def _use(x: np.ndarray) -> bool:
     n = x.size
     # dtype.char: comparing the dtype with (np.float32, np.float64) costs 0.5 µs a call
-    return (n >= MIN_ELEMENTS or (n >= LOADED_MIN and _numba is not None)) and x.dtype.char in "fd"
+    return (n >= MIN_ELEMENTS or (n >= LOADED_MIN and _small_layers)) and x.dtype.char in "fd"
 
 
 # --- the kernels (plain Python, compiled by numba on first use) ----------------------------
@@ -992,7 +1034,7 @@ def update_running_stats(
     # One compiled loop instead of eight NumPy calls (~5 µs against ~15 µs a step), once numba is
     # loaded; the reference otherwise (importing numba for this would cost more than it saves).
     dt = running_mean.dtype
-    if _numba is None or not _vectors_of(dt, running_mean, running_var, mean, var):
+    if not _small_layers or not _vectors_of(dt, running_mean, running_var, mean, var):
         return _reference("update_running_stats")(B, running_mean, running_var, mean, var, momentum, n)
     keep = 1 - momentum  # as the reference computes it: a float, or a 0-d array of dtype dt
     out = np.empty((2, running_mean.shape[0]), dt)

@@ -136,10 +136,18 @@ class Experiment:
     def _run(
         self, config: RunConfig, backend: Backend, variants: tuple[str, ...], stop: threading.Event | None
     ) -> Iterator[StepRecord]:
+        # Compiled kernels load in the background while the first record is made; every step
+        # after it takes them (one fixed switch point: the same numbers in every run).
+        backend.start_warm_up()
+        warm = False
         for variant in variants:
             if stop is not None and stop.is_set():
                 return
-            yield from self.run_variant(variant, config, backend, stop)
+            for record in self.run_variant(variant, config, backend, stop):
+                yield record
+                if not warm:
+                    backend.warm_up()
+                    warm = True
 
     def run_variant(
         self, variant: str, config: RunConfig, backend: Backend, stop: threading.Event | None

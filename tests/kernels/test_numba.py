@@ -227,11 +227,11 @@ def test_small_arrays_take_numba_once_it_is_loaded(backend, rng, kernel_table, m
     x = (rng.standard_normal((64, 128)) + 3).astype(np.float32)  # 2^13 elements
     g = rng.standard_normal(x.shape).astype(np.float32)
     w, b = np.full(128, 2.0, np.float32), np.ones(128, np.float32)
-    loaded = kernels_numba._import_numba()
-    monkeypatch.setattr(kernels_numba, "_numba", None)  # a process that never loaded numba: NumPy kernels
+    kernels_numba._import_numba()
+    monkeypatch.setattr(kernels_numba, "_small_layers", False)  # numba not loaded for small layers
     _ln(B, B.kernels, x, w, b, g, (1,))
     assert calls == []
-    monkeypatch.setattr(kernels_numba, "_numba", loaded)  # loaded, as a large layer would have
+    monkeypatch.setattr(kernels_numba, "_small_layers", True)  # loaded, as a large layer would have
     for a, e in zip(_ln(B, B.kernels, x, w, b, g, (1,)), _ln(B, {}, x, w, b, g, (1,)), strict=True):
         _close(a, e, "layer norm")
     assert calls == ["ln_forward:serial", "ln_backward:serial"]
@@ -369,7 +369,7 @@ def test_small_batch_norm_path_is_bitwise_the_blocked_path(rng, monkeypatch, cas
 def test_running_stats_kernel_is_bitwise_the_reference(rng, dtype, momentum, monkeypatch):
     if not kernels_numba.available():
         pytest.skip("numba is not installed")
-    monkeypatch.setattr(kernels_numba, "_numba", kernels_numba._import_numba())
+    kernels_numba._import_numba()
     B = NumPyBackend()
     c = 37
     rm, rv = rng.standard_normal(c).astype(dtype), rng.random(c).astype(dtype) + 0.5
@@ -387,7 +387,7 @@ def test_running_stats_kernel_is_bitwise_the_reference(rng, dtype, momentum, mon
 
 
 def test_running_stats_without_numba_loaded_is_the_reference(rng, monkeypatch):
-    monkeypatch.setattr(kernels_numba, "_numba", None)  # never imported for this alone
+    monkeypatch.setattr(kernels_numba, "_small_layers", False)  # numba not loaded for small layers
     calls = []
     monkeypatch.setattr(kernels_numba, "_run", lambda *a: calls.append(a[0]))
     B = NumPyBackend()
@@ -445,3 +445,44 @@ def test_a_forked_child_keeps_to_the_serial_kernels():
     assert os.read(read, 16) == b"1"
     os.close(read)
     assert kernels_numba._forked is False  # the parent keeps its threads
+
+
+# --- training runs: numba imported in the background, small layers switch at one fixed point ----
+
+
+def _fresh_process_state(monkeypatch):
+    monkeypatch.setattr(kernels_numba, "_small_layers", False)
+    monkeypatch.setattr(kernels_numba, "_loader", None)
+
+
+def test_a_run_switches_small_layers_to_numba_after_its_first_record(monkeypatch):
+    from dualnorm.experiments import RunConfig, get_experiment
+
+    if not kernels_numba.available():
+        pytest.skip("numba is not installed")
+    monkeypatch.delenv("DUALNORM_KERNELS", raising=False)
+    _fresh_process_state(monkeypatch)
+    calls = []
+    original = kernels_numba._run
+    monkeypatch.setattr(kernels_numba, "_run", lambda *a: calls.append(a[0]) or original(*a))
+    config = RunConfig(backend="numpy", steps=3, record_every=1, variants=("s00-batchnorm",))
+    run = get_experiment("init-sweep").run(config)
+    first = next(run)
+    assert first.step == 1 and calls == []  # (100, 100) batch norm: the NumPy kernels at step 1
+    assert not kernels_numba._small_layers  # whenever the background import ended
+    second = next(run)
+    assert second.step == 2 and kernels_numba._small_layers
+    assert "bn_forward2:serial" in calls and "running_stats:serial" in calls
+    run.close()
+
+
+def test_a_run_gives_the_same_numbers_every_time(monkeypatch):
+    from dualnorm.experiments import RunConfig, get_experiment
+
+    monkeypatch.delenv("DUALNORM_KERNELS", raising=False)
+    config = RunConfig(backend="numpy", steps=4, record_every=1, variants=("s00-batchnorm",))
+    losses = []
+    for _ in range(2):
+        _fresh_process_state(monkeypatch)
+        losses.append([r.loss for r in get_experiment("init-sweep").run(config)])
+    assert losses[0] == losses[1] and len(losses[0]) == 4
