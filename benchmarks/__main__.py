@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         "--no-cnn", action="store_true", help="skip Conv2d, MaxPool2d and the SimpleCNN training step"
     )
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end experiments")
+    parser.add_argument(
+        "--backends", nargs="+", metavar="NAME", help="the CNN and end-to-end rows for these backends only"
+    )
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown")
     args = parser.parse_args(argv)
@@ -49,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m benchmarks: error: {problem}", file=sys.stderr)
             return 2
 
+    unknown = sorted(set(args.backends or ()) - set(available_backends()))
+    if unknown:
+        print(
+            f"python -m benchmarks: error: --backends {' '.join(unknown)}: not available here "
+            f"(available: {', '.join(available_backends())})",
+            file=sys.stderr,
+        )
+        return 2
     try:
         import torch
 
@@ -71,14 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         cnn_repeats = args.repeats or (3 if args.quick else 5)
         info["cnn"] = {"batch": batch, "rounds": rounds, "repeats": cnn_repeats}
         cnn_results, _ = bench_cnn.run_cnn(
-            available_backends(),
+            args.backends or available_backends(),
             bench_cnn.cnn_cases(batch),
             repeats=cnn_repeats,
             rounds=rounds,
             threads=args.threads,
             progress=log,
         )
-    e2e_rows = [] if args.no_e2e else e2e.run(args.quick, log)
+    e2e_rows = [] if args.no_e2e else e2e.run(args.quick, log, args.backends)
     info["loadavg_end"] = machine().get("loadavg")
     out = output_console()
     report.print_tables(out, info, layer_results, e2e_rows, cnn_results)

@@ -147,8 +147,10 @@ def kernels_installed(backend: str, table: dict[str, Any] | None) -> Iterator[No
 # --- all together ----------------------------------------------------------------------------
 
 
-def run(quick: bool, progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Rows: {experiment, setup, implementation, seconds}."""
+def run(
+    quick: bool, progress: Callable[[str], None] = print, backends: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Rows: {experiment, setup, implementation, seconds}; ``backends``: those available, or these."""
     from dualnorm.experiments.init_sweep import SCALES, variant_name
 
     try:
@@ -157,7 +159,7 @@ def run(quick: bool, progress: Callable[[str], None] = print) -> list[dict[str, 
         has_torch = True
     except ImportError:
         has_torch = False
-    backends = dualnorm.available_backends()
+    backends = backends or dualnorm.available_backends()
     rows: list[dict[str, Any]] = []
     relu_steps = 500 if quick else 10_000
     sweep_idx = [0, 15] if quick else list(range(len(SCALES)))

@@ -137,3 +137,11 @@ def test_benchmarks_suite_checks_its_output_paths_before_measuring(capsys, monke
     monkeypatch.setattr(layers, "run", lambda *a, **k: pytest.fail("measured before checking the path"))
     assert main(["--quick", "--no-e2e", "--markdown", "/proc/dualnorm-x.md"]) == 2
     assert "cannot write the Markdown file /proc/dualnorm-x.md" in capsys.readouterr().err
+
+
+def test_benchmarks_refuse_an_unknown_backend_before_measuring(capsys):
+    from benchmarks.__main__ import main
+
+    assert main(["--backends", "numpy", "tpu", "--no-layers", "--no-cnn", "--no-e2e"]) == 2
+    err = capsys.readouterr().err
+    assert "--backends tpu: not available here" in err and "numpy" in err
