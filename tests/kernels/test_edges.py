@@ -14,46 +14,53 @@ import pytest
 import dualnorm
 import dualnorm.nn as nn
 
-
-def _ref_norm(x: np.ndarray, axes: tuple[int, ...], eps: float, centred: bool = True) -> np.ndarray:
-    x64 = x.astype(np.float64)
-    mean = x64.mean(axis=axes, keepdims=True) if centred else 0.0
-    var = ((x64 - mean) ** 2).mean(axis=axes, keepdims=True)
-    return (x64 - mean) / np.sqrt(var + eps)
-
-
+IMAGES = (6, 8, 4, 4)
+# name -> (layer, input shape, statistics view of the input, its axes, centred, parameter-gradient axes).
+# The view is None where the statistics are over axes of the input itself (GroupNorm: (N, G, rest)).
 HUGE_LAYERS = {
-    "LayerNorm": (lambda: nn.LayerNorm((8, 4, 4)), (1, 2, 3), True),
-    "GroupNorm": (lambda: nn.GroupNorm(4, 8), None, True),
-    "BatchNorm2d": (lambda: nn.BatchNorm2d(8), (0, 2, 3), True),
-    "InstanceNorm2d": (lambda: nn.InstanceNorm2d(8), (2, 3), True),
-    "RMSNorm": (lambda: nn.RMSNorm((8, 4, 4)), (1, 2, 3), False),
+    # MLX: the fused kernel (rows of 128 and of 4 elements) and the reference (rows past FAST_LN_MAX)
+    "LayerNorm": (lambda: nn.LayerNorm((8, 4, 4)), IMAGES, None, (1, 2, 3), True, (0,)),
+    "LayerNorm-last": (lambda: nn.LayerNorm(4), IMAGES, None, (3,), True, (0, 1, 2)),
+    "LayerNorm-long": (lambda: nn.LayerNorm(8192), (3, 8192), None, (1,), True, (0,)),
+    "GroupNorm": (lambda: nn.GroupNorm(4, 8), IMAGES, (6, 4, -1), (2,), True, (0, 2, 3)),
+    "BatchNorm2d": (lambda: nn.BatchNorm2d(8), IMAGES, None, (0, 2, 3), True, (0, 2, 3)),
+    "InstanceNorm2d": (lambda: nn.InstanceNorm2d(8, affine=True), IMAGES, None, (2, 3), True, (0, 2, 3)),
+    "RMSNorm": (lambda: nn.RMSNorm((8, 4, 4)), IMAGES, None, (1, 2, 3), False, (0,)),
 }
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("name", sorted(HUGE_LAYERS))
 def test_data_at_1e30_normalizes_as_in_float64(backend, rng, name):
-    if backend == "mlx" and name == "LayerNorm":
-        pytest.skip("MLX's fused mx.fast.layer_norm squares in float32; see the report of issue 21")
-    make, axes, centred = HUGE_LAYERS[name]
-    x = (rng.standard_normal((6, 8, 4, 4)) * 1e30).astype(np.float32)
+    """Forward, input gradient and parameter gradients at 1e30 against the float64 formulas."""
+    make, shape, view, axes, centred, param_axes = HUGE_LAYERS[name]
+    x = (rng.standard_normal(shape) * 1e30).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
     layer = make()
     y = dualnorm.to_numpy(layer(x)).astype(np.float64)
-    eps = 1e-5 if centred else float(np.finfo(np.float32).eps)
-    xv, av = (x.reshape(6, 4, -1), (2,)) if name == "GroupNorm" else (x, axes)
-    want = _ref_norm(xv, av, eps, centred).reshape(x.shape)
-    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
-    # the backward matches float64's: dx = inv_std * (g - mean(g) - x_hat * mean(g x_hat)) ~ 1e-30
-    g = rng.standard_normal(x.shape).astype(np.float32)
     dx = dualnorm.to_numpy(layer.backward(g)).astype(np.float64)
-    x64, g64 = xv.astype(np.float64), g.reshape(xv.shape).astype(np.float64)
-    mean = x64.mean(axis=av, keepdims=True) if centred else 0.0
-    inv = 1.0 / np.sqrt(((x64 - mean) ** 2).mean(axis=av, keepdims=True) + eps)
-    xhat = (x64 - mean) * inv
-    mean_g = g64.mean(axis=av, keepdims=True) if centred else 0.0
-    want_dx = (inv * (g64 - mean_g - xhat * (g64 * xhat).mean(axis=av, keepdims=True))).reshape(x.shape)
+
+    eps = 1e-5 if centred else float(np.finfo(np.float32).eps)
+    x64 = x.astype(np.float64).reshape(view or shape)
+    g64 = g.astype(np.float64).reshape(view or shape)
+    mean = x64.mean(axis=axes, keepdims=True) if centred else 0.0
+    inv_std = 1.0 / np.sqrt(((x64 - mean) ** 2).mean(axis=axes, keepdims=True) + eps)  # ~1e-30
+    x_hat = (x64 - mean) * inv_std
+    mean_g = g64.mean(axis=axes, keepdims=True) if centred else 0.0
+    want_dx = inv_std * (g64 - mean_g - x_hat * (g64 * x_hat).mean(axis=axes, keepdims=True))
+    x_hat, want_dx = x_hat.reshape(shape), want_dx.reshape(shape)
+
+    np.testing.assert_allclose(y, x_hat, rtol=1e-4, atol=1e-4)  # weight 1, bias 0: y = x_hat
     np.testing.assert_allclose(dx, want_dx, rtol=0, atol=1e-3 * np.abs(want_dx).max())
+    grads = {n: dualnorm.to_numpy(p.grad).astype(np.float64) for n, p in layer.named_parameters()}
+    assert grads, "every layer here is affine: its parameter gradients are checked too"
+    np.testing.assert_allclose(
+        grads["weight"].reshape(-1), (g * x_hat).sum(axis=param_axes).reshape(-1), atol=1e-3
+    )
+    if "bias" in grads:
+        np.testing.assert_allclose(
+            grads["bias"].reshape(-1), g.sum(axis=param_axes, dtype=np.float64).reshape(-1), atol=1e-3
+        )
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
