@@ -61,7 +61,8 @@ def test_run_summary_piped_is_not_cut(tmp_path):
 
 
 def test_bench_piped_names_whole_and_the_ratio_rule_in_the_header(tmp_path):
-    out = piped(["-c", TINY + "sys.exit(b.main(['--repeats', '1']))"], tmp_path)
+    # the layer table (the CNN rows' table is test_bench_cnn.py's: each library in a process of its own)
+    out = piped(["-c", TINY + "sys.exit(b.main(['--repeats', '1', '--no-cnn']))"], tmp_path)
     assert CUT not in out
     assert "BatchNorm2d 64x8x4x4" in out and "GroupNorm(G=4) 8x16x4x4" in out
     assert RATIO_RULE in out and "speed-up" not in out
@@ -78,7 +79,8 @@ def test_bench_sweep_piped_states_the_same_rule(tmp_path):
 
 def test_benchmarks_suite_piped(tmp_path):
     code = (
-        TINY + "sys.argv = ['benchmarks', '--quick', '--no-e2e', '--repeats', '1', '--markdown', 'out.md']; "
+        TINY
+        + "sys.argv = ['benchmarks', '--quick', '--no-e2e', '--no-cnn', '--repeats', '1', '--markdown', 'out.md']; "
     )
     code += "from benchmarks.__main__ import main; sys.exit(main())"
     out = piped(["-c", code], tmp_path)

@@ -111,6 +111,9 @@ async def test_follows_a_run_another_process_appends_to(tmp_path):
             assert "finished" in screen.status_text().plain
     finally:
         proc.kill()
+        proc.wait()
+        proc.stdin.close()  # the pipes too: unclosed, they were ResourceWarnings
+        proc.stdout.close()
 
 
 @sync
