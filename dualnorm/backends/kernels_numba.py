@@ -58,7 +58,7 @@ NOTICE_AFTER_S = 1.0
 PARALLEL_MIN = 1 << 16
 WORKQUEUE_PARALLEL_MIN = 1 << 18
 _parallel_min = PARALLEL_MIN  # WORKQUEUE_PARALLEL_MIN when that layer is the one that loaded
-SPIN_TURNS = 20_000  # GOMP_SPINCOUNT: see _load_threading_layer
+SPIN_TURNS = 2_000  # GOMP_SPINCOUNT: see _load_threading_layer
 
 log = logging.getLogger("dualnorm")
 _listeners: list[Callable[[str], None]] = []
@@ -154,13 +154,14 @@ def warm_up() -> None:
 def _load_threading_layer(numba: Any) -> None:
     """Start numba's thread pool now, with OpenMP's spin-wait bounded (unless the user chose one).
 
-    GNU OpenMP spins a finished thread for 300 000 turns by default, forever under
-    OMP_WAIT_POLICY=ACTIVE: on cores shared with other processes a kernel then waits out the
-    scheduler (LayerNorm at 2^16 elements, 2 threads, two busy processes beside it: 8 ms instead of
-    25 µs). Passive waiting makes every launch cost ~25 µs more. 20 000 turns keeps the quiet-machine
-    speed and loses nothing measurable under load (benchmarks/threading_layer.py). libgomp reads its
-    settings once, when it is loaded: they are set only for that moment, so an OpenMP runtime loaded
-    later (PyTorch's) keeps its own defaults."""
+    GNU OpenMP spins a waiting thread for 300 000 turns by default, forever under
+    OMP_WAIT_POLICY=ACTIVE. Beside busy processes a spinning thread loses the core to them and
+    a kernel waits out the scheduler: LayerNorm at 2^16 elements, 2 threads, two busy processes
+    beside it, took 8 ms (active) or, in one run of two, 1.2 ms (20 000 turns) instead of 30 µs.
+    Passive waiting adds ~20 µs to every launch on free cores. 2 000 turns kept the free-core
+    speed and stayed under 0.2 ms a call under load (python -m benchmarks.threading_layer).
+    libgomp reads its settings once, when it loads: they are set only for that moment, so an
+    OpenMP runtime loaded later (PyTorch's) keeps its own defaults."""
     chosen = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
     if not chosen:
         os.environ["GOMP_SPINCOUNT"] = str(SPIN_TURNS)
