@@ -15,13 +15,13 @@ the module was built; ``module.to("mlx")`` moves them.
 from __future__ import annotations
 
 import functools
-import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
+from dualnorm._quiet import call_quietly
 from dualnorm.backends import Backend, get_backend
 from dualnorm.errors import InputError, RuntimeInputError, StateError
 
@@ -52,27 +52,6 @@ class Parameter:
 
 # NumPy's RuntimeWarnings inside a layer are noise: an inf or NaN in the input gives inf or NaN
 # in the output (as in PyTorch), and 1e30 overflows float32 squares by design of the dtype.
-_QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore"}
-
-
-class _QuietDepth(threading.local):
-    depth = 0  # 1 while this thread is inside a module call that turned NumPy's warnings off
-
-
-_quiet = _QuietDepth()
-
-
-def _quietly(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` with NumPy's float warnings off: entered once by the outermost module
-    call (np.errstate costs ~3-7 µs, paid per layer it was 6% of a small MLP's forward)."""
-    if _quiet.depth:  # inside another module's forward or backward: warnings are off already
-        return fn(*args, **kwargs)
-    _quiet.depth = 1
-    try:
-        with np.errstate(**_QUIET):
-            return fn(*args, **kwargs)
-    finally:
-        _quiet.depth = 0
 
 
 def _guard_backward(fn: Any) -> Any:
@@ -90,7 +69,7 @@ def _guard_backward(fn: Any) -> Any:
             )
         object.__setattr__(self, "_in_backward", True)
         try:
-            grad_input = _quietly(fn, self, *args, **kwargs)
+            grad_input = call_quietly(fn, self, *args, **kwargs)
         finally:
             object.__setattr__(self, "_in_backward", False)
         if self.__dict__.get("_saved") is not None:
@@ -247,7 +226,7 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, x: Any) -> Any:
-        return _quietly(self.forward, x)
+        return call_quietly(self.forward, x)
 
     def train(self, mode: bool = True) -> Module:
         """Set training mode (``mode=False``: eval mode) on this module and its children; returns ``self``."""
