@@ -787,7 +787,7 @@ def batch_norm_train_backward(
     dt = xv.dtype
     g = np.ascontiguousarray(grad_y, dtype=dt).reshape(xv.shape)
     nt = _threads(_units(xv), xv.size, 2)
-    dx = np.empty_like(xv)
+    dx = _array_like(xv)
     gwb = np.empty((2, inv.shape[0]), dt)
     _run(
         _pick("bn_backward" + nd, nt),
@@ -812,7 +812,43 @@ def _out_view(out: np.ndarray | None, xv: np.ndarray) -> np.ndarray:
     contiguous, so no new array is made; else a new array (the dispatcher copies it into ``out``)."""
     if out is not None and out.flags.c_contiguous:
         return out.reshape(xv.shape)
-    return np.empty_like(xv)
+    return _array_like(xv)
+
+
+# Outputs past 32 MiB: glibc maps each such block afresh (its reuse threshold stops at 32 MiB)
+# and the OS hands it out zeroed, page by page, as the kernel first writes it. A few such arrays
+# are kept and handed out again once nothing else refers to them, as PyTorch's caching allocator
+# does.
+# (Reference counts decide: CPython only.)
+SPARE_MIN_BYTES = 1 << 25 if sys.implementation.name == "cpython" else 1 << 62
+SPARE_MAX = 6  # arrays kept in all; release_spares() lets them go
+_spares: list[np.ndarray] = []
+_spares_lock = threading.Lock()
+
+
+def _array_like(a: np.ndarray) -> np.ndarray:
+    """An uninitialized C-contiguous array shaped as ``a``: a kept one that nobody else refers to
+    (CPython's reference count: a caller's array, a view of it or a saved context all count), else new."""
+    if a.nbytes < SPARE_MIN_BYTES:
+        return np.empty_like(a)
+    with _spares_lock:
+        for i in range(len(_spares)):
+            spare = _spares[i]
+            # references: the list's, ``spare``'s and getrefcount's argument: no one else's
+            if spare.shape == a.shape and spare.dtype == a.dtype and sys.getrefcount(spare) == 3:
+                _spares.append(_spares.pop(i))  # the most recently used last
+                return spare
+        new = np.empty(a.shape, a.dtype)
+        _spares.append(new)
+        if len(_spares) > SPARE_MAX:
+            del _spares[0]
+        return new
+
+
+def release_spares() -> None:
+    """Let go of the large output arrays kept for reuse."""
+    with _spares_lock:
+        _spares.clear()
 
 
 def _affine(v: np.ndarray | None, n: int, fill: float, dt: np.dtype) -> np.ndarray:
@@ -845,7 +881,7 @@ def _rows_bwd(
 ) -> tuple[Any, ...]:
     rows, d = x2.shape
     nt = _threads(rows, x2.size)
-    dx2 = np.empty_like(x2)
+    dx2 = _array_like(x2)
     dw = np.empty((nt, d))
     db = np.empty((nt, d))
     _run(_pick("ln_backward", nt), g2, x2, w, mean, inv, centred, nt, dx2, dw, db)
@@ -922,7 +958,7 @@ def group_norm_backward(
     dt = x3.dtype
     g3 = np.ascontiguousarray(grad_y, dtype=dt).reshape(x3.shape)
     nt = _threads(x3.shape[0], x3.size)
-    dx3 = np.empty_like(x3)
+    dx3 = _array_like(x3)
     dw = np.empty((nt, c))
     db = np.empty((nt, c))
     _run(
@@ -1014,7 +1050,7 @@ def batch_norm_eval_backward(
     g = np.ascontiguousarray(grad_y, dtype=dt).reshape(xv.shape)
     nt = _threads(_units(xv), xv.size)
     ga = inv * (1.0 if weight is None else np.asarray(weight, dtype=np.float64).reshape(c))
-    dx = np.empty_like(xv)
+    dx = _array_like(xv)
     sg = np.zeros((nt, c))
     sgx = np.zeros((nt, c))
     _run(_pick("bne_backward" + nd, nt), g, xv, head, ga.astype(dt), nt, dx, sg, sgx)

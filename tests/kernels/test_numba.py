@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import dualnorm
+import dualnorm.nn as nn
 from dualnorm.backends import _load_kernels, kernels_numba, kernels_numpy
 from dualnorm.backends.numpy_backend import NumPyBackend
 from dualnorm.errors import BackendError
@@ -486,3 +487,56 @@ def test_a_run_gives_the_same_numbers_every_time(monkeypatch):
         _fresh_process_state(monkeypatch)
         losses.append([r.loss for r in get_experiment("init-sweep").run(config)])
     assert losses[0] == losses[1] and len(losses[0]) == 4
+
+
+# --- large outputs kept for reuse: handed out again only once nothing refers to them ----------
+
+
+@pytest.fixture
+def small_spares(monkeypatch):
+    if not kernels_numba.available():
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(kernels_numba, "MIN_ELEMENTS", 0)  # the compiled kernels at any size
+    monkeypatch.setattr(kernels_numba, "SPARE_MIN_BYTES", 1024)  # kept from 1 KiB instead of 32 MiB
+    monkeypatch.setenv("DUALNORM_KERNELS", "numba")
+    kernels_numba.release_spares()
+    yield
+    kernels_numba.release_spares()
+
+
+def _address(a):
+    return a.__array_interface__["data"][0]
+
+
+@pytest.mark.parametrize("make", [lambda: nn.LayerNorm(64), lambda: nn.BatchNorm1d(64)], ids=["LN", "BN1d"])
+def test_an_output_still_held_is_never_handed_out_again(rng, small_spares, make):
+    layer = make()
+    xs = [rng.standard_normal((32, 64)).astype(np.float32) for _ in range(4)]
+    g = rng.standard_normal((32, 64)).astype(np.float32)
+    held = layer(xs[0])
+    kept = held.copy()
+    view = layer(xs[1])[::2]  # only a view of the second output survives
+    view_kept = view.copy()
+    for x in xs[2:]:
+        layer(x)
+        dx = layer.backward(g)
+    dx_kept = dx.copy()
+    for x in xs:  # more forwards and backwards, whose outputs are dropped at once
+        layer(x)
+        layer.backward(g)
+    np.testing.assert_array_equal(held, kept)
+    np.testing.assert_array_equal(view, view_kept)
+    np.testing.assert_array_equal(dx, dx_kept)
+
+
+def test_a_dropped_output_is_reused(rng, small_spares):
+    layer = nn.LayerNorm(64)
+    x = rng.standard_normal((32, 64)).astype(np.float32)
+    first = layer(x)
+    address, want = _address(first), first.copy()
+    del first
+    again = layer(x)
+    assert _address(again) == address  # no new memory for it
+    np.testing.assert_array_equal(again, want)
+    kernels_numba.release_spares()
+    assert not kernels_numba._spares
