@@ -45,7 +45,8 @@ from dualnorm.nn.functional import writes_out
 # Per call numba takes 0.2-0.36x the NumPy kernels' time from 1 000 elements up
 # (benchmarks/crossover.py), but importing numba costs ~0.4 s warm (5 s cold, when it compiles).
 # A script's layers import it from 2^17 elements, where one call saves about a millisecond;
-# training runs import it before their first step (warm_up), which pays back within the run.
+# training runs import it in the background and switch after their first record (warm_up),
+# which pays back within the run.
 # 0 = numba at every size.
 MIN_ELEMENTS = 1 << 17
 # Once numba is loaded (by a large layer or warm_up), its import is paid: from LOADED_MIN elements
@@ -144,8 +145,8 @@ def warm_up() -> None:
     """Import numba now (or join :func:`start_warm_up`'s import); from here on layers from
     ``LOADED_MIN`` elements take the compiled kernels. Training runs do this after their first
     record (``Backend.warm_up``): the demos' small layers then run 3-10x faster per call, which
-    pays for the import within the run (init-sweep 29 s -> 22 s end to end, dying-relu 11.7 s ->
-    10.0 s, import included), while the first record comes as soon as before."""
+    pays for the import within the run (`dualnorm run init-sweep` 28.6 s -> 25.2 s, dying-relu
+    11.1 s -> 9.2 s, import included), while the first record comes as soon as before."""
     if _loader is not None:
         _loader.join()
     _import_numba()
