@@ -225,13 +225,6 @@ class _ConvNd(Module):
                 self._accumulate(self.bias, grad_b)
         return grad_in[0] if s["unbatched"] else grad_in
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "bias" and value is None:
-            self._parameters.pop("bias", None)
-            object.__setattr__(self, "bias", None)
-            return
-        super().__setattr__(name, value)
-
     def extra_repr(self) -> str:
         # PyTorch's _ConvNd.extra_repr, field for field
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

@@ -66,13 +66,6 @@ class Linear(Module):
             self._accumulate(self.bias, flat_g.sum(axis=0))
         return grad @ self.weight.data
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "bias" and value is None:
-            self._parameters.pop("bias", None)
-            object.__setattr__(self, "bias", None)
-            return
-        super().__setattr__(name, value)
-
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -117,6 +117,10 @@ class Module:
             self._modules[name] = value
         elif name in self._buffers:
             self._buffers[name] = value
+        elif value is None and name in self._parameters:
+            # ``layer.bias = None`` drops the parameter, as in PyTorch: no longer learned or saved
+            del self._parameters[name]
+            object.__setattr__(self, name, None)
         else:
             object.__setattr__(self, name, value)
 

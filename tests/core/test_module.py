@@ -136,3 +136,21 @@ def test_activation_values(backend):
     np.testing.assert_allclose(host(nn.LeakyReLU()(x)), np.where(x > 0, x, 0.01 * x), rtol=1e-6)
     big = np.array([[-800.0, 800.0]])
     np.testing.assert_allclose(host(nn.Sigmoid()(big)), [[0.0, 1.0]])  # no overflow warnings or NaN
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda: nn.Linear(3, 2), "bias"),
+        (lambda: nn.Conv2d(1, 2, 3), "bias"),
+        (lambda: nn.BatchNorm1d(3), "weight"),
+        (lambda: nn.LayerNorm(3), "bias"),
+    ],
+    ids=["Linear", "Conv2d", "BatchNorm1d", "LayerNorm"],
+)
+def test_setting_a_parameter_to_none_drops_it_as_in_pytorch(make, name):
+    layer = make()
+    setattr(layer, name, None)
+    assert getattr(layer, name) is None
+    assert name not in dict(layer.named_parameters())  # no optimizer updates what is not used
+    assert name not in layer.state_dict()
