@@ -203,7 +203,10 @@ def test_a_stalled_rank_trips_the_watchdog(engine, tmp_path):
     assert "did not finish within 2 s" in out, out
     assert "rank 0 of 2" in out, out
     if engine == "mpi":
-        assert code == WATCHDOG_EXIT_CODE, out
+        # The watchdog's rank exits with WATCHDOG_EXIT_CODE (its message says so); mpiexec then kills the
+        # other rank and returns the status of whichever it collected first: 75, or 9 (SIGKILL) (1 run in ~10).
+        assert f"exit code {WATCHDOG_EXIT_CODE}" in out, out
+        assert code in (WATCHDOG_EXIT_CODE, signal.SIGKILL), out
     assert elapsed < 90, f"took {elapsed:.1f} s"  # ended, not hung (generous: CI cores are busy)
     assert not (tmp_path / "done0").exists() and not (tmp_path / "done1").exists()
 
