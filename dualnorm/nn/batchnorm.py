@@ -113,13 +113,14 @@ class _BatchNorm(_NormBase):
         check_size(self, x, 1, self.num_features, "channels (num_features)")
         # Batch statistics of one value are meaningless: PyTorch refuses them in training, and in
         # eval too when there are no running statistics to use instead.
-        if self._uses_batch_stats() and x.size // self.num_features == 1:
+        batch_stats = self._uses_batch_stats()
+        if batch_stats and x.size // self.num_features == 1:
             raise InputError(
                 f"{type(self).__name__}: expected more than 1 value per channel when training, got input "
                 f"of shape {tuple(x.shape)}. Use a batch of at least 2 samples, or call .eval() to "
                 "normalize with the running statistics."
             )
-        if self._uses_batch_stats() and not self.eps > 0:
+        if batch_stats and not self.eps > 0:
             raise InputError(
                 f"{type(self).__name__}: batch_norm eps must be positive during training (normalizing "
                 f"with batch statistics), but got eps={self.eps}; 1/sqrt(var + 0) is infinite on a "
@@ -127,7 +128,7 @@ class _BatchNorm(_NormBase):
             )
 
     def _uses_batch_stats(self) -> bool:
-        return self.training or self.running_mean is None
+        return self.training or self._buffers["running_mean"] is None  # (the table: __getattr__ is slow)
 
     def _update_running_stats(self, mean: Any, var: Any, n: int) -> None:
         """The exponential moving average PyTorch keeps (unbiased variance)."""

@@ -44,6 +44,8 @@ def overridable(fn: F) -> F:
     @functools.wraps(fn)
     def dispatch(B: Backend, *args: Any, **kwargs: Any) -> Any:
         impl = B.kernels.get(name)
+        if not kwargs:  # the layers' calls
+            return (impl or fn)(B, *args)
         if kwargs.get("out") is not None and name in OUT_FORWARDS:
             return _forward_into(B, impl or fn, name, kwargs.pop("out"), args, kwargs)
         kwargs.pop("out", None)

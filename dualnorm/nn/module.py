@@ -59,21 +59,23 @@ def _guard_backward(fn: Any) -> Any:
 
     @functools.wraps(fn)
     def backward(self: Module, *args: Any, **kwargs: Any) -> Any:
-        if self.__dict__.get("_in_backward"):  # a subclass's backward calling super().backward
+        d = self.__dict__  # (plain dict access: this wraps every layer's backward, every step)
+        if d.get("_in_backward"):  # a subclass's backward calling super().backward
             return fn(self, *args, **kwargs)
-        if self.__dict__.get("_saved") is not None and self.__dict__.get("_saved_spent"):
+        saved = d.get("_saved") is not None
+        if saved and d.get("_saved_spent"):
             raise StateError(
                 f"{type(self).__name__}.backward() was already called for the last forward pass; as in "
                 "PyTorch, a forward is backpropagated once (the saved values are spent). Run the forward "
                 "again; parameter gradients accumulate in .grad across backward calls."
             )
-        object.__setattr__(self, "_in_backward", True)
+        d["_in_backward"] = True
         try:
             grad_input = call_quietly(fn, self, *args, **kwargs)
         finally:
-            object.__setattr__(self, "_in_backward", False)
-        if self.__dict__.get("_saved") is not None:
-            self.__dict__["_saved_spent"] = True  # until the next forward saves anew
+            d["_in_backward"] = False
+        if saved and d.get("_saved") is not None:
+            d["_saved_spent"] = True  # until the next forward saves anew
         return grad_input
 
     backward._guarded = True  # type: ignore[attr-defined]
@@ -172,7 +174,10 @@ class Module:
 
     def _check_grad(self, grad_output: Any, expected_shape: tuple[int, ...], dtype: Any = None) -> Any:
         dtype = self.dtype if dtype is None else dtype
-        grad = self.backend.asarray(grad_output, dtype, what=f"{type(self).__name__} grad_output")
+        B = self.backend
+        if B.is_array(grad_output) and grad_output.dtype == dtype and grad_output.shape == expected_shape:
+            return grad_output  # the common case, as asarray would
+        grad = B.asarray(grad_output, dtype, what=f"{type(self).__name__} grad_output")
         if tuple(grad.shape) != tuple(expected_shape):
             raise InputError(
                 f"{type(self).__name__}.backward: grad_output has shape {tuple(grad.shape)}, "
@@ -215,8 +220,11 @@ class Module:
         return (None if weight is None else weight.data, None if bias is None else bias.data)
 
     def _accumulate_affine(self, grad_w: Any, grad_b: Any) -> None:
+        d = self.__dict__
+        table = d["_parameters"]
         for name, grad in (("weight", grad_w), ("bias", grad_b)):
-            param = getattr(self, name, None)
+            # as _params: a plain attribute (None) shadows the table; __getattr__'s search is slow
+            param = d[name] if name in d else table.get(name)
             if param is not None:
                 self._accumulate(param, grad)
 

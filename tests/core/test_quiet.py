@@ -27,20 +27,42 @@ def test_a_module_call_is_quiet_and_leaves_numpy_as_it_was():
 
 def test_errstate_is_entered_once_per_call_tree(monkeypatch):
     entered = []
-    real = np.errstate
+    real_errstate, real_state = np.errstate, _quiet._quiet_state
 
-    def counting(**kw):
+    def counting_errstate(**kw):
         entered.append(kw)
-        return real(**kw)
+        return real_errstate(**kw)
 
-    monkeypatch.setattr(_quiet.np, "errstate", counting)
+    def counting_state():
+        entered.append(_quiet.QUIET)
+        return real_state()
+
+    monkeypatch.setattr(_quiet.np, "errstate", counting_errstate)
+    monkeypatch.setattr(_quiet, "_quiet_state", counting_state)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), _Overflowing(), nn.Linear(8, 2))
     model(np.ones((3, 4), np.float32))
-    assert len(entered) == 1  # the Sequential's call, not each of its four layers'
+    assert entered == [_quiet.QUIET]  # the Sequential's call, not each of its four layers'
     entered.clear()
     with get_backend("numpy").compute():  # a training step's block
         model(np.ones((3, 4), np.float32))
     assert entered == [{"all": "ignore"}]
+
+
+def test_the_callers_other_settings_are_kept_and_followed():
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(np.geterr())
+            return x
+
+    x = np.ones(2, np.float32)
+    for under in ("raise", "ignore", "raise"):  # a state met before (cached) and a changed one
+        with np.errstate(under=under, over="raise"):
+            Probe()(x)
+            assert np.geterr()["over"] == "raise"  # restored after the call
+    assert [s["under"] for s in seen] == ["raise", "ignore", "raise"]
+    assert all(s["over"] == s["invalid"] == s["divide"] == "ignore" for s in seen)
 
 
 def test_the_mark_is_cleared_when_a_forward_raises():
