@@ -127,7 +127,12 @@ def _import_numba_now() -> Any:
 
         _numba = numba
         globals()["prange"] = numba.prange
-        for helper in ("_bn_finish", "_bn_grad_finish"):  # called from inside the kernels
+        for helper in (
+            "_bn_finish",
+            "_bn_grad_finish",
+            "_bn_sums_rows",
+            "_bn_grad_sums_rows",
+        ):  # inside kernels
             globals()[helper] = numba.njit(cache=True)(globals()[helper])
         _load_threading_layer(numba)
     return _numba
@@ -360,6 +365,57 @@ def _bn_finish(x, w, b, eps, m, shift, s1, s2, st, hd):
     return a, bb
 
 
+def _bn_sums_rows(x, shift, a1, a2, lo, hi):
+    """a1[j] += sum of (x[i, j] - shift[j]), a2[j] += its squares, over rows lo..hi of (N, C) x.
+
+    Four rows a pass: the per-channel sums live in memory (C of them), and loading and storing
+    them for every row bounded the loop (stores), not the reads of x: 2.1x faster on 2 threads
+    at 1024 x 1024, and it scales with threads where one row a pass did not."""
+    c = x.shape[1]
+    i = lo
+    while i + 4 <= hi:
+        r0, r1, r2, r3 = x[i], x[i + 1], x[i + 2], x[i + 3]  # row views: LLVM vectorizes along C
+        for j in range(c):
+            sh = shift[j]
+            d0 = np.float64(r0[j]) - sh
+            d1 = np.float64(r1[j]) - sh
+            d2 = np.float64(r2[j]) - sh
+            d3 = np.float64(r3[j]) - sh
+            a1[j] += (d0 + d1) + (d2 + d3)
+            a2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+        i += 4
+    for r in range(i, hi):
+        xr = x[r]
+        for j in range(c):
+            d = np.float64(xr[j]) - shift[j]
+            a1[j] += d
+            a2[j] += d * d
+
+
+def _bn_grad_sums_rows(g, x, head, a1, a2, lo, hi):
+    """a1[j] += sum of g[i, j], a2[j] += sum of g[i, j] * (x[i, j] - head[j]), rows lo..hi (four a pass)."""
+    c = x.shape[1]
+    i = lo
+    while i + 4 <= hi:
+        x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+        g0, g1, g2, g3 = g[i], g[i + 1], g[i + 2], g[i + 3]
+        for j in range(c):
+            h = head[j]
+            v0, v1, v2, v3 = np.float64(g0[j]), np.float64(g1[j]), np.float64(g2[j]), np.float64(g3[j])
+            a1[j] += (v0 + v1) + (v2 + v3)
+            a2[j] += (v0 * np.float64(x0[j] - h) + v1 * np.float64(x1[j] - h)) + (
+                v2 * np.float64(x2[j] - h) + v3 * np.float64(x3[j] - h)
+            )
+        i += 4
+    for r in range(i, hi):
+        xr = x[r]
+        gr = g[r]
+        for j in range(c):
+            gv = np.float64(gr[j])
+            a1[j] += gv
+            a2[j] += gv * np.float64(xr[j] - head[j])
+
+
 def _bn_forward2(x, w, b, eps, nt, y, st, hd):
     n, c = x.shape
     shift = np.empty(c)
@@ -368,14 +424,7 @@ def _bn_forward2(x, w, b, eps, nt, y, st, hd):
     s1 = np.zeros((nt, c))
     s2 = np.zeros((nt, c))
     for t in prange(nt):
-        a1 = s1[t]
-        a2 = s2[t]
-        for i in range(n * t // nt, n * (t + 1) // nt):
-            xr = x[i]  # 1-D row views let LLVM vectorize along C
-            for j in range(c):
-                d = np.float64(xr[j]) - shift[j]
-                a1[j] += d
-                a2[j] += d * d
+        _bn_sums_rows(x, shift, s1[t], s2[t], n * t // nt, n * (t + 1) // nt)
     a, bb = _bn_finish(x, w, b, eps, n, shift, s1, s2, st, hd)
     head = hd[0]
     for t in prange(nt):
@@ -454,15 +503,7 @@ def _bn_backward2(g, x, w, inv, tail, head, nt, dx, gwb):
     sg = np.zeros((nt, c))
     sgx = np.zeros((nt, c))
     for t in prange(nt):
-        a1 = sg[t]
-        a2 = sgx[t]
-        for i in range(n * t // nt, n * (t + 1) // nt):
-            xr = x[i]
-            gr = g[i]
-            for j in range(c):
-                gv = np.float64(gr[j])
-                a1[j] += gv
-                a2[j] += gv * np.float64(xr[j] - head[j])
+        _bn_grad_sums_rows(g, x, head, sg[t], sgx[t], n * t // nt, n * (t + 1) // nt)
     a, c2, k = _bn_grad_finish(x, w, n, inv, tail, sg, sgx, gwb)
     for t in prange(nt):
         for i in range(n * t // nt, n * (t + 1) // nt):
