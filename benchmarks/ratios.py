@@ -60,6 +60,11 @@ def _dualnorm(exps: list[int], repeats: int, numba_loaded: bool) -> dict[str, fl
         "RMS": lambda: nn.RMSNorm(1024),
         "IN": lambda: nn.InstanceNorm2d(64, affine=True),
     }
+    import numba
+
+    from dualnorm.backends import kernels_numpy
+
+    pcopy = _parallel_copy()
     rng = np.random.default_rng(0)
     out = {}
     for exp in exps:
@@ -79,7 +84,23 @@ def _dualnorm(exps: list[int], repeats: int, numba_loaded: bool) -> dict[str, fl
         buf = np.empty(1 << exp, np.float32)
         src = rng.standard_normal(1 << exp).astype(np.float32)
         out[f"copy {exp}"] = _best(lambda buf=buf, src=src: np.copyto(buf, src), repeats)
+        for threads in (1, min(kernels_numpy.get_num_threads(), numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            out[f"copy-{threads}t {exp}"] = _best(lambda buf=buf, src=src: pcopy(buf, src), repeats)
     return out
+
+
+def _parallel_copy() -> Any:
+    """A copy over numba's threads (``prange``): how far memory itself scales with threads,
+    the bound of any layer's speed-up from them."""
+    import numba
+
+    @numba.njit(parallel=True, nogil=True, cache=True)
+    def copy(dst: Any, src: Any) -> None:  # pragma: no cover - compiled
+        for i in numba.prange(src.shape[0]):
+            dst[i] = src[i]
+
+    return copy
 
 
 def _torch(exps: list[int], repeats: int, threads: int) -> dict[str, float]:
@@ -176,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{fb / tfb:6.2f} {f / copy:8.1f} {fb / copy:8.1f} {one[f'{name} {exp} fwd'] / f:10.2f} "
                 f"{one[f'{name} {exp} fwdbwd'] / fb:10.2f}"
             )
+    print(f"the input's copy, 1 thread / {args.threads} threads (numba prange; memory's own speed-up):")
+    print(
+        "  ".join(
+            f"2^{exp} {dn[f'copy-1t {exp}'] / dn[f'copy-{args.threads}t {exp}']:.2f}" for exp in args.exps
+        )
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=2))
     return 0
