@@ -4,7 +4,10 @@ Each layer call is timed whole, and again with the compiled kernels stubbed out 
 returns the real kernel's result): the second time is the overhead, the Python around the
 kernel (checks, dispatch, allocation, reshapes, running statistics). Minima over the repeats.
 
-    python -m benchmarks.overhead [--exp 20] [--repeats 30] [--threads 1]
+    python -m benchmarks.overhead [--exp 20] [--repeats 30] [--threads 1] [--in-step]
+
+``--in-step`` makes the calls inside ``backend.compute()``, as a training step does (NumPy's error
+state is then set once for the step, not per layer call).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ def layers(exp: int) -> dict[str, tuple[Callable[[], Any], tuple[int, ...]]]:
     }
 
 
-def measure(exp: int, repeats: int) -> list[tuple[str, str, float, float]]:
+def measure(exp: int, repeats: int, in_step: bool = False) -> list[tuple[str, str, float, float]]:
     """Rows of (layer, pass, call µs, overhead µs), minima over ``repeats`` calls.
 
     The overhead is the same call with the compiled kernels replaced by a stub that returns
@@ -54,8 +57,14 @@ def measure(exp: int, repeats: int) -> list[tuple[str, str, float, float]]:
         memo[name] = out = run(name, *args)
         return out
 
+    import contextlib
+
+    from dualnorm.backends import get_backend
+
     rng = np.random.default_rng(0)
     rows = []
+    numpy_backend = get_backend("numpy")
+    step = numpy_backend.compute if in_step else contextlib.nullcontext
     try:
         for label, (make, shape) in layers(exp).items():
             layer = make()
@@ -65,17 +74,18 @@ def measure(exp: int, repeats: int) -> list[tuple[str, str, float, float]]:
             for _ in range(3):  # compile / load, warm the pages
                 layer(x)
                 layer.backward(g)
-            for step in ("fwd", "bwd"):
+            for which in ("fwd", "bwd"):
                 best = {"real": 1e9, "stub": 1e9}
-                for _ in range(repeats):
-                    for mode in ("real", "stub"):
-                        kernels_numba._run = run if mode == "real" else stub
-                        if step == "bwd":
-                            layer(x)  # a fresh context for each backward
-                        t0 = time.perf_counter()
-                        layer(x) if step == "fwd" else layer.backward(g)
-                        best[mode] = min(best[mode], time.perf_counter() - t0)
-                rows.append((label, step, best["real"] * 1e6, best["stub"] * 1e6))
+                with step():
+                    for _ in range(repeats):
+                        for mode in ("real", "stub"):
+                            kernels_numba._run = run if mode == "real" else stub
+                            if which == "bwd":
+                                layer(x)  # a fresh context for each backward
+                            t0 = time.perf_counter()
+                            layer(x) if which == "fwd" else layer.backward(g)
+                            best[mode] = min(best[mode], time.perf_counter() - t0)
+                rows.append((label, which, best["real"] * 1e6, best["stub"] * 1e6))
     finally:
         kernels_numba._run = run
     return rows
@@ -88,12 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exp", type=int, default=20, help="log2 of the element count (default 20)")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=0, help="threads (default: dualnorm's default)")
+    parser.add_argument("--in-step", action="store_true", help="call the layers inside backend.compute()")
     args = parser.parse_args(argv)
     if args.threads:
         os.environ["DUALNORM_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("DUALNORM_KERNELS", "numba")
-    rows = measure(args.exp, args.repeats)
-    print(f"2^{args.exp} elements, float32, min of {args.repeats} calls (µs)")
+    rows = measure(args.exp, args.repeats, args.in_step)
+    where = "inside backend.compute(), as in a training step" if args.in_step else "called on their own"
+    print(f"2^{args.exp} elements, float32, min of {args.repeats} calls (µs), layers {where}")
     print(f"{'layer':6} {'pass':4} {'call':>9} {'overhead':>9}")
     for label, step, total, over in rows:
         print(f"{label:6} {step:4} {total:9.1f} {over:9.1f}")
