@@ -134,6 +134,9 @@ def _import_numba_now() -> Any:
             "_bn_grad_sums_rows",
         ):  # inside kernels
             globals()[helper] = numba.njit(cache=True)(globals()[helper])
+        # fastmath=False said outright: left unsaid, numba lets LLVM fuse k * rm + m * mean into an FMA,
+        # one rounding fewer than NumPy's (the running statistics are bit for bit the reference's)
+        globals()["_running_stats"] = numba.njit(cache=True, fastmath=False)(_running_stats)
         _load_threading_layer(numba)
     return _numba
 
@@ -326,10 +329,13 @@ def _use(x: np.ndarray) -> bool:
 # sums (nt, ...) in float64, merged by the caller.
 
 
-def _bn_finish(x, w, b, eps, m, shift, s1, s2, st, hd):
+def _bn_finish(x, w, b, eps, m, shift, s1, s2, st, hd, rm, rv, keep, momentum, corr, rs):
     """Per-channel statistics from the per-thread shifted sums into ``st`` (mean, var, 1/std, tail;
     float64) and ``hd`` (head, mean, var; x's dtype), and the affine constants. The caller's
-    arrays, not returned ones: boxing five arrays for Python cost ~6 µs a call."""
+    arrays, not returned ones: boxing five arrays for Python cost ~6 µs a call.
+
+    When ``rs`` has room (2, C), also the running statistics updated from ``rm``/``rv`` into it:
+    as :func:`_running_stats` computes them, bit for bit."""
     c = shift.shape[0]
     nt = s1.shape[0]
     mean, var, inv, tail = st[0], st[1], st[2], st[3]
@@ -362,6 +368,8 @@ def _bn_finish(x, w, b, eps, m, shift, s1, s2, st, hd):
     for j in range(c):
         hd[1, j] = mean[j]
         hd[2, j] = var[j]
+    if rs.shape[1] == c:
+        _running_stats(rm, rv, hd[1], hd[2], keep, momentum, corr, rs)
     return a, bb
 
 
@@ -416,7 +424,7 @@ def _bn_grad_sums_rows(g, x, head, a1, a2, lo, hi):
             a2[j] += gv * np.float64(xr[j] - head[j])
 
 
-def _bn_forward2(x, w, b, eps, nt, y, st, hd):
+def _bn_forward2(x, w, b, eps, nt, y, st, hd, rm, rv, keep, momentum, corr, rs):
     n, c = x.shape
     shift = np.empty(c)
     for j in range(c):
@@ -425,7 +433,7 @@ def _bn_forward2(x, w, b, eps, nt, y, st, hd):
     s2 = np.zeros((nt, c))
     for t in prange(nt):
         _bn_sums_rows(x, shift, s1[t], s2[t], n * t // nt, n * (t + 1) // nt)
-    a, bb = _bn_finish(x, w, b, eps, n, shift, s1, s2, st, hd)
+    a, bb = _bn_finish(x, w, b, eps, n, shift, s1, s2, st, hd, rm, rv, keep, momentum, corr, rs)
     head = hd[0]
     for t in prange(nt):
         for i in range(n * t // nt, n * (t + 1) // nt):
@@ -435,7 +443,7 @@ def _bn_forward2(x, w, b, eps, nt, y, st, hd):
                 yr[j] = (xr[j] - head[j]) * a[j] + bb[j]
 
 
-def _bn_forward3(x, w, b, eps, nt, y, st, hd):
+def _bn_forward3(x, w, b, eps, nt, y, st, hd, rm, rv, keep, momentum, corr, rs):
     n, c, s = x.shape
     units = n * c
     shift = np.empty(c)
@@ -458,7 +466,7 @@ def _bn_forward3(x, w, b, eps, nt, y, st, hd):
                 q += d * d
             a1[j] += p
             a2[j] += q
-    a, bb = _bn_finish(x, w, b, eps, n * s, shift, s1, s2, st, hd)
+    a, bb = _bn_finish(x, w, b, eps, n * s, shift, s1, s2, st, hd, rm, rv, keep, momentum, corr, rs)
     head = hd[0]
     for t in prange(nt):
         for u in range(units * t // nt, units * (t + 1) // nt):
@@ -816,6 +824,44 @@ def batch_norm_train(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
     if not _use(x):
         return _npk.batch_norm_train(B, x, weight, bias, eps, out=out)
+    y, mean, var, ctx, _ = _bn_train(x, weight, bias, eps, out)
+    return y, mean, var, ctx
+
+
+def batch_norm_train_tracked(
+    B: Backend,
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    momentum: Any,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, Any]:
+    # The running statistics' update inside the forward kernel: the separate update was 7 µs of
+    # Python a step warm, ~50 µs cache-cold after a large layer, for a loop over C values.
+    if not (_small_layers and _use(x) and _vector_of(running_mean, x) and _vector_of(running_var, x)):
+        return _reference("batch_norm_train_tracked")(
+            B, x, weight, bias, eps, running_mean, running_var, momentum
+        )
+    n = x.size // x.shape[1]
+    keep = 1 - momentum  # as the reference computes it: a float, or a 0-d array of dtype dt
+    update = (running_mean, running_var, float(keep), float(momentum), n / max(n - 1, 1))
+    y, mean, var, ctx, rs = _bn_train(x, weight, bias, eps, None, update)
+    return y, mean, var, rs[0], rs[1], ctx
+
+
+def _vector_of(v: Any, x: np.ndarray) -> bool:
+    """``v`` is a NumPy (C,) vector of x's dtype (else the reference, whose NumPy would promote)."""
+    return type(v) is np.ndarray and v.shape == (x.shape[1],) and (v.dtype is x.dtype or v.dtype == x.dtype)
+
+
+_no_running: dict[Any, tuple[np.ndarray, ...]] = {}  # per dtype: the kernels' arguments for "no update"
+
+
+def _bn_train(
+    x: np.ndarray, weight: Any, bias: Any, eps: float, out: Any, update: tuple[Any, ...] | None = None
+) -> tuple[Any, ...]:
     n, c = x.shape[0], x.shape[1]
     dt = x.dtype
     if x.ndim == 2 and c > 1:  # (N, C), the common case, without the reshapes (~1.5 µs)
@@ -830,9 +876,16 @@ def batch_norm_train(
     w, b = _affine(weight, c, 1.0, dt), _affine(bias, c, 0.0, dt)
     st = np.empty((4, c))
     hd = np.empty((3, c), dt)
-    _run(_pick("bn_forward" + nd, nt), xv, w, b, float(eps), nt, y, st, hd)
+    if update is None:  # rs without room: no update
+        rm, rv, rs = _no_running.get(dt) or _no_running.setdefault(
+            dt, (np.empty(0, dt), np.empty(0, dt), np.empty((2, 0), dt))
+        )
+        keep = momentum = corr = 0.0
+    else:
+        (rm, rv, keep, momentum, corr), rs = update, np.empty((2, c), dt)
+    _run(_pick("bn_forward" + nd, nt), xv, w, b, float(eps), nt, y, st, hd, rm, rv, keep, momentum, corr, rs)
     ctx = (_TAG, xv, nd, st[2], st[3], hd[0], x.shape)
-    return _shaped(y, x.shape), hd[1], hd[2], ctx
+    return _shaped(y, x.shape), hd[1], hd[2], ctx, rs
 
 
 def batch_norm_train_backward(
@@ -1182,4 +1235,5 @@ KERNELS = {
     "rms_norm": rms_norm,
     "rms_norm_backward": rms_norm_backward,
     "update_running_stats": update_running_stats,
+    "batch_norm_train_tracked": batch_norm_train_tracked,
 }

@@ -130,14 +130,18 @@ class _BatchNorm(_NormBase):
     def _uses_batch_stats(self) -> bool:
         return self.training or self._buffers["running_mean"] is None  # (the table: __getattr__ is slow)
 
+    def _next_batch(self) -> tuple[Any, Any]:
+        """(num_batches_tracked after this batch, the momentum of its update: 1 / that count when
+        ``momentum=None``)."""
+        tracked = self._buffers["num_batches_tracked"] + 1
+        return tracked, 1.0 / tracked.astype(self.dtype) if self.momentum is None else self.momentum
+
     def _update_running_stats(self, mean: Any, var: Any, n: int) -> None:
         """The exponential moving average PyTorch keeps (unbiased variance)."""
         # Straight into the buffer table (what __setattr__ does for a buffer), fewest array ops:
         # this runs every training step, and its Python cost is most of a small layer's overhead.
         buffers = self._buffers
-        tracked = buffers["num_batches_tracked"] + 1
-        buffers["num_batches_tracked"] = tracked
-        factor = 1.0 / tracked.astype(self.dtype) if self.momentum is None else self.momentum
+        buffers["num_batches_tracked"], factor = self._next_batch()
         buffers["running_mean"], buffers["running_var"] = F.update_running_stats(
             self.backend, buffers["running_mean"], buffers["running_var"], mean, var, factor, n
         )
@@ -156,9 +160,10 @@ class _BatchNorm(_NormBase):
             )
             self._save(BatchNormContext(F.batch_norm_eval_backward, ctx, tuple(x.shape)))
             return y
-        y, mean, var, saved = self._batch_forward(x, weight, bias)
         if self.training and self.track_running_stats:
-            self._update_running_stats(mean, var, x.size // self.num_features)
+            y, saved = self._tracked_batch_forward(x, weight, bias)
+        else:
+            y, _, _, saved = self._batch_forward(x, weight, bias)
         self._save(saved)
         return y
 
@@ -166,6 +171,16 @@ class _BatchNorm(_NormBase):
         """Normalize with this batch's statistics: (y, mean, var, context to save)."""
         y, mean, var, ctx = F.batch_norm_train(self.backend, x, weight, bias, self.eps)
         return y, mean, var, BatchNormContext(F.batch_norm_train_backward, ctx, tuple(x.shape))
+
+    def _tracked_batch_forward(self, x: Any, weight: Any, bias: Any) -> tuple[Any, BatchNormContext]:
+        """:meth:`_batch_forward` and the running statistics' update, in one functional call."""
+        tracked, factor = self._next_batch()
+        buffers = self._buffers
+        y, _, _, buffers["running_mean"], buffers["running_var"], ctx = F.batch_norm_train_tracked(
+            self.backend, x, weight, bias, self.eps, buffers["running_mean"], buffers["running_var"], factor
+        )
+        buffers["num_batches_tracked"] = tracked
+        return y, BatchNormContext(F.batch_norm_train_backward, ctx, tuple(x.shape))
 
     def backward(self, grad_output: Any) -> Any:
         if self._saved_empty():
@@ -262,6 +277,11 @@ class _BatchRenorm(_BatchNorm):
             raise InputError(
                 f"{type(self).__name__}: rmax must be >= 1 (1 means plain batch norm), got {rmax!r}"
             )
+
+    def _tracked_batch_forward(self, x: Any, weight: Any, bias: Any) -> tuple[Any, BatchNormContext]:
+        y, mean, var, saved = self._batch_forward(x, weight, bias)  # reads the statistics before the update
+        self._update_running_stats(mean, var, x.size // self.num_features)
+        return y, saved
 
     def _batch_forward(self, x: Any, weight: Any, bias: Any) -> tuple[Any, Any, Any, BatchNormContext]:
         # Only in training: eval always has running statistics. They are read before the update.

@@ -324,6 +324,26 @@ def update_running_stats(
 
 
 @overridable
+def batch_norm_train_tracked(
+    B: Backend,
+    x: Any,
+    weight: Any | None,
+    bias: Any | None,
+    eps: float,
+    running_mean: Any,
+    running_var: Any,
+    momentum: Any,
+) -> tuple[Any, Any, Any, Any, Any, Any]:
+    """:func:`batch_norm_train`, then :func:`update_running_stats` with its batch's statistics, as
+    one call (a backend may fuse the update into its kernel): (y, mean, var, new running_mean,
+    new running_var, ctx); ctx goes to :func:`batch_norm_train_backward`."""
+    y, mean, var, ctx = batch_norm_train(B, x, weight, bias, eps)
+    n = math.prod(x.shape) // x.shape[1]  # values per channel
+    new_mean, new_var = update_running_stats(B, running_mean, running_var, mean, var, momentum, n)
+    return y, mean, var, new_mean, new_var, ctx
+
+
+@overridable
 def batch_norm_eval(
     B: Backend, x: Any, weight: Any | None, bias: Any | None, running_mean: Any, running_var: Any, eps: float
 ) -> tuple[Any, Any]:

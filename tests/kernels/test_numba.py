@@ -387,6 +387,36 @@ def test_running_stats_kernel_is_bitwise_the_reference(rng, dtype, momentum, mon
         np.testing.assert_array_equal(a, e)
 
 
+@pytest.mark.parametrize("shape", [(300, 40), (64, 12, 9, 9), (2, 1)])
+@pytest.mark.parametrize("momentum", [0.1, "cumulative"])
+def test_running_update_inside_the_forward_kernel_is_bitwise_the_separate_one(
+    rng, shape, momentum, monkeypatch
+):
+    if not kernels_numba.available():
+        pytest.skip("numba is not installed")
+    kernels_numba._import_numba()
+    monkeypatch.setattr(kernels_numba, "MIN_ELEMENTS", 0)  # the kernels at every size
+    monkeypatch.setattr(kernels_numba, "LOADED_MIN", 0)
+    B = NumPyBackend()
+    x = (rng.standard_normal(shape) * 3 + 5).astype(np.float32)
+    w, b = (rng.standard_normal(shape[1]).astype(np.float32) for _ in range(2))
+    rm, rv = rng.standard_normal(shape[1]).astype(np.float32), rng.random(shape[1]).astype(np.float32) + 0.5
+    factor = 1.0 / np.asarray(7).astype(np.float32) if momentum == "cumulative" else momentum
+    calls = []
+    original = kernels_numba._run
+    monkeypatch.setattr(kernels_numba, "_run", lambda *a: calls.append(a[0]) or original(*a))
+    y, mean, var, new_mean, new_var, _ = kernels_numba.batch_norm_train_tracked(
+        B, x, w, b, 1e-5, rm, rv, factor
+    )
+    layout = "2" if len(shape) == 2 and shape[1] > 1 else "3"  # one channel: one contiguous run
+    assert [c.partition(":")[0] for c in calls] == ["bn_forward" + layout]
+    y2, mean2, var2, _ = kernels_numba.batch_norm_train(B, x, w, b, 1e-5)
+    separate = kernels_numba.update_running_stats(B, rm, rv, mean2, var2, factor, x.size // shape[1])
+    for got, want in zip((y, mean, var, new_mean, new_var), (y2, mean2, var2, *separate), strict=True):
+        assert got.dtype == want.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
+
+
 def test_running_stats_without_numba_loaded_is_the_reference(rng, monkeypatch):
     monkeypatch.setattr(kernels_numba, "_small_layers", False)  # numba not loaded for small layers
     calls = []
@@ -473,7 +503,7 @@ def test_a_run_switches_small_layers_to_numba_after_its_first_record(monkeypatch
     assert not kernels_numba._small_layers  # whenever the background import ended
     second = next(run)
     assert second.step == 2 and kernels_numba._small_layers
-    assert "bn_forward2:serial" in calls and "running_stats:serial" in calls
+    assert "bn_forward2:serial" in calls and "running_stats:serial" not in calls  # updated in the kernel
     run.close()
 
 

@@ -35,6 +35,7 @@ COVERED = {
     "local_response_norm",  # test_lrn_parity.py
     "local_response_norm_backward",
     "update_running_stats",  # test_numba.py (bit for bit)
+    "batch_norm_train_tracked",
 }
 
 
@@ -92,6 +93,36 @@ def test_batch_norm_matches_reference(backend, rng, shape, affine):
             assert a is None, name
             continue
         _close(a, e, f"{name} {shape}")
+
+
+@pytest.mark.parametrize("shape", BN_SHAPES)
+@pytest.mark.parametrize("momentum", [0.1, "cumulative"])
+def test_batch_norm_with_the_running_update_matches_reference(backend, rng, shape, momentum):
+    B = dualnorm.get_backend()
+    _kernel_or_skip(B, "batch_norm_train_tracked")
+    x = (rng.standard_normal(shape) * 3 + 2).astype(np.float32)
+    w, b = _params(rng, (shape[1],), True)
+    rm, rv = _running(rng, shape[1])
+    factor = 1.0 / np.asarray(4).astype(np.float32) if momentum == "cumulative" else momentum
+    args = [B.asarray(a) for a in (x, w, b)] + [1e-5, B.asarray(rm), B.asarray(rv), factor]
+    y, mean, var, new_mean, new_var, ctx = B.kernels["batch_norm_train_tracked"](B, *args)
+    ry, rmean, rvar, _ = F.batch_norm_train.reference(B, *args[:4])
+    n = x.size // shape[1]
+    want = F.update_running_stats.reference(B, B.asarray(rm), B.asarray(rv), rmean, rvar, factor, n)
+    for name, a, e in zip(
+        ("y", "mean", "var", "running_mean", "running_var"),
+        (y, mean, var, new_mean, new_var),
+        (ry, rmean, rvar, *want),
+        strict=True,
+    ):
+        assert a.dtype == np.float32, name
+        _close(_np(B, a), _np(B, e), f"{name} {shape}")
+    g = rng.standard_normal(shape).astype(np.float32)  # the context is batch_norm_train's
+    got = B.kernels["batch_norm_train_backward"](B, B.asarray(g), ctx, args[1])
+    _, _, _, rctx = F.batch_norm_train.reference(B, *args[:4])
+    ref = F.batch_norm_train_backward.reference(B, B.asarray(g), rctx, args[1])
+    for a, e in zip(got, ref, strict=True):
+        _close(_np(B, a), _np(B, e), f"backward {shape}")
 
 
 def _bne_both(B, x, w, b, rm, rv, g, eps=1e-5):
