@@ -25,7 +25,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -68,11 +67,7 @@ def installed_extras(digest: str) -> set[str]:
     return set(stamp.get("extras") or ())
 
 
-def ensure_venv(extras: str, also: Callable[[], list[str]] | None = None) -> bool:
-    """Install ``dualnorm[extras]`` into .venv unless it is there; returns whether it installed.
-
-    ``also``: more requirements for the same pip call (one resolve, one download pass), asked
-    only when an install happens (``test``'s PyTorch)."""
+def ensure_venv(extras: str) -> None:
     if sys.version_info < (3, 10):  # noqa: UP036 (dev.py runs under whatever python3 is)
         sys.exit(f"dualnorm needs Python 3.10 or newer; this is {sys.version.split()[0]} ({sys.executable}).")
     if not PYTHON.exists():
@@ -81,22 +76,14 @@ def ensure_venv(extras: str, also: Callable[[], list[str]] | None = None) -> boo
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     have, wanted = installed_extras(digest), expand_extras(extras)
     if wanted <= have:
-        return False
+        return
     say(
         f"installing dualnorm[{extras}] into {VENV.relative_to(ROOT)} (once; again only when pyproject.toml changes)"
     )
     pip = [PYTHON, "-m", "pip", "--disable-pip-version-check"]
-    if sys.version_info < (3, 11):  # the pip of 3.11's venv already has editable installs and --report
-        run(*pip, "install", "--quiet", "--upgrade", "pip")
-    more = also() if also else []
-    project = ["-e", f"{ROOT}[{extras}]"]
-    if more and run(*pip, "install", "--quiet", *more, *project, check=False).returncode != 0:
-        say(f"{' '.join(more)} could not be installed with dualnorm; installing dualnorm alone")
-        more = []
-    if not more:
-        run(*pip, "install", "--quiet", *project)
+    run(*pip, "install", "--quiet", "--upgrade", "pip")
+    run(*pip, "install", "--quiet", "-e", f"{ROOT}[{extras}]")
     STAMP.write_text(json.dumps({"pyproject": digest, "extras": sorted(have | wanted)}))
-    return True
 
 
 def enter_hint() -> None:
@@ -149,33 +136,22 @@ def local_torch_version() -> str | None:
         return None
 
 
-def torch_requirement() -> list[str]:
-    """``["torch==<version>"]`` when the test venv should get PyTorch and lacks it, else ``[]``."""
+def ensure_torch() -> None:
     choice = os.environ.get("DUALNORM_TEST_TORCH", "auto").strip().lower()
     if choice in ("0", "no", "false"):
-        return []
-    # find_spec, not an import: importing torch takes seconds
-    probe = subprocess.run(
-        [PYTHON, "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)"],
-        capture_output=True,
-    )
+        return
+    probe = subprocess.run([PYTHON, "-c", "import torch"], capture_output=True)
     if probe.returncode == 0:
-        return []
+        return
     version = local_torch_version()
     if version is None and choice not in ("1", "yes", "true"):
         say(
             "PyTorch: no local wheel found; the PyTorch parity tests will be skipped (DUALNORM_TEST_TORCH=1 installs it)"
         )
-        return []
+        return
     spec = f"torch=={version}" if version else "torch"
     say(f"installing {spec} for the PyTorch parity tests")
-    return [spec]
-
-
-def ensure_torch() -> None:
-    """PyTorch into a venv whose dev extra was installed earlier (a fresh one gets it with dualnorm)."""
-    spec = torch_requirement()
-    if spec and run(PYTHON, "-m", "pip", "install", "--quiet", *spec, check=False).returncode != 0:
+    if run(PYTHON, "-m", "pip", "install", "--quiet", spec, check=False).returncode != 0:
         say("PyTorch could not be installed; the PyTorch parity tests will be skipped")
 
 
@@ -192,8 +168,8 @@ def main(argv: list[str]) -> int:
         enter_hint()
         return code
     if command == "test":
-        if not ensure_venv("dev", also=torch_requirement):
-            ensure_torch()
+        ensure_venv("dev")
+        ensure_torch()
         # One pytest worker per core (pytest-xdist is in the dev extra) unless told otherwise.
         parallel = [] if any(a == "-n" or a.startswith("-n") for a in rest) else ["-n", "auto"]
         code = run(PYTHON, "-m", "pytest", *parallel, *rest, check=False).returncode

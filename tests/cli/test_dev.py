@@ -63,45 +63,9 @@ def test_the_implied_extras_are_pyprojects():
     assert set(module.IMPLIED_EXTRAS["dev"]) == set(self_ref[len("dualnorm[") : -1].split(","))
 
 
-def _pip_exits(dev, monkeypatch, code_for):
-    """``run`` records each command and returns ``code_for(command)`` as its exit status."""
-
-    def run(*cmd, check=True, env=None):
-        dev.calls.append([str(c) for c in cmd])
-        return type("Done", (), {"returncode": code_for(dev.calls[-1])})()
-
-    monkeypatch.setattr(dev, "run", run)
-
-
-def test_a_fresh_test_venv_gets_pytorch_in_the_same_pip_call(dev, monkeypatch):
-    _pip_exits(dev, monkeypatch, lambda cmd: 0)
-    monkeypatch.setattr(dev, "torch_requirement", lambda: ["torch==2.13.0+cpu"])
-    monkeypatch.setattr(dev, "ensure_torch", lambda: pytest.fail("a second pip call for PyTorch"))
-    dev.main(["test"])
-    (pip,) = [cmd for cmd in dev.calls if "install" in cmd]
-    assert "torch==2.13.0+cpu" in pip and pip[-2:] == ["-e", f"{dev.ROOT}[dev]"]
-    dev.calls.clear()
-    looked = []
-    monkeypatch.setattr(dev, "ensure_torch", lambda: looked.append(True))
-    dev.main(["test"])  # installed earlier: only PyTorch is looked for (DUALNORM_TEST_TORCH may have changed)
-    assert looked and not [cmd for cmd in dev.calls if "install" in cmd]
-
-
-def test_pytorch_that_does_not_install_leaves_dualnorm_installed(dev, monkeypatch, capsys):
-    _pip_exits(dev, monkeypatch, lambda cmd: 1 if "torch" in cmd else 0)
-    assert dev.ensure_venv("dev", also=lambda: ["torch"])
-    installs = [cmd for cmd in dev.calls if "install" in cmd]
-    assert len(installs) == 2 and "torch" not in installs[-1] and installs[-1][-1] == f"{dev.ROOT}[dev]"
-    assert "installing dualnorm alone" in capsys.readouterr().out
-    assert dev.installed_extras(
-        dev.hashlib.sha256(dev.ROOT.joinpath("pyproject.toml").read_bytes()).hexdigest()
-    )
-
-
 @pytest.mark.parametrize("command", ["run", "test"])
 def test_run_and_test_say_how_to_enter_the_environment(dev, command, capsys, monkeypatch):
     monkeypatch.setattr(dev, "ensure_torch", lambda: None)
-    monkeypatch.setattr(dev, "torch_requirement", lambda: [])
     monkeypatch.setattr(dev, "run", lambda *cmd, **kw: type("Done", (), {"returncode": 0})())
     assert dev.main([command]) == 0
     assert "python3 dev.py shell" in capsys.readouterr().out
