@@ -140,7 +140,11 @@ def ensure_torch() -> None:
     choice = os.environ.get("DUALNORM_TEST_TORCH", "auto").strip().lower()
     if choice in ("0", "no", "false"):
         return
-    probe = subprocess.run([PYTHON, "-c", "import torch"], capture_output=True)
+    # find_spec, not an import: importing torch takes seconds, on every `dev.py test`
+    probe = subprocess.run(
+        [PYTHON, "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)"],
+        capture_output=True,
+    )
     if probe.returncode == 0:
         return
     version = local_torch_version()
