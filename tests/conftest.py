@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,24 +77,6 @@ def _isolate_backend_state():
     saved = _backends._process_default
     yield
     _backends._process_default = saved
-
-
-# Directories whose tests take seconds each (subprocesses, whole app sessions, training runs) run
-# first: the xdist workers then end the suite on thousands of short cases, and neither waits idle
-# while the other finishes a 10 s test. Within a directory the order stays as collected.
-SLOW_FIRST = {"tui", "cli", "cnn", "distributed", "tracking", "experiments", "docs"}
-TESTS = Path(__file__).resolve().parent
-
-
-def pytest_collection_modifyitems(config, items):
-    def slow_first(item) -> int:
-        try:
-            top = Path(item.path).resolve().relative_to(TESTS).parts[0]
-        except (ValueError, IndexError):
-            return 1
-        return 0 if top in SLOW_FIRST else 1
-
-    items.sort(key=slow_first)  # stable
 
 
 def pytest_report_header(config):
