@@ -33,6 +33,11 @@ def installs(dev) -> list[str]:
     return [cmd[-1] for cmd in dev.calls if "-e" in cmd]
 
 
+def pip_installs(dev) -> list[list[str]]:
+    """Every ``pip install`` but pip's own upgrade."""
+    return [cmd for cmd in dev.calls if "install" in cmd and cmd[-1] != "pip"]
+
+
 def test_run_after_test_does_not_reinstall(dev):
     dev.ensure_venv("dev")
     assert installs(dev) == [f"{dev.ROOT}[dev]"]
@@ -44,13 +49,28 @@ def test_run_after_test_does_not_reinstall(dev):
 def test_an_extra_not_installed_yet_installs_and_a_changed_pyproject_reinstalls(dev):
     dev.ensure_venv("mlx,tui,fast")
     dev.ensure_venv("dev")  # dev needs more than run installed
-    assert len(installs(dev)) == 2
+    assert len(pip_installs(dev)) == 2
     dev.ensure_venv("mlx,tui,fast")
-    assert len(installs(dev)) == 2
+    assert len(pip_installs(dev)) == 2
     pyproject = dev.ROOT / "pyproject.toml"
     pyproject.write_text(pyproject.read_text() + "\n# changed\n")
     dev.ensure_venv("mlx,tui,fast")
-    assert len(installs(dev)) == 3
+    assert len(pip_installs(dev)) == 3 and installs(dev)[-1] == f"{dev.ROOT}[mlx,tui,fast]"
+
+
+def test_an_extra_added_later_installs_its_requirements_without_reinstalling_dualnorm(dev):
+    pytest.importorskip("tomllib")
+    dev.ensure_venv("dev")
+    dev.ensure_venv("docs")  # what `dev.py docs build` adds after `dev.py test`
+    first, docs = pip_installs(dev)
+    assert first[-1] == f"{dev.ROOT}[dev]"
+    assert "-e" not in docs and any(r.startswith("mkdocs==") for r in docs)
+    assert not any(r.startswith(("pytest", "dualnorm")) for r in docs)  # dev's are there already
+    dev.ensure_venv("mlx,tui,fast,docs")  # all installed now
+    assert len(pip_installs(dev)) == 2
+    dev_requirements = dev.extra_requirements({"dev"})
+    assert set(dev_requirements) == set(dev.extra_requirements({"dev", "mlx"}))  # dev brings mlx
+    assert "numba>=0.60" in dev_requirements and len(set(dev_requirements)) == len(dev_requirements)
 
 
 def test_the_implied_extras_are_pyprojects():

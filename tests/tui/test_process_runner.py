@@ -74,7 +74,7 @@ def test_stop_ends_a_long_run_and_leaves_no_process():
     runner.start()
     _wait(lambda: runner.records_pulled > 0)
     runner.pause()
-    assert runner.stop(timeout=10)
+    assert runner.stop(timeout=60)
     assert not runner.alive and runner.error is None
 
 
@@ -92,6 +92,6 @@ def test_a_killed_training_process_is_reported_not_hung_on():
     runner.start()
     _wait(lambda: runner.records_pulled > 0)
     os.kill(runner._process.pid, signal.SIGKILL)
-    assert runner.finished.wait(10)
+    assert runner.finished.wait(60)
     assert "ended unexpectedly" in runner.error and "-9" in runner.error
     assert runner.stop() and not runner.alive

@@ -35,7 +35,7 @@ def test_runs_to_completion_on_its_own_thread():
 
     r = TrainingRunner(Spy("x", "relu", steps=5), RunConfig(), buf)
     r.start()
-    assert r.finished.wait(5)
+    assert r.finished.wait(60)
     assert len(buf.drain()) == 10
     assert seen_threads and threading.get_ident() not in seen_threads
     assert r.stop() and not r.alive
@@ -54,7 +54,7 @@ def test_paused_start_and_single_steps():
     time.sleep(0.05)
     assert len(buf) == 3
     r.resume()
-    assert r.finished.wait(5)
+    assert r.finished.wait(60)
     assert len(buf) == 100
     r.stop()
 
@@ -64,7 +64,7 @@ def test_stop_while_paused_joins_thread():
     r.start()
     time.sleep(0.02)
     r.pause()
-    assert r.stop(timeout=5)
+    assert r.stop(timeout=60)
     assert not r.alive
 
 
@@ -76,7 +76,7 @@ def test_experiment_error_is_captured():
 
     r = TrainingRunner(Broken("x", "relu", steps=2), RunConfig(), RecordBuffer())
     r.start()
-    assert r.finished.wait(5)
+    assert r.finished.wait(60)
     assert r.error == "RuntimeError: boom"
 
 

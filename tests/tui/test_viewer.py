@@ -106,7 +106,7 @@ async def test_follows_a_run_another_process_appends_to(tmp_path):
             assert not screen.runner.finished.is_set()
             proc.stdin.write("end\n")
             proc.stdin.flush()
-            proc.wait(10)
+            proc.wait(60)
             await wait_for(pilot, lambda: screen.runner.finished.is_set(), what="finished status")
             assert "finished" in screen.status_text().plain
     finally:
