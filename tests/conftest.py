@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import dualnorm
 from dualnorm import backends as _backends
+
+# Hypothesis as on CI everywhere: the same examples every run (a failure reproduces; random shapes
+# also made MLX compile new kernels on every local run) and no per-example deadline (a loaded
+# machine would fail on time, not on numbers). HYPOTHESIS_PROFILE=default brings randomness back.
+settings.register_profile("dualnorm", derandomize=True, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dualnorm"))
 
 HAS_MLX = importlib.util.find_spec("mlx") is not None
 HAS_TORCH = importlib.util.find_spec("torch") is not None
