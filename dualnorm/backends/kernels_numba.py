@@ -840,7 +840,8 @@ def batch_norm_train_tracked(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, Any]:
     # The running statistics' update inside the forward kernel: the separate update was 7 µs of
     # Python a step warm, ~50 µs cache-cold after a large layer, for a loop over C values.
-    if not (_small_layers and _use(x) and _vector_of(running_mean, x) and _vector_of(running_var, x)):
+    c, dt = x.shape[1], x.dtype
+    if not (_small_layers and _use(x) and _vector_of(running_mean, c, dt) and _vector_of(running_var, c, dt)):
         return _reference("batch_norm_train_tracked")(
             B, x, weight, bias, eps, running_mean, running_var, momentum
         )
@@ -851,9 +852,9 @@ def batch_norm_train_tracked(
     return y, mean, var, rs[0], rs[1], ctx
 
 
-def _vector_of(v: Any, x: np.ndarray) -> bool:
-    """``v`` is a NumPy (C,) vector of x's dtype (else the reference, whose NumPy would promote)."""
-    return type(v) is np.ndarray and v.shape == (x.shape[1],) and (v.dtype is x.dtype or v.dtype == x.dtype)
+def _vector_of(v: Any, n: int, dt: np.dtype) -> bool:
+    """``v`` is a NumPy (n,) vector of dtype ``dt`` (else the reference, whose NumPy would promote)."""
+    return type(v) is np.ndarray and v.shape == (n,) and (v.dtype is dt or v.dtype == dt)
 
 
 _no_running: dict[Any, tuple[np.ndarray, ...]] = {}  # per dtype: the kernels' arguments for "no update"
@@ -1181,7 +1182,9 @@ def update_running_stats(
     # One compiled loop instead of eight NumPy calls (~5 µs against ~15 µs a step), once numba is
     # loaded; the reference otherwise (importing numba for this would cost more than it saves).
     dt = running_mean.dtype
-    if not (_small_layers and _vectors_of(dt, running_mean, running_var, mean, var)):
+    c = running_mean.shape[0] if running_mean.ndim == 1 else -1
+    vectors = all(_vector_of(v, c, dt) for v in (running_mean, running_var, mean, var))
+    if not (_small_layers and dt.char in "fd" and vectors):
         return _reference("update_running_stats")(B, running_mean, running_var, mean, var, momentum, n)
     keep = 1 - momentum  # as the reference computes it: a float, or a 0-d array of dtype dt
     out = np.empty((2, running_mean.shape[0]), dt)
@@ -1197,24 +1200,6 @@ def update_running_stats(
         out,
     )
     return out[0], out[1]
-
-
-def _vectors_of(dt: np.dtype, rm: Any, rv: Any, mean: Any, var: Any) -> bool:
-    """Four 1-D NumPy arrays of one float dtype and length (else the reference, whose NumPy promotes)."""
-    # (written out: a loop over *arrays cost 2 µs a training step)
-    t = np.ndarray
-    if not (type(rm) is t and type(rv) is t and type(mean) is t and type(var) is t and dt.char in "fd"):
-        return False
-    shape = rm.shape
-    return (
-        len(shape) == 1
-        and rv.shape == shape
-        and mean.shape == shape
-        and var.shape == shape
-        and (rv.dtype is dt or rv.dtype == dt)
-        and (mean.dtype is dt or mean.dtype == dt)
-        and (var.dtype is dt or var.dtype == dt)
-    )
 
 
 def _reference(name: str) -> Callable[..., Any]:
