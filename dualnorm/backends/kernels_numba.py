@@ -845,7 +845,7 @@ def batch_norm_train_tracked(
         return _reference("batch_norm_train_tracked")(
             B, x, weight, bias, eps, running_mean, running_var, momentum
         )
-    n = x.size // x.shape[1]
+    n = x.size // c
     keep = 1 - momentum  # as the reference computes it: a float, or a 0-d array of dtype dt
     update = (running_mean, running_var, float(keep), float(momentum), n / max(n - 1, 1))
     y, mean, var, ctx, rs = _bn_train(x, weight, bias, eps, None, update)

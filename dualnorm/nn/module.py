@@ -62,8 +62,7 @@ def _guard_backward(fn: Any) -> Any:
         d = self.__dict__  # (plain dict access: this wraps every layer's backward, every step)
         if d.get("_in_backward"):  # a subclass's backward calling super().backward
             return fn(self, *args, **kwargs)
-        saved = d.get("_saved") is not None
-        if saved and d.get("_saved_spent"):
+        if d.get("_saved") is not None and d.get("_saved_spent"):
             raise StateError(
                 f"{type(self).__name__}.backward() was already called for the last forward pass; as in "
                 "PyTorch, a forward is backpropagated once (the saved values are spent). Run the forward "
@@ -74,7 +73,7 @@ def _guard_backward(fn: Any) -> Any:
             grad_input = call_quietly(fn, self, *args, **kwargs)
         finally:
             d["_in_backward"] = False
-        if saved and d.get("_saved") is not None:
+        if d.get("_saved") is not None:
             d["_saved_spent"] = True  # until the next forward saves anew
         return grad_input
 
@@ -210,23 +209,27 @@ class Module:
         param.grad = grad if param.grad is None else param.grad + grad
 
     # Layers whose ``weight`` and ``bias`` are each a Parameter or None (the norms).
+    def _affine_parameters(self) -> tuple[Parameter | None, Parameter | None]:
+        """(weight, bias) Parameters, each may be None: a plain attribute (None) shadows the parameter
+        table; else straight from the table, as __getattr__'s search costs more than a small kernel."""
+        d = self.__dict__
+        table = d["_parameters"]
+        return (
+            d["weight"] if "weight" in d else table.get("weight"),
+            d["bias"] if "bias" in d else table.get("bias"),
+        )
+
     def _params(self) -> tuple[Any, Any]:
         """(weight, bias) arrays for the functional/kernel calls; each may be None."""
-        d = self.__dict__
-        if "weight" in d or "bias" in d:  # a plain attribute (None) shadows the parameter table
-            weight, bias = getattr(self, "weight", None), getattr(self, "bias", None)
-        else:  # straight from the table: __getattr__'s search costs more than a small kernel
-            weight, bias = d["_parameters"].get("weight"), d["_parameters"].get("bias")
+        weight, bias = self._affine_parameters()
         return (None if weight is None else weight.data, None if bias is None else bias.data)
 
     def _accumulate_affine(self, grad_w: Any, grad_b: Any) -> None:
-        d = self.__dict__
-        table = d["_parameters"]
-        for name, grad in (("weight", grad_w), ("bias", grad_b)):
-            # as _params: a plain attribute (None) shadows the table; __getattr__'s search is slow
-            param = d[name] if name in d else table.get(name)
-            if param is not None:
-                self._accumulate(param, grad)
+        weight, bias = self._affine_parameters()
+        if weight is not None:
+            self._accumulate(weight, grad_w)
+        if bias is not None:
+            self._accumulate(bias, grad_b)
 
     # --- the interface -------------------------------------------------------------
     def forward(self, x: Any) -> Any:
