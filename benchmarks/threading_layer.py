@@ -46,10 +46,11 @@ def _worker(repeats: int) -> dict[str, float]:
         x = rng.standard_normal(((1 << exp) // 1024, 1024)).astype(np.float32)
         w, b, y = np.ones(1024, np.float32), np.zeros(1024, np.float32), np.empty_like(x)
         mean, inv = np.empty(x.shape[0]), np.empty(x.shape[0])
-        st, hd = np.empty((4, 1024)), np.empty((3, 1024), np.float32)
+        st, hd = np.empty((4, 1024)), np.empty((5, 1024), np.float32)
+        none = np.empty(0, np.float32)  # no running statistics to update
         for name, kernel, args in (
             ("LN", ln, (x, w, b, 1e-5, True, 2, y, mean, inv)),
-            ("BN1d", bn, (x, w, b, 1e-5, 2, y, st, hd)),
+            ("BN1d", bn, (x, w, b, 1e-5, 2, y, st, hd, none, none, 0.0, 0.0, 1.0)),
         ):
             kernel(*args)
             times = []

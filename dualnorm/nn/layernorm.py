@@ -9,6 +9,7 @@ RMSNorm::     y = x / sqrt(mean(x^2) + eps) * weight
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -21,20 +22,22 @@ from dualnorm.nn.module import Module
 
 class _TrailingNorm(Module):
     def _check(self, x: Any) -> tuple[int, ...]:
-        k = len(self.normalized_shape)
+        """The axes to normalize over (the trailing ``normalized_shape``), or a clear error."""
+        shape, ns = x.shape, self.normalized_shape
+        k = len(ns)
+        if 0 < k <= len(shape) and shape[len(shape) - k :] == ns:  # (MLX's and NumPy's shapes are tuples)
+            return _trailing_axes(len(shape), k)
         if k == 0:
             raise RuntimeInputError(
                 f"{type(self).__name__}(normalized_shape=()) normalizes over no dimension: as in PyTorch, the "
                 "layer can be built but not called (normalized_shape must have at least one dimension). "
                 f"Give the trailing shape to normalize over, e.g. {type(self).__name__}({tuple(x.shape)[-1:]})"
             )
-        if x.ndim < k or tuple(x.shape[x.ndim - k :]) != self.normalized_shape:
-            # A RuntimeError (as PyTorch raises) and a ValueError (as dualnorm always did).
-            raise RuntimeInputError(
-                f"{type(self).__name__}(normalized_shape={self.normalized_shape}) expects input whose last "
-                f"{k} dimension(s) are {self.normalized_shape}; got shape {tuple(x.shape)}"
-            )
-        return tuple(range(x.ndim - k, x.ndim))
+        # A RuntimeError (as PyTorch raises) and a ValueError (as dualnorm always did).
+        raise RuntimeInputError(
+            f"{type(self).__name__}(normalized_shape={self.normalized_shape}) expects input whose last "
+            f"{k} dimension(s) are {self.normalized_shape}; got shape {tuple(x.shape)}"
+        )
 
     # Each subclass supplies its functional pair; the layer around it is the same.
     def _functional(self, x: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
@@ -49,17 +52,23 @@ class _TrailingNorm(Module):
         if x.size == 0:
             return self._empty_forward(x)
         y, ctx = self._functional(x, axes)
-        self._save(ctx=ctx, axes=axes, out_shape=tuple(x.shape))
+        self._save((ctx, axes, x.shape))  # (a plain tuple: this is every call's bookkeeping)
         return y
 
     def backward(self, grad_output: Any) -> Any:
         s = self._saved_values()
-        if s.get("empty"):
+        if type(s) is dict:  # the empty input's
             return self._empty_backward(grad_output)
-        grad = self._check_grad(grad_output, s["out_shape"])
-        grad_in, grad_w, grad_b = self._functional_backward(grad, s["ctx"], s["axes"])
+        ctx, axes, out_shape = s
+        grad = self._check_grad(grad_output, out_shape)
+        grad_in, grad_w, grad_b = self._functional_backward(grad, ctx, axes)
         self._accumulate_affine(grad_w, grad_b)
         return grad_in
+
+
+@functools.cache
+def _trailing_axes(ndim: int, k: int) -> tuple[int, ...]:
+    return tuple(range(ndim - k, ndim))
 
 
 class LayerNorm(_TrailingNorm):

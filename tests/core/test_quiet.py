@@ -22,7 +22,7 @@ def test_a_module_call_is_quiet_and_leaves_numpy_as_it_was():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         y = _Overflowing()(np.full(3, 10.0, np.float32))
-    assert np.isinf(y).all() and np.geterr() == before and not _quiet._state.quiet
+    assert np.isinf(y).all() and np.geterr() == before and not _quiet.is_quiet()
 
 
 def test_errstate_is_entered_once_per_call_tree(monkeypatch):
@@ -33,9 +33,9 @@ def test_errstate_is_entered_once_per_call_tree(monkeypatch):
         entered.append(kw)
         return real_errstate(**kw)
 
-    def counting_state():
-        entered.append(_quiet.QUIET)
-        return real_state()
+    def counting_state(**errstate):
+        entered.append(errstate or _quiet.QUIET)
+        return real_state(**errstate)
 
     monkeypatch.setattr(_quiet.np, "errstate", counting_errstate)
     monkeypatch.setattr(_quiet, "_quiet_state", counting_state)
@@ -65,6 +65,46 @@ def test_the_callers_other_settings_are_kept_and_followed():
     assert all(s["over"] == s["invalid"] == s["divide"] == "ignore" for s in seen)
 
 
+def test_a_module_inside_a_callers_own_errstate_is_quiet_again():
+    # The caller's state inside a module call is not one of the quiet ones: a module called there
+    # turns the warnings off anew (derived from that state) and restores it after.
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(np.geterr())
+            return x
+
+    class Outer(nn.Module):
+        def forward(self, x):
+            assert _quiet.is_quiet()
+            with np.errstate(over="raise", under="raise"):
+                assert not _quiet.is_quiet()
+                y = Probe()(x)
+                assert np.geterr()["over"] == "raise"
+            return y
+
+    Outer()(np.ones(2, np.float32))
+    assert seen[0]["over"] == "ignore" and seen[0]["under"] == "raise"
+
+
+def test_a_module_called_from_another_thread_is_quiet_there():
+    import threading
+
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append((np.geterr()["over"], _quiet.is_quiet()))
+            return x
+
+    with np.errstate(over="raise"):
+        thread = threading.Thread(target=lambda: Probe()(np.ones(2, np.float32)))
+        thread.start()
+        thread.join()
+    assert seen == [("ignore", True)] and not _quiet.is_quiet()
+
+
 def test_the_mark_is_cleared_when_a_forward_raises():
     class Broken(nn.Module):
         def forward(self, x):
@@ -72,6 +112,6 @@ def test_the_mark_is_cleared_when_a_forward_raises():
 
     with pytest.raises(ValueError, match="boom"):
         Broken()(np.ones(2, np.float32))
-    assert not _quiet._state.quiet
+    assert not _quiet.is_quiet()
     with pytest.warns(RuntimeWarning):  # outside any module call NumPy warns as it always did
         np.float32(3e38) * np.float32(10.0)
