@@ -3,6 +3,7 @@
 Each layer call is timed whole, and again with the compiled kernels stubbed out (the stub
 returns the real kernel's result): the second time is the overhead, the Python around the
 kernel (checks, dispatch, allocation, reshapes, running statistics). Minima over the repeats.
+As in a training step, the parameters' gradients are zeroed before each backward (set, not added).
 
     python -m benchmarks.overhead [--exp 20] [--repeats 30] [--threads 1] [--in-step]
 
@@ -82,6 +83,7 @@ def measure(exp: int, repeats: int, in_step: bool = False) -> list[tuple[str, st
                             kernels_numba._run = run if mode == "real" else stub
                             if which == "bwd":
                                 layer(x)  # a fresh context for each backward
+                                layer.zero_grad()  # as a training step: the gradients are set, not added
                             t0 = time.perf_counter()
                             layer(x) if which == "fwd" else layer.backward(g)
                             best[mode] = min(best[mode], time.perf_counter() - t0)

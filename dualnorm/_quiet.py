@@ -62,9 +62,11 @@ if _extobj_contextvar is not None:
 
     def call_quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` with the warnings in QUIET off."""
-        if _get() in _quiet_states:  # inside another module's call, or a step: already quiet
+        current = _get()
+        if current in _quiet_states:  # inside another module's call, or a step: already quiet
             return fn(*args, **kwargs)
-        token = _set(_quiet_state())
+        quiet = _quiet_of.get(current)  # (the prepared state, without a call: this is every layer's)
+        token = _set(_quiet_state() if quiet is None else quiet)
         try:
             return fn(*args, **kwargs)
         finally:

@@ -88,6 +88,10 @@ class Backend(abc.ABC):
         """Raise :class:`BackendError` if ``dtype`` cannot be computed on this device."""
 
     # --- arrays in and out -------------------------------------------------------
+    # The native array class, when there is one: ``type(x) is B.array_type`` is the layers' check
+    # for the common case (is_array, a method call, costs more than a small layer's bookkeeping).
+    array_type: type | None = None
+
     @abc.abstractmethod
     def is_array(self, value: Any) -> bool:
         """True if ``value`` is this backend's native array type."""

@@ -1040,6 +1040,8 @@ def _rows_bwd(
 
 _LN_FORWARD = ("ln_forward:serial", "ln_forward")  # by nt > 1, as _pick names them
 _LN_BACKWARD = ("ln_backward:serial", "ln_backward")
+_GN_FORWARD = ("gn_forward:serial", "gn_forward")
+_GN_BACKWARD = ("gn_backward:serial", "gn_backward")
 
 
 def _as_rows(x: np.ndarray, k: int) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -1087,7 +1089,7 @@ def layer_norm_backward(
 
 
 def _like_rows(g: np.ndarray, x2: np.ndarray) -> np.ndarray:
-    """The gradient as contiguous, of ``x2``'s dtype and shape (as the forward saw the input)."""
+    """The gradient as contiguous, of ``x2``'s dtype and shape (the forward's view of its input)."""
     if g.dtype is not x2.dtype or not g.flags.c_contiguous:
         g = np.ascontiguousarray(g, dtype=x2.dtype)
     return _shaped(g, x2.shape)
@@ -1110,11 +1112,11 @@ def group_norm(
     x3 = np.ascontiguousarray(x).reshape(n * num_groups, c // num_groups, -1)
     units = x3.shape[0]
     nt = _threads(units, x3.size)
-    y3 = _out_view(out, x3)
+    y3 = _array_like(x3) if out is None else _out_view(out, x3)
     mean = np.empty(units)
     inv = np.empty(units)
     w, b = _affine(weight, c, 1.0, dt), _affine(bias, c, 0.0, dt)
-    _run(_pick("gn_forward", nt), x3, w, b, num_groups, float(eps), nt, y3, mean, inv)
+    _run(_GN_FORWARD[nt > 1], x3, w, b, num_groups, float(eps), nt, y3, mean, inv)
     return _shaped(y3, x.shape), (_TAG, x3, num_groups, mean, inv, x.shape)
 
 
@@ -1126,13 +1128,13 @@ def group_norm_backward(
     _, x3, num_groups, mean, inv, shape = ctx
     c = shape[1]
     dt = x3.dtype
-    g3 = np.ascontiguousarray(grad_y, dtype=dt).reshape(x3.shape)
+    g3 = _like_rows(grad_y, x3)
     nt = _threads(x3.shape[0], x3.size)
     dx3 = _array_like(x3)
     sums = np.empty((2, nt, c))  # the threads' dweight and dbias, in float64
     gwb = np.empty((2, c), dt)  # merged
     w = _affine(weight, c, 1.0, dt)
-    _run(_pick("gn_backward", nt), g3, x3, w, num_groups, mean, inv, nt, dx3, sums[0], sums[1], gwb)
+    _run(_GN_BACKWARD[nt > 1], g3, x3, w, num_groups, mean, inv, nt, dx3, sums[0], sums[1], gwb)
     return _shaped(dx3, shape), gwb[0], gwb[1]
 
 

@@ -53,6 +53,7 @@ class MLXBackend(Backend):
     float32 = mx.float32
     float64 = mx.float64
     int64 = mx.int64
+    array_type = mx.array
     lazy = True
     devices = ("cpu", "gpu")
 

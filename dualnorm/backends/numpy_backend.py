@@ -18,6 +18,7 @@ class NumPyBackend(Backend):
     float32 = np.dtype(np.float32)
     float64 = np.dtype(np.float64)
     int64 = np.dtype(np.int64)
+    array_type = np.ndarray
 
     def is_array(self, value: Any) -> bool:
         return isinstance(value, np.ndarray)

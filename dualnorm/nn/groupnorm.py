@@ -70,9 +70,10 @@ class GroupNorm(Module):
             raise InputError(
                 f"GroupNorm expects (N, C, *) input with at least 2 dimensions; got shape {tuple(x.shape)}"
             )
-        check_size(self, x, 1, self.num_channels, "channels (num_channels)")
+        if x.shape[1] != self.num_channels:
+            check_size(self, x, 1, self.num_channels, "channels (num_channels)")
         # PyTorch's rule (F.group_norm -> _verify_batch_size): N * C / G times the spatial size.
-        values = x.shape[0] * (self.num_channels // self.num_groups) * F.count(x.shape, range(2, x.ndim))
+        values = x.size // self.num_groups
         if values == 1:
             raise InputError(
                 f"GroupNorm({self.num_groups}, {self.num_channels}): expected more than 1 value per channel "
@@ -83,15 +84,16 @@ class GroupNorm(Module):
             return self._empty_forward(x)
         weight, bias = self._params()
         y, ctx = F.group_norm(self.backend, x, self.num_groups, weight, bias, self.eps)
-        self._save(ctx=ctx, out_shape=tuple(x.shape))
+        self._save((ctx, x.shape))  # (a plain tuple: this is every call's bookkeeping)
         return y
 
     def backward(self, grad_output: Any) -> Any:
         s = self._saved_values()
-        if s.get("empty"):
+        if type(s) is dict:  # the empty input's
             return self._empty_backward(grad_output)
-        grad = self._check_grad(grad_output, s["out_shape"])
-        grad_in, grad_w, grad_b = F.group_norm_backward(self.backend, grad, s["ctx"], self._params()[0])
+        ctx, out_shape = s
+        grad = self._check_grad(grad_output, out_shape)
+        grad_in, grad_w, grad_b = F.group_norm_backward(self.backend, grad, ctx, self._params()[0])
         self._accumulate_affine(grad_w, grad_b)
         return grad_in
 

@@ -42,12 +42,14 @@ class _InstanceNorm(_NormBase):
     def forward(self, x: Any) -> Any:
         x = self._input(x)
         batched = self._spatial_dims + 2
-        check_ndim(self, x, (batched - 1, batched), self._layout)
-        unbatched = x.ndim == batched - 1
-        in_shape = tuple(x.shape)
+        in_shape = x.shape
+        if len(in_shape) != batched:
+            check_ndim(self, x, (batched - 1, batched), self._layout)
+        unbatched = len(in_shape) == batched - 1
         if unbatched:
-            x = x.reshape((1, *x.shape))
-        if x.shape[1] != self.num_features and not self.affine and not self.track_running_stats:
+            x = x.reshape((1, *in_shape))
+        c = x.shape[1]
+        if c != self.num_features and not self.affine and not self.track_running_stats:
             warnings.warn(
                 f"{type(self).__name__}({self.num_features}): input's size at dim={int(not unbatched)} "
                 f"does not match num_features ({x.shape[1]} != {self.num_features}); normalizing anyway, "
@@ -56,26 +58,26 @@ class _InstanceNorm(_NormBase):
                 UserWarning,
                 stacklevel=2,
             )
-        else:
+        elif c != self.num_features:
             check_size(self, x, 1, self.num_features, "channels (num_features)")
         if x.size == 0:
             return self._empty_forward(x, in_shape)
-        use_input_stats = self.training or not self.track_running_stats
-        axes = tuple(range(2, x.ndim))
-        spatial = F.count(x.shape, axes)
+        training, tracking = self.training, self.track_running_stats
+        use_input_stats = training or not tracking
+        spatial = x.size // (x.shape[0] * c)
         if use_input_stats and spatial == 1:
             raise InputError(
                 f"{type(self).__name__}: expected more than 1 spatial element when normalizing per instance, "
                 f"got input of shape {tuple(x.shape)}"
             )
-        shape = F.channel_shape(x.ndim, x.shape[1])
-        if use_input_stats and not (self.training and self.track_running_stats):
+        if use_input_stats and not (training and tracking):
             # Exactly group norm with one channel per group: a whole-layer call a backend may fuse.
-            w = None if self.weight is None else self.weight.data
-            b = None if self.bias is None else self.bias.data
-            y, ctx = F.group_norm(self.backend, x, x.shape[1], w, b, self.eps)
-            self._save(ctx=ctx, out_shape=tuple(x.shape), unbatched=unbatched)
+            weight, bias = self._params()
+            y, ctx = F.group_norm(self.backend, x, c, weight, bias, self.eps)
+            self._save((ctx, x.shape, unbatched))  # (a plain tuple: this is every call's bookkeeping)
             return y[0] if unbatched else y
+        axes = tuple(range(2, x.ndim))
+        shape = F.channel_shape(x.ndim, c)
         if use_input_stats:
             x_hat, inv_std, mean, var = F.normalize(self.backend, x, axes, self.eps)
             if self.training and self.track_running_stats and self.momentum is not None:
@@ -98,15 +100,17 @@ class _InstanceNorm(_NormBase):
 
     def backward(self, grad_output: Any) -> Any:
         s = self._saved_values()
+        if type(s) is tuple:  # the group norm path
+            ctx, batch_shape, unbatched = s
+            out_shape = batch_shape[1:] if unbatched else batch_shape
+            grad = self._check_grad(grad_output, out_shape)
+            if unbatched:
+                grad = grad.reshape(batch_shape)
+            grad_in, grad_w, grad_b = F.group_norm_backward(self.backend, grad, ctx, self._params()[0])
+            self._accumulate_affine(grad_w, grad_b)
+            return grad_in.reshape(out_shape) if unbatched else grad_in
         if s.get("empty"):
             return self._empty_backward(grad_output)
-        if "ctx" in s:
-            out_shape = s["out_shape"][1:] if s["unbatched"] else s["out_shape"]
-            grad = self._check_grad(grad_output, out_shape).reshape(s["out_shape"])
-            weight = None if self.weight is None else self.weight.data
-            grad_in, grad_w, grad_b = F.group_norm_backward(self.backend, grad, s["ctx"], weight)
-            self._accumulate_affine(grad_w, grad_b)
-            return grad_in.reshape(out_shape)
         x_hat = s["x_hat"]
         out_shape = x_hat.shape[1:] if s["unbatched"] else x_hat.shape
         grad = self._check_grad(grad_output, out_shape).reshape(x_hat.shape)

@@ -151,7 +151,7 @@ class Module:
 
     def _input(self, x: Any) -> Any:
         """Convert the input to this module's backend and dtype, or raise a clear error."""
-        if self.backend.is_array(x) and x.dtype == self.dtype:  # the common case, as asarray would
+        if type(x) is self.backend.array_type and x.dtype == self.dtype:  # the common case, as asarray would
             return x
         return self.backend.asarray(x, self.dtype, what=f"{type(self).__name__} input")
 
@@ -174,7 +174,11 @@ class Module:
     def _check_grad(self, grad_output: Any, expected_shape: tuple[int, ...], dtype: Any = None) -> Any:
         dtype = self.dtype if dtype is None else dtype
         B = self.backend
-        if B.is_array(grad_output) and grad_output.dtype == dtype and grad_output.shape == expected_shape:
+        if (
+            type(grad_output) is B.array_type
+            and grad_output.dtype == dtype
+            and grad_output.shape == expected_shape
+        ):
             return grad_output  # the common case, as asarray would
         grad = B.asarray(grad_output, dtype, what=f"{type(self).__name__} grad_output")
         if tuple(grad.shape) != tuple(expected_shape):
@@ -226,10 +230,10 @@ class Module:
 
     def _accumulate_affine(self, grad_w: Any, grad_b: Any) -> None:
         weight, bias = self._affine_parameters()
-        if weight is not None:
-            self._accumulate(weight, grad_w)
+        if weight is not None:  # (as _accumulate, written out: every norm layer's backward, every step)
+            weight.grad = grad_w if weight.grad is None else weight.grad + grad_w
         if bias is not None:
-            self._accumulate(bias, grad_b)
+            bias.grad = grad_b if bias.grad is None else bias.grad + grad_b
 
     # --- the interface -------------------------------------------------------------
     def forward(self, x: Any) -> Any:
