@@ -867,7 +867,7 @@ def batch_norm_train_tracked(
     # The running statistics' update inside the forward kernel: the separate update was 7 µs of
     # Python a step warm, ~50 µs cache-cold after a large layer, for a loop over C values.
     c, dt = x.shape[1], x.dtype
-    if not (_small_layers and _use(x) and _vector_of(running_mean, c, dt) and _vector_of(running_var, c, dt)):
+    if not (_small_layers and _use(x) and _vectors_of(running_mean, running_var, c, dt)):
         return _reference("batch_norm_train_tracked")(
             B, x, weight, bias, eps, running_mean, running_var, momentum
         )
@@ -877,9 +877,18 @@ def batch_norm_train_tracked(
     return y, hd[1], hd[2], hd[3], hd[4], ctx
 
 
-def _vector_of(v: Any, n: int, dt: np.dtype) -> bool:
-    """``v`` is a NumPy (n,) vector of dtype ``dt`` (else the reference, whose NumPy would promote)."""
-    return type(v) is np.ndarray and v.shape == (n,) and (v.dtype is dt or v.dtype == dt)
+def _vectors_of(a: Any, b: Any, n: int, dt: np.dtype) -> bool:
+    """``a`` and ``b`` are NumPy (n,) vectors of dtype ``dt`` (else the reference, whose NumPy would
+    promote)."""
+    shape = (n,)
+    return (
+        type(a) is np.ndarray
+        and type(b) is np.ndarray
+        and a.shape == shape
+        and b.shape == shape
+        and (a.dtype is dt or a.dtype == dt)
+        and (b.dtype is dt or b.dtype == dt)
+    )
 
 
 _no_running: dict[Any, np.ndarray] = {}  # per dtype: the kernels' running statistics for "no update"
@@ -908,7 +917,7 @@ def _bn_train(
         if c == 1:  # one channel: reduce the whole array as one contiguous run
             x3 = x3.reshape(1, 1, -1) if x3.shape[2] == 1 else x3
         xv, nd = _bn_view(x3)
-    nt = _threads(_units(xv), xv.size, 2)
+    nt = _threads(xv.shape[0] if nd == "2" else xv.shape[0] * c, xv.size, 2)  # as _units
     y = _array_like(xv) if out is None else _out_view(out, xv)
     st = np.empty((4, c))  # mean, var, 1/std, tail (float64)
     hd = np.empty((5, c), dt)
@@ -930,7 +939,7 @@ def _bn_train(
         rv,
         float(keep),
         float(momentum),
-        n / max(n - 1, 1),  # the unbiased variance's factor
+        n / (n - 1) if n > 1 else 1.0,  # the unbiased variance's factor
     )
     return _shaped(y, x.shape), hd, (_TAG, xv, nd, st, hd, x.shape)
 
@@ -1240,7 +1249,7 @@ def update_running_stats(
     # loaded; the reference otherwise (importing numba for this would cost more than it saves).
     dt = running_mean.dtype
     c = running_mean.shape[0] if running_mean.ndim == 1 else -1
-    vectors = all(_vector_of(v, c, dt) for v in (running_mean, running_var, mean, var))
+    vectors = _vectors_of(running_mean, running_var, c, dt) and _vectors_of(mean, var, c, dt)
     if not (_small_layers and dt.char in "fd" and vectors):
         return _reference("update_running_stats")(B, running_mean, running_var, mean, var, momentum, n)
     keep = 1 - momentum  # as the reference computes it: a float, or a 0-d array of dtype dt
