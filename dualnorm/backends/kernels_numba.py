@@ -79,7 +79,8 @@ _TAG = object()  # first item of a context made here (smaller arrays carry the N
 _numba: Any = None
 _import_lock = threading.Lock()
 _small_layers = False  # arrays from LOADED_MIN elements take numba (set by _import_numba)
-_loader: threading.Thread | None = None  # start_warm_up's import
+_loader: threading.Thread | None = None  # start_warm_up's import, then the primer
+_imported = threading.Event()  # set when the loader's import has ended
 _numba_max_threads = 1  # numba.config.NUMBA_NUM_THREADS, once numba is imported
 
 
@@ -152,10 +153,30 @@ def start_warm_up() -> None:
     import ended."""
     global _loader
     if _numba is None and _loader is None:
-        _loader = threading.Thread(
-            target=_import_numba, args=(False,), name="dualnorm-numba-import", daemon=True
-        )
+        _loader = threading.Thread(target=_import_and_prime, name="dualnorm-numba-import", daemon=True)
         _loader.start()
+
+
+def _import_and_prime() -> None:
+    try:
+        _import_numba(small_layers=False)
+    finally:
+        _imported.set()  # what warm_up() waits for; the primer may still run when it returns
+    try:
+        _prime()
+    except Exception:  # a failed primer costs the first kernel that time, nothing more
+        log.debug("numba primer failed", exc_info=True)
+
+
+def _prime() -> None:
+    """The process's first compiled call (a compile or a cache load) sets up numba's CPU target:
+    ~0.3 s that the first kernel after the switch would otherwise pay in the training thread."""
+    _numba.njit(cache=True)(_primer)(np.ones(2, np.float32), np.empty(2))
+
+
+def _primer(a, out):
+    for i in range(a.shape[0]):
+        out[i] = np.sqrt(np.float64(a[i]))
 
 
 def warm_up() -> None:
@@ -165,7 +186,7 @@ def warm_up() -> None:
     pays for the import within the run (`dualnorm run init-sweep` 28.6 s -> 25.2 s, dying-relu
     11.1 s -> 9.2 s, import included), while the first record comes as soon as before."""
     if _loader is not None:
-        _loader.join()
+        _imported.wait()
     _import_numba()
 
 
@@ -282,6 +303,8 @@ def _run_first_or_locked(name: str, args: tuple[Any, ...]) -> Any:
 
 
 def _first_run(name: str, key: tuple[Any, ...], fn: Any, args: tuple[Any, ...]) -> Any:
+    if _loader is not None and _loader.is_alive() and _loader is not threading.current_thread():
+        _loader.join()  # the primer: one set-up of numba's target at a time
     timer = threading.Timer(NOTICE_AFTER_S, _announce_once)
     timer.daemon = True
     timer.start()

@@ -507,6 +507,43 @@ def test_a_run_switches_small_layers_to_numba_after_its_first_record(monkeypatch
     run.close()
 
 
+_PRIMER_CHECK = """
+import threading
+import numpy as np
+from dualnorm.backends import kernels_numba as K
+primer_started, release = threading.Event(), threading.Event()
+K._prime = lambda: primer_started.set() or release.wait(60)
+K._compiled["fake"] = lambda x: "result"
+K.start_warm_up()
+assert primer_started.wait(60)
+K.warm_up()  # returns while the primer still runs
+assert K._loader.is_alive() and K._small_layers
+result = []
+first = threading.Thread(target=lambda: result.append(K._run("fake", np.ones(2))))
+first.start()
+first.join(0.5)
+assert first.is_alive() and result == [], "a first kernel call did not wait for the primer"
+release.set()
+first.join(60)
+assert result == ["result"]
+print("ok")
+"""
+
+
+def test_warm_up_waits_for_the_import_and_a_first_kernel_for_the_primer():
+    # The primer (numba's target set-up) runs in the loader after the import: warm_up() must not
+    # wait for it (the switch comes after the first record), a first kernel call must (one set-up).
+    # In a fresh process: this one may have imported numba already.
+    import subprocess
+    import sys
+
+    if not kernels_numba.available():
+        pytest.skip("numba is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "DUALNORM_KERNELS"}
+    done = subprocess.run([sys.executable, "-c", _PRIMER_CHECK], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 def test_a_run_gives_the_same_numbers_every_time(monkeypatch):
     from dualnorm.experiments import RunConfig, get_experiment
 
