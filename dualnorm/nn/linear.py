@@ -12,6 +12,16 @@ from dualnorm.nn._checks import check_ndim, check_positive_int, check_size
 from dualnorm.nn.module import Module, Parameter
 
 
+def _matmul(a: Any, b: Any) -> Any:
+    """``a @ b`` for a 2-D ``b``. A product over one term (``b`` has one row) is an outer product,
+    computed as one: NumPy's matmul takes a slow loop there instead of BLAS ((10000, 1) @ (1, 1):
+    53 µs against 4 µs), and dying-relu's Linear(1, 1) is that product, twice a step. Each value is
+    the same single product (a zero may keep its sign, as PyTorch's does)."""
+    if b.shape[0] == 1:
+        return a * b
+    return a @ b
+
+
 class Linear(Module):
     """Applies ``y = x @ weight.T + bias``.
 
@@ -49,7 +59,7 @@ class Linear(Module):
             check_ndim(self, x, (1, 2), "(N, in_features)")
         check_size(self, x, -1, self.in_features, "input features")
         self._save(x=x)
-        y = x @ self.weight.data.T
+        y = _matmul(x, self.weight.data.T)
         if self.bias is None:
             return y
         if isinstance(y, np.ndarray):  # y is new: add the bias in place (same sums, no new array)
@@ -64,7 +74,7 @@ class Linear(Module):
         self._accumulate(self.weight, flat_g.T @ flat_x)
         if self.bias is not None:
             self._accumulate(self.bias, flat_g.sum(axis=0))
-        return grad @ self.weight.data
+        return _matmul(grad, self.weight.data)
 
     def extra_repr(self) -> str:
         return (

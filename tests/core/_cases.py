@@ -538,6 +538,21 @@ CASES = [
         _p(ref_linear),
         _t("torch.nn.Linear(3, 2, bias=False)"),
     ),
+    # One input feature: forward and backward are outer products (dualnorm computes them as such)
+    Case(
+        "linear_in1",
+        lambda d=None: nn.Linear(1, 3, dtype=d),
+        (5, 1),
+        _p(ref_linear),
+        _t("torch.nn.Linear(1, 3)"),
+    ),
+    Case(
+        "linear_1_to_1_3d",
+        lambda d=None: nn.Linear(1, 1, bias=False, dtype=d),
+        (2, 6, 1),
+        _p(ref_linear),
+        _t("torch.nn.Linear(1, 1, bias=False)"),
+    ),
     Case("relu", lambda d=None: nn.ReLU(dtype=d), (3, 4), ref_activation("relu"), _t("torch.nn.ReLU()")),
     Case(
         "leaky_relu",
