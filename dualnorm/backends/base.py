@@ -47,6 +47,7 @@ class Backend(abc.ABC):
     def __init__(self, device: str | None = None) -> None:
         self.kernels = {}
         self.warm_ups: list[Any] = []  # the kernel modules with a warm_up(), see warm_up()
+        self._eps_of: dict[Any, float] = {}
         self.device = self.default_device() if device is None else device
 
     # --- identity and devices ----------------------------------------------------
@@ -160,7 +161,10 @@ class Backend(abc.ABC):
 
     def eps(self, dtype: Any) -> float:
         """Machine epsilon of a floating dtype (RMSNorm's default eps, as in PyTorch)."""
-        return float(np.finfo(self.numpy_dtype(dtype)).eps)
+        eps = self._eps_of.get(dtype)
+        if eps is None:  # (np.finfo costs ~1 µs: RMSNorm asks on every call)
+            eps = self._eps_of[dtype] = float(np.finfo(self.numpy_dtype(dtype)).eps)
+        return eps
 
     # --- evaluation --------------------------------------------------------------
     def eval(self, *arrays: Any) -> None:  # noqa: B027 (NumPy is eager: nothing to do)
