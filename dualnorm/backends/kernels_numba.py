@@ -1117,14 +1117,16 @@ def layer_norm_backward(
     dt = x2.dtype
     g2 = _like_rows(grad_y, x2)
     dx2, dw, db = _rows_bwd(g2, x2, _affine(weight, x2.shape[1], 1.0, dt), mean, inv, True)
-    return _shaped(dx2, shape), _shaped(dw, trailing), _shaped(db, trailing)
+    if len(trailing) > 1:
+        dw, db = dw.reshape(trailing), db.reshape(trailing)
+    return _shaped(dx2, shape), dw, db
 
 
 def _like_rows(g: np.ndarray, x2: np.ndarray) -> np.ndarray:
     """The gradient as contiguous, of ``x2``'s dtype and shape (the forward's view of its input)."""
     if g.dtype is not x2.dtype or not g.flags.c_contiguous:
         g = np.ascontiguousarray(g, dtype=x2.dtype)
-    return _shaped(g, x2.shape)
+    return g if g.shape == x2.shape else g.reshape(x2.shape)
 
 
 @writes_out
@@ -1200,7 +1202,7 @@ def rms_norm_backward(
     dt = x2.dtype
     g2 = _like_rows(grad_y, x2)
     dx2, dw, _ = _rows_bwd(g2, x2, _affine(weight, x2.shape[1], 1.0, dt), mean, inv, False)
-    return _shaped(dx2, shape), _shaped(dw, trailing)
+    return _shaped(dx2, shape), (dw.reshape(trailing) if len(trailing) > 1 else dw)
 
 
 @writes_out
