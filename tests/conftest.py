@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +99,62 @@ def pytest_addoption(parser):
         default=None,
         help="hypothesis examples per case in tests/harness (default 3, or DUALNORM_HARNESS_EXAMPLES)",
     )
+
+
+def pytest_sessionstart(session):
+    """A parallel run of the whole suite compiles numba's kernels first, once each (tests/_numba_warm.py):
+    two processes split them before the workers start. With a warm cache this takes about 2 s."""
+    config = session.config
+    if (
+        hasattr(config, "workerinput")  # an xdist worker: its controller did it
+        or not isinstance(getattr(config.option, "numprocesses", None), int)
+        or config.option.numprocesses < 2
+        or config.option.collectonly
+        or os.environ.get("DUALNORM_TEST_WARM_NUMBA", "1") == "0"
+        or importlib.util.find_spec("numba") is None
+        or not _runs_the_whole_suite(config)
+    ):
+        return
+    _warm_numba_cache(config)
+
+
+def _runs_the_whole_suite(config) -> bool:
+    tests = Path(__file__).resolve().parent
+    return all(
+        Path(config.invocation_params.dir, arg.split("::")[0]).resolve() in (tests, tests.parent)
+        for arg in config.args
+    )
+
+
+def _warm_numba_cache(config) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from tests._numba_warm import GROUPS
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    )
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests._numba_warm", group],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for group in GROUPS
+    ]
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    for group, proc in zip(GROUPS, procs, strict=True):
+        out, _ = proc.communicate()
+        if proc.returncode != 0 and reporter is not None:  # the kernels' own tests will say what is wrong
+            reporter.write_line(f"numba warm-up ({group}) failed: {out.strip()[-1500:]}", yellow=True)
+    if reporter is not None:
+        reporter.write_line(
+            f"numba kernels compiled or loaded in {time.perf_counter() - start:.1f} s (tests/_numba_warm.py)"
+        )
