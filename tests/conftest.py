@@ -102,20 +102,20 @@ def pytest_addoption(parser):
 
 
 def pytest_sessionstart(session):
-    """A parallel run of the whole suite compiles numba's kernels first, once each (tests/_numba_warm.py):
-    two processes split them before the workers start. With a warm cache this takes about 2 s."""
+    """A parallel run of the whole suite first compiles numba's kernels and the byte code of the large
+    imports, once each (tests/_warm_up.py), before the workers start. With warm caches: about 2 s."""
     config = session.config
     if (
         hasattr(config, "workerinput")  # an xdist worker: its controller did it
         or not isinstance(getattr(config.option, "numprocesses", None), int)
         or config.option.numprocesses < 2
         or config.option.collectonly
-        or os.environ.get("DUALNORM_TEST_WARM_NUMBA", "1") == "0"
+        or os.environ.get("DUALNORM_TEST_WARM_UP", "1") == "0"
         or importlib.util.find_spec("numba") is None
         or not _runs_the_whole_suite(config)
     ):
         return
-    _warm_numba_cache(config)
+    _warm_up(config)
 
 
 def _runs_the_whole_suite(config) -> bool:
@@ -126,12 +126,12 @@ def _runs_the_whole_suite(config) -> bool:
     )
 
 
-def _warm_numba_cache(config) -> None:
+def _warm_up(config) -> None:
     import subprocess
     import sys
     import time
 
-    from tests._numba_warm import GROUPS
+    from tests._warm_up import GROUPS
 
     root = Path(__file__).resolve().parents[1]
     env = dict(
@@ -140,7 +140,7 @@ def _warm_numba_cache(config) -> None:
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests._numba_warm", group],
+            [sys.executable, "-m", "tests._warm_up", group],
             cwd=root,
             env=env,
             stdout=subprocess.PIPE,
@@ -153,8 +153,8 @@ def _warm_numba_cache(config) -> None:
     for group, proc in zip(GROUPS, procs, strict=True):
         out, _ = proc.communicate()
         if proc.returncode != 0 and reporter is not None:  # the kernels' own tests will say what is wrong
-            reporter.write_line(f"numba warm-up ({group}) failed: {out.strip()[-1500:]}", yellow=True)
+            reporter.write_line(f"warm-up ({group}) failed: {out.strip()[-1500:]}", yellow=True)
     if reporter is not None:
         reporter.write_line(
-            f"numba kernels compiled or loaded in {time.perf_counter() - start:.1f} s (tests/_numba_warm.py)"
+            f"warm-up (numba kernels, byte code) in {time.perf_counter() - start:.1f} s (tests/_warm_up.py)"
         )
