@@ -158,3 +158,12 @@ def _warm_up(config) -> None:
         reporter.write_line(
             f"warm-up (numba kernels, byte code) in {time.perf_counter() - start:.1f} s (tests/_warm_up.py)"
         )
+
+
+def pytest_collection_modifyitems(config, items):
+    """The UI tests first. About 100 of them take 40% of a parallel run (Textual restyling the
+    screens); last, where their directory's name put them, the longest of them (10-25 s) could run
+    alone at the end while the other worker had nothing left to take. Nothing depends on the order:
+    every test sets up what it uses."""
+    ui = Path(__file__).resolve().parent / "tui"
+    items.sort(key=lambda item: not item.path.is_relative_to(ui))
