@@ -126,6 +126,9 @@ def _runs_the_whole_suite(config) -> bool:
     )
 
 
+WARM_UP_TIMEOUT_S = 300.0
+
+
 def _warm_up(config) -> None:
     import subprocess
     import sys
@@ -151,8 +154,13 @@ def _warm_up(config) -> None:
     ]
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     for group, proc in zip(GROUPS, procs, strict=True):
-        out, _ = proc.communicate()
-        if proc.returncode != 0 and reporter is not None:  # the kernels' own tests will say what is wrong
+        try:  # a hang here (MLX's CPU build was seen to wait forever once) must not hang the run
+            out, _ = proc.communicate(timeout=max(1.0, WARM_UP_TIMEOUT_S - (time.perf_counter() - start)))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            out += f"\n(stopped after {WARM_UP_TIMEOUT_S:.0f} s)"
+        if proc.returncode != 0 and reporter is not None:  # its own tests will say what is wrong
             reporter.write_line(f"warm-up ({group}) failed: {out.strip()[-1500:]}", yellow=True)
     if reporter is not None:
         reporter.write_line(
