@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,79 +98,3 @@ def pytest_addoption(parser):
         default=None,
         help="hypothesis examples per case in tests/harness (default 3, or DUALNORM_HARNESS_EXAMPLES)",
     )
-
-
-def pytest_sessionstart(session):
-    """A parallel run of the whole suite first compiles numba's kernels and the byte code of the large
-    imports, once each (tests/_warm_up.py), before the workers start. With warm caches: about 2 s."""
-    config = session.config
-    if (
-        hasattr(config, "workerinput")  # an xdist worker: its controller did it
-        or not isinstance(getattr(config.option, "numprocesses", None), int)
-        or config.option.numprocesses < 2
-        or config.option.collectonly
-        or os.environ.get("DUALNORM_TEST_WARM_UP", "1") == "0"
-        or importlib.util.find_spec("numba") is None
-        or not _runs_the_whole_suite(config)
-    ):
-        return
-    _warm_up(config)
-
-
-def _runs_the_whole_suite(config) -> bool:
-    tests = Path(__file__).resolve().parent
-    return all(
-        Path(config.invocation_params.dir, arg.split("::")[0]).resolve() in (tests, tests.parent)
-        for arg in config.args
-    )
-
-
-WARM_UP_TIMEOUT_S = 300.0
-
-
-def _warm_up(config) -> None:
-    import subprocess
-    import sys
-    import time
-
-    from tests._warm_up import GROUPS
-
-    root = Path(__file__).resolve().parents[1]
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
-    )
-    start = time.perf_counter()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests._warm_up", group],
-            cwd=root,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for group in GROUPS
-    ]
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    for group, proc in zip(GROUPS, procs, strict=True):
-        try:  # a hang here (MLX's CPU build was seen to wait forever once) must not hang the run
-            out, _ = proc.communicate(timeout=max(1.0, WARM_UP_TIMEOUT_S - (time.perf_counter() - start)))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-            out += f"\n(stopped after {WARM_UP_TIMEOUT_S:.0f} s)"
-        if proc.returncode != 0 and reporter is not None:  # its own tests will say what is wrong
-            reporter.write_line(f"warm-up ({group}) failed: {out.strip()[-1500:]}", yellow=True)
-    if reporter is not None:
-        reporter.write_line(
-            f"warm-up (numba kernels, byte code) in {time.perf_counter() - start:.1f} s (tests/_warm_up.py)"
-        )
-
-
-def pytest_collection_modifyitems(config, items):
-    """The UI tests first. About 100 of them take 40% of a parallel run (Textual restyling the
-    screens); last, where their directory's name put them, the longest of them (10-25 s) could run
-    alone at the end while the other worker had nothing left to take. Nothing depends on the order:
-    every test sets up what it uses."""
-    ui = Path(__file__).resolve().parent / "tui"
-    items.sort(key=lambda item: not item.path.is_relative_to(ui))
