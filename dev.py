@@ -47,6 +47,10 @@ def run(
 #: after ``test`` installed ``dev``, ``run`` (mlx,tui,fast) finds everything it needs installed.
 IMPLIED_EXTRAS = {"dev": ("mlx", "tui", "distributed", "fast")}
 STAMP = VENV / ".dualnorm-installed.json"  # {"pyproject": sha256, "extras": [...]}: what is installed
+#: pip byte-compiles every file it installs (torch alone: ~10k files, ~35 s of a 2-core machine's
+#: time); Python compiles and keeps the modules it imports by itself, a fraction of them. Unless
+#: PYTHONDONTWRITEBYTECODE (or -B) says it keeps nothing: then every import would compile again.
+NO_COMPILE = [] if sys.dont_write_bytecode else ["--no-compile"]
 
 
 def expand_extras(extras: str) -> set[str]:
@@ -83,10 +87,10 @@ def ensure_venv(extras: str) -> None:
     pip = [PYTHON, "-m", "pip", "--disable-pip-version-check"]
     added = extra_requirements(wanted - have) if have else None
     if added is not None:  # dualnorm is installed from this pyproject.toml: only what the extras add
-        run(*pip, "install", "--quiet", *added)
+        run(*pip, "install", "--quiet", *NO_COMPILE, *added)
     else:
-        run(*pip, "install", "--quiet", "--upgrade", "pip")
-        run(*pip, "install", "--quiet", "-e", f"{ROOT}[{extras}]")
+        run(*pip, "install", "--quiet", *NO_COMPILE, "--upgrade", "pip")
+        run(*pip, "install", "--quiet", *NO_COMPILE, "-e", f"{ROOT}[{extras}]")
     STAMP.write_text(json.dumps({"pyproject": digest, "extras": sorted(have | wanted)}))
 
 
@@ -183,7 +187,7 @@ def ensure_torch() -> None:
         return
     spec = f"torch=={version}" if version else "torch"
     say(f"installing {spec} for the PyTorch parity tests")
-    if run(PYTHON, "-m", "pip", "install", "--quiet", spec, check=False).returncode != 0:
+    if run(PYTHON, "-m", "pip", "install", "--quiet", *NO_COMPILE, spec, check=False).returncode != 0:
         say("PyTorch could not be installed; the PyTorch parity tests will be skipped")
 
 

@@ -12,11 +12,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def dev(tmp_path, monkeypatch):
+def load_dev():
     spec = importlib.util.spec_from_file_location("dev_under_test", ROOT / "dev.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def dev(tmp_path, monkeypatch):
+    module = load_dev()
     venv = tmp_path / ".venv"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").write_text("")  # the venv exists: no `python -m venv`
@@ -25,7 +30,8 @@ def dev(tmp_path, monkeypatch):
                         ("PYTHON", venv / "bin" / "python"), ("STAMP", venv / ".dualnorm-installed.json")):  # fmt: skip
         monkeypatch.setattr(module, name, value)
     module.calls = []
-    monkeypatch.setattr(module, "run", lambda *cmd, **kw: module.calls.append([str(c) for c in cmd]))
+    done = type("Done", (), {"returncode": 0})()
+    monkeypatch.setattr(module, "run", lambda *cmd, **kw: module.calls.append([str(c) for c in cmd]) or done)
     return module
 
 
@@ -73,11 +79,27 @@ def test_an_extra_added_later_installs_its_requirements_without_reinstalling_dua
     assert "numba>=0.60" in dev_requirements and len(set(dev_requirements)) == len(dev_requirements)
 
 
+@pytest.mark.parametrize("dont_write_bytecode", [False, True])
+def test_pip_leaves_the_compiling_to_python_unless_python_keeps_no_bytecode(
+    dev, dont_write_bytecode, monkeypatch
+):
+    monkeypatch.setattr(sys, "dont_write_bytecode", dont_write_bytecode)
+    no_compile = load_dev().NO_COMPILE  # what dev.py decides when it starts
+    assert no_compile == ([] if dont_write_bytecode else ["--no-compile"])
+    monkeypatch.setattr(dev, "NO_COMPILE", no_compile)
+    monkeypatch.setattr(dev, "local_torch_version", lambda: "2.0")
+    monkeypatch.setattr(dev.subprocess, "run", lambda *a, **k: type("Probe", (), {"returncode": 1})())
+    dev.ensure_venv("dev")
+    dev.ensure_venv("docs")
+    dev.ensure_torch()
+    pips = [cmd for cmd in dev.calls if "install" in cmd]
+    assert len(pips) == 4  # pip itself, dualnorm[dev], the docs' requirements, torch
+    assert all(("--no-compile" in cmd) == (not dont_write_bytecode) for cmd in pips)
+
+
 def test_the_implied_extras_are_pyprojects():
     tomllib = pytest.importorskip("tomllib")
-    spec = importlib.util.spec_from_file_location("dev_for_extras", ROOT / "dev.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_dev()
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     (self_ref,) = [d for d in extras["dev"] if d.startswith("dualnorm[")]
     assert set(module.IMPLIED_EXTRAS["dev"]) == set(self_ref[len("dualnorm[") : -1].split(","))
