@@ -17,7 +17,7 @@ def _matmul(a: Any, b: Any) -> Any:
     computed as one: NumPy's matmul takes a slow loop there instead of BLAS ((10000, 1) @ (1, 1):
     53 µs against 4 µs), and dying-relu's Linear(1, 1) is that product, twice a step. Each value is
     the same single product (a zero may keep its sign, as PyTorch's does)."""
-    if b.shape[0] == 1:
+    if b.shape[0] == 1 and a.ndim >= 2:  # (a 1-D a is a vector: matmul drops its axis, a product would not)
         return a * b
     return a @ b
 

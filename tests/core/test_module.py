@@ -154,3 +154,24 @@ def test_setting_a_parameter_to_none_drops_it_as_in_pytorch(make, name):
     assert getattr(layer, name) is None
     assert name not in dict(layer.named_parameters())  # no optimizer updates what is not used
     assert name not in layer.state_dict()
+
+
+@pytest.mark.parametrize(
+    ("features", "shape"), [((1, 3), (1,)), ((3, 1), (3,)), ((1, 1), (1,)), ((1, 2), (4, 1))]
+)
+def test_linear_one_feature_keeps_matmuls_shapes_and_values(backend, features, shape):
+    # One input or output feature: the product over one term is computed as an outer product;
+    # shapes and values are matmul's, a 1-D input included (its axis dropped, as in PyTorch).
+    from dualnorm import manual_seed, to_numpy
+
+    manual_seed(0)
+    layer = nn.Linear(*features)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    g_shape = (*shape[:-1], features[1])
+    g = np.random.default_rng(1).standard_normal(g_shape).astype(np.float32)
+    w, b = to_numpy(layer.weight.data), to_numpy(layer.bias.data)
+    y = to_numpy(layer(x))
+    dx = to_numpy(layer.backward(g))
+    assert y.shape == g_shape and dx.shape == shape
+    np.testing.assert_allclose(y, x @ w.T + b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dx, g @ w, rtol=1e-6, atol=1e-7)
