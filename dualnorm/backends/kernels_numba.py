@@ -264,8 +264,9 @@ def _variant_source(py: Callable[..., Any], variant: str) -> Callable[..., Any]:
     return fn
 
 
-def _pick(name: str, nt: int) -> str:
-    return name if nt > 1 else name + ":serial"
+def _by_threads(name: str) -> tuple[str, str]:
+    """Kernel ``name``'s variants, indexed by ``nt > 1``: the serial one, then the threaded one."""
+    return name + ":serial", name
 
 
 def _announce(message: str) -> None:
@@ -940,7 +941,7 @@ def _bn_train(
         if c == 1:  # one channel: reduce the whole array as one contiguous run
             x3 = x3.reshape(1, 1, -1) if x3.shape[2] == 1 else x3
         xv, nd = _bn_view(x3)
-    nt = _threads(xv.shape[0] if nd == "2" else xv.shape[0] * c, xv.size, 2)  # as _units
+    nt = _threads(_units(xv), xv.size, 2)
     y = _array_like(xv) if out is None else _out_view(out, xv)
     st = np.empty((4, c))  # mean, var, 1/std, tail (float64)
     hd = np.empty((5, c), dt)
@@ -967,8 +968,10 @@ def _bn_train(
     return _shaped(y, x.shape), hd, (_TAG, xv, nd, st, hd, x.shape)
 
 
-_BN_FORWARD = {nd: (f"bn_forward{nd}:serial", f"bn_forward{nd}") for nd in "23"}  # [nd][nt > 1]
-_BN_BACKWARD = {nd: (f"bn_backward{nd}:serial", f"bn_backward{nd}") for nd in "23"}
+_BN_FORWARD = {nd: _by_threads("bn_forward" + nd) for nd in "23"}  # [nd][nt > 1]
+_BN_BACKWARD = {nd: _by_threads("bn_backward" + nd) for nd in "23"}
+_BNE_FORWARD = {nd: _by_threads("bne_forward" + nd) for nd in "23"}
+_BNE_BACKWARD = {nd: _by_threads("bne_backward" + nd) for nd in "23"}
 
 
 def batch_norm_train_backward(
@@ -977,7 +980,7 @@ def batch_norm_train_backward(
     if ctx[0] is not _TAG:
         return _npk.batch_norm_train_backward(B, grad_y, ctx, weight)
     _, xv, nd, st, hd, shape = ctx
-    g = _like_rows(grad_y, xv)
+    g = _grad_like(grad_y, xv)
     nt = _threads(_units(xv), xv.size, 2)
     dx = _array_like(xv)
     c = st.shape[1]
@@ -1070,10 +1073,10 @@ def _rows_bwd(
     return dx2, gwb[0], gwb[1]
 
 
-_LN_FORWARD = ("ln_forward:serial", "ln_forward")  # by nt > 1, as _pick names them
-_LN_BACKWARD = ("ln_backward:serial", "ln_backward")
-_GN_FORWARD = ("gn_forward:serial", "gn_forward")
-_GN_BACKWARD = ("gn_backward:serial", "gn_backward")
+_LN_FORWARD = _by_threads("ln_forward")  # [nt > 1]
+_LN_BACKWARD = _by_threads("ln_backward")
+_GN_FORWARD = _by_threads("gn_forward")
+_GN_BACKWARD = _by_threads("gn_backward")
 
 
 def _as_rows(x: np.ndarray, k: int) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -1115,18 +1118,18 @@ def layer_norm_backward(
         return _npk.layer_norm_backward(B, grad_y, ctx, weight, axes)
     _, x2, mean, inv, shape, trailing = ctx
     dt = x2.dtype
-    g2 = _like_rows(grad_y, x2)
+    g2 = _grad_like(grad_y, x2)
     dx2, dw, db = _rows_bwd(g2, x2, _affine(weight, x2.shape[1], 1.0, dt), mean, inv, True)
     if len(trailing) > 1:
         dw, db = dw.reshape(trailing), db.reshape(trailing)
     return _shaped(dx2, shape), dw, db
 
 
-def _like_rows(g: np.ndarray, x2: np.ndarray) -> np.ndarray:
-    """The gradient as contiguous, of ``x2``'s dtype and shape (the forward's view of its input)."""
-    if g.dtype is not x2.dtype or not g.flags.c_contiguous:
-        g = np.ascontiguousarray(g, dtype=x2.dtype)
-    return g if g.shape == x2.shape else g.reshape(x2.shape)
+def _grad_like(g: np.ndarray, xv: np.ndarray) -> np.ndarray:
+    """The gradient as contiguous, of ``xv``'s dtype and shape (the forward's view of its input)."""
+    if g.dtype is not xv.dtype or not g.flags.c_contiguous:
+        g = np.ascontiguousarray(g, dtype=xv.dtype)
+    return g if g.shape == xv.shape else g.reshape(xv.shape)
 
 
 @writes_out
@@ -1162,7 +1165,7 @@ def group_norm_backward(
     _, x3, num_groups, mean, inv, shape = ctx
     c = shape[1]
     dt = x3.dtype
-    g3 = _like_rows(grad_y, x3)
+    g3 = _grad_like(grad_y, x3)
     nt = _threads(x3.shape[0], x3.size)
     dx3 = _array_like(x3)
     sums = np.empty((2, nt, c))  # the threads' dweight and dbias, in float64
@@ -1200,7 +1203,7 @@ def rms_norm_backward(
         return reference.reference(B, grad_y, ctx, weight, axes)
     _, x2, mean, inv, shape, trailing = ctx
     dt = x2.dtype
-    g2 = _like_rows(grad_y, x2)
+    g2 = _grad_like(grad_y, x2)
     dx2, dw, _ = _rows_bwd(g2, x2, _affine(weight, x2.shape[1], 1.0, dt), mean, inv, False)
     return _shaped(dx2, shape), (dw.reshape(trailing) if len(trailing) > 1 else dw)
 
@@ -1235,7 +1238,7 @@ def batch_norm_eval(
     a = inv * (1.0 if weight is None else np.asarray(weight, dtype=np.float64).reshape(c))
     bb = (0.0 if bias is None else np.asarray(bias, dtype=np.float64).reshape(c)) - tail * a
     y = _out_view(out, xv)
-    _run(_pick("bne_forward" + nd, nt), xv, head, a.astype(dt), bb.astype(dt), nt, y)
+    _run(_BNE_FORWARD[nd][nt > 1], xv, head, a.astype(dt), bb.astype(dt), nt, y)
     return _shaped(y, x.shape), (_TAG, xv, nd, inv, tail, head, x.shape)
 
 
@@ -1249,13 +1252,13 @@ def batch_norm_eval_backward(
     _, xv, nd, inv, tail, head, shape = ctx
     dt = xv.dtype
     c = inv.shape[0]
-    g = np.ascontiguousarray(grad_y, dtype=dt).reshape(xv.shape)
+    g = _grad_like(grad_y, xv)
     nt = _threads(_units(xv), xv.size)
     ga = inv * (1.0 if weight is None else np.asarray(weight, dtype=np.float64).reshape(c))
     dx = _array_like(xv)
     sg = np.zeros((nt, c))
     sgx = np.zeros((nt, c))
-    _run(_pick("bne_backward" + nd, nt), g, xv, head, ga.astype(dt), nt, dx, sg, sgx)
+    _run(_BNE_BACKWARD[nd][nt > 1], g, xv, head, ga.astype(dt), nt, dx, sg, sgx)
     sum_g = sg.sum(axis=0)
     grad_w = inv * (sgx.sum(axis=0) - tail * sum_g)  # sum of g * x_hat
     return _shaped(dx, shape), grad_w.astype(dt), sum_g.astype(dt)
