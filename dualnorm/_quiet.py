@@ -60,15 +60,15 @@ def is_quiet() -> bool:
 if _extobj_contextvar is not None:
     _get, _set, _reset = _extobj_contextvar.get, _extobj_contextvar.set, _extobj_contextvar.reset
 
-    def call_quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)`` with the warnings in QUIET off."""
+    def call_quietly(fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` with the warnings in QUIET off."""
         current = _get()
         if current in _quiet_states:  # inside another module's call, or a step: already quiet
-            return fn(*args, **kwargs)
+            return fn(*args)
         quiet = _quiet_of.get(current)  # (the prepared state, without a call: this is every layer's)
         token = _set(_quiet_state() if quiet is None else quiet)
         try:
-            return fn(*args, **kwargs)
+            return fn(*args)
         finally:
             _reset(token)
 
@@ -87,14 +87,14 @@ if _extobj_contextvar is not None:
 
 else:
 
-    def call_quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)`` with the warnings in QUIET off."""
+    def call_quietly(fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` with the warnings in QUIET off."""
         if _state.quiet:
-            return fn(*args, **kwargs)
+            return fn(*args)
         _state.quiet = True
         try:
             with np.errstate(**QUIET):
-                return fn(*args, **kwargs)
+                return fn(*args)
         finally:
             _state.quiet = False
 

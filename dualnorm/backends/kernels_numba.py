@@ -356,6 +356,18 @@ def _threads(units: int, size: int, launches: int = 1) -> int:
     return nt
 
 
+def _threads_again(nt: int) -> int:
+    """For a backward, the thread count its forward chose (same units, same size), without choosing
+    anew; set in numba again when another launch on this thread changed it."""
+    if nt > 1:
+        if _forked:
+            return 1
+        if _threads_set.n != nt:
+            _numba.set_num_threads(nt)
+            _threads_set.n = nt
+    return nt
+
+
 def _use(x: np.ndarray) -> bool:
     n = x.size
     # dtype.char: comparing the dtype with (np.float32, np.float64) costs 0.5 µs a call
@@ -1058,14 +1070,14 @@ def _rows_fwd(
     stats = np.empty((2, rows))  # mean, 1/std
     mean, inv = stats[0], stats[1]  # (indexing: unpacking iterates, 1.8 µs against 0.6)
     _run(_LN_FORWARD[nt > 1], x2, w, b, float(eps), centred, nt, y2, mean, inv)
-    return y2, mean, inv
+    return y2, mean, inv, nt
 
 
 def _rows_bwd(
-    g2: np.ndarray, x2: np.ndarray, w: np.ndarray, mean: Any, inv: Any, centred: bool
+    g2: np.ndarray, x2: np.ndarray, w: np.ndarray, mean: Any, inv: Any, centred: bool, nt: int
 ) -> tuple[Any, ...]:
-    rows, d = x2.shape
-    nt = _threads(rows, x2.size)
+    d = x2.shape[1]
+    nt = _threads_again(nt)
     dx2 = _array_like(x2)
     sums = np.empty((2, nt, d))  # the threads' dweight and dbias, in float64
     gwb = np.empty((2, d), x2.dtype)  # merged
@@ -1107,8 +1119,8 @@ def layer_norm(
         return _npk.layer_norm(B, x, weight, bias, axes, eps, out=out)
     x2, trailing = _as_rows(x, len(axes))
     d, dt = x2.shape[1], x.dtype
-    y2, mean, inv = _rows_fwd(x2, _affine(weight, d, 1.0, dt), _affine(bias, d, 0.0, dt), eps, True, out)
-    return _shaped(y2, x.shape), (_TAG, x2, mean, inv, x.shape, trailing)
+    y2, mean, inv, nt = _rows_fwd(x2, _affine(weight, d, 1.0, dt), _affine(bias, d, 0.0, dt), eps, True, out)
+    return _shaped(y2, x.shape), (_TAG, x2, mean, inv, x.shape, trailing, nt)
 
 
 def layer_norm_backward(
@@ -1116,10 +1128,10 @@ def layer_norm_backward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if ctx[0] is not _TAG:
         return _npk.layer_norm_backward(B, grad_y, ctx, weight, axes)
-    _, x2, mean, inv, shape, trailing = ctx
+    _, x2, mean, inv, shape, trailing, nt = ctx
     dt = x2.dtype
     g2 = _grad_like(grad_y, x2)
-    dx2, dw, db = _rows_bwd(g2, x2, _affine(weight, x2.shape[1], 1.0, dt), mean, inv, True)
+    dx2, dw, db = _rows_bwd(g2, x2, _affine(weight, x2.shape[1], 1.0, dt), mean, inv, True, nt)
     if len(trailing) > 1:
         dw, db = dw.reshape(trailing), db.reshape(trailing)
     return _shaped(dx2, shape), dw, db
@@ -1154,7 +1166,7 @@ def group_norm(
     inv = np.empty(units)
     w, b = _affine(weight, c, 1.0, dt), _affine(bias, c, 0.0, dt)
     _run(_GN_FORWARD[nt > 1], x3, w, b, num_groups, float(eps), nt, y3, mean, inv)
-    return _shaped(y3, x.shape), (_TAG, x3, num_groups, mean, inv, x.shape)
+    return _shaped(y3, x.shape), (_TAG, x3, num_groups, mean, inv, x.shape, nt)
 
 
 def group_norm_backward(
@@ -1162,11 +1174,11 @@ def group_norm_backward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if ctx[0] is not _TAG:
         return _npk.group_norm_backward(B, grad_y, ctx, weight)
-    _, x3, num_groups, mean, inv, shape = ctx
+    _, x3, num_groups, mean, inv, shape, nt = ctx
     c = shape[1]
     dt = x3.dtype
     g3 = _grad_like(grad_y, x3)
-    nt = _threads(x3.shape[0], x3.size)
+    nt = _threads_again(nt)
     dx3 = _array_like(x3)
     sums = np.empty((2, nt, c))  # the threads' dweight and dbias, in float64
     gwb = np.empty((2, c), dt)  # merged
@@ -1190,8 +1202,8 @@ def rms_norm(
         return reference.reference(B, x, weight, axes, eps)
     x2, trailing = _as_rows(x, len(axes))
     d, dt = x2.shape[1], x.dtype
-    y2, mean, inv = _rows_fwd(x2, _affine(weight, d, 1.0, dt), _affine(None, d, 0.0, dt), eps, False, out)
-    return _shaped(y2, x.shape), (_TAG, x2, mean, inv, x.shape, trailing)
+    y2, mean, inv, nt = _rows_fwd(x2, _affine(weight, d, 1.0, dt), _affine(None, d, 0.0, dt), eps, False, out)
+    return _shaped(y2, x.shape), (_TAG, x2, mean, inv, x.shape, trailing, nt)
 
 
 def rms_norm_backward(
@@ -1201,10 +1213,10 @@ def rms_norm_backward(
         from dualnorm.nn.functional import rms_norm_backward as reference
 
         return reference.reference(B, grad_y, ctx, weight, axes)
-    _, x2, mean, inv, shape, trailing = ctx
+    _, x2, mean, inv, shape, trailing, nt = ctx
     dt = x2.dtype
     g2 = _grad_like(grad_y, x2)
-    dx2, dw, _ = _rows_bwd(g2, x2, _affine(weight, x2.shape[1], 1.0, dt), mean, inv, False)
+    dx2, dw, _ = _rows_bwd(g2, x2, _affine(weight, x2.shape[1], 1.0, dt), mean, inv, False, nt)
     return _shaped(dx2, shape), (dw.reshape(trailing) if len(trailing) > 1 else dw)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from dualnorm.errors import InputError
 from dualnorm.nn import functional as F
 from dualnorm.nn._checks import check_momentum, check_ndim, check_non_negative, check_positive_int, check_size
-from dualnorm.nn.module import Module
+from dualnorm.nn.module import Module, _data
 
 
 class BatchNormContext(NamedTuple):
@@ -198,12 +198,13 @@ class _BatchNorm(_NormBase):
         return y, _context(F.batch_norm_train_backward, ctx, x.shape)
 
     def backward(self, grad_output: Any) -> Any:
-        if self._saved_empty():
-            return self._empty_backward(grad_output)
         saved = self._saved_values()
+        if type(saved) is dict:  # the empty input's
+            return self._empty_backward(grad_output)
         grad = self._check_grad(grad_output, saved.out_shape)
-        grad_in, grad_w, grad_b = saved.backward(self.backend, grad, saved.ctx, self._params()[0])
-        self._accumulate_affine(grad_w, grad_b)
+        params = self._affine_parameters()
+        grad_in, grad_w, grad_b = saved.backward(self.backend, grad, saved.ctx, _data(params[0]))
+        self._accumulate_affine(grad_w, grad_b, params)
         return grad_in
 
 

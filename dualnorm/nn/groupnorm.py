@@ -14,7 +14,7 @@ import numpy as np
 from dualnorm.errors import InputError
 from dualnorm.nn import functional as F
 from dualnorm.nn._checks import check_non_negative, check_positive_int, check_size
-from dualnorm.nn.module import Module
+from dualnorm.nn.module import Module, _data
 
 
 class GroupNorm(Module):
@@ -93,8 +93,9 @@ class GroupNorm(Module):
             return self._empty_backward(grad_output)
         ctx, out_shape = s
         grad = self._check_grad(grad_output, out_shape)
-        grad_in, grad_w, grad_b = F.group_norm_backward(self.backend, grad, ctx, self._params()[0])
-        self._accumulate_affine(grad_w, grad_b)
+        params = self._affine_parameters()
+        grad_in, grad_w, grad_b = F.group_norm_backward(self.backend, grad, ctx, _data(params[0]))
+        self._accumulate_affine(grad_w, grad_b, params)
         return grad_in
 
     def extra_repr(self) -> str:

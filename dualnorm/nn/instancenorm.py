@@ -20,6 +20,7 @@ from dualnorm.errors import InputError
 from dualnorm.nn import functional as F
 from dualnorm.nn._checks import check_ndim, check_size
 from dualnorm.nn.batchnorm import _NormBase
+from dualnorm.nn.module import _data
 
 
 class _InstanceNorm(_NormBase):
@@ -106,8 +107,9 @@ class _InstanceNorm(_NormBase):
             grad = self._check_grad(grad_output, out_shape)
             if unbatched:
                 grad = grad.reshape(batch_shape)
-            grad_in, grad_w, grad_b = F.group_norm_backward(self.backend, grad, ctx, self._params()[0])
-            self._accumulate_affine(grad_w, grad_b)
+            params = self._affine_parameters()
+            grad_in, grad_w, grad_b = F.group_norm_backward(self.backend, grad, ctx, _data(params[0]))
+            self._accumulate_affine(grad_w, grad_b, params)
             return grad_in.reshape(out_shape) if unbatched else grad_in
         if s.get("empty"):
             return self._empty_backward(grad_output)

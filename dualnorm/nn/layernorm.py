@@ -17,7 +17,7 @@ import numpy as np
 from dualnorm.errors import RuntimeInputError
 from dualnorm.nn import functional as F
 from dualnorm.nn._checks import as_shape, check_non_negative
-from dualnorm.nn.module import Module
+from dualnorm.nn.module import Module, _data
 
 
 class _TrailingNorm(Module):
@@ -43,7 +43,9 @@ class _TrailingNorm(Module):
     def _functional(self, x: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
         raise NotImplementedError
 
-    def _functional_backward(self, grad: Any, ctx: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
+    def _functional_backward(
+        self, grad: Any, ctx: Any, axes: tuple[int, ...], weight: Any
+    ) -> tuple[Any, Any, Any]:
         raise NotImplementedError
 
     def forward(self, x: Any) -> Any:
@@ -61,8 +63,9 @@ class _TrailingNorm(Module):
             return self._empty_backward(grad_output)
         ctx, axes, out_shape = s
         grad = self._check_grad(grad_output, out_shape)
-        grad_in, grad_w, grad_b = self._functional_backward(grad, ctx, axes)
-        self._accumulate_affine(grad_w, grad_b)
+        params = self._affine_parameters()
+        grad_in, grad_w, grad_b = self._functional_backward(grad, ctx, axes, _data(params[0]))
+        self._accumulate_affine(grad_w, grad_b, params)
         return grad_in
 
 
@@ -113,8 +116,10 @@ class LayerNorm(_TrailingNorm):
         weight, bias = self._params()
         return F.layer_norm(self.backend, x, weight, bias, axes, self.eps)
 
-    def _functional_backward(self, grad: Any, ctx: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
-        return F.layer_norm_backward(self.backend, grad, ctx, self._params()[0], axes)
+    def _functional_backward(
+        self, grad: Any, ctx: Any, axes: tuple[int, ...], weight: Any
+    ) -> tuple[Any, Any, Any]:
+        return F.layer_norm_backward(self.backend, grad, ctx, weight, axes)
 
     def extra_repr(self) -> str:
         return (
@@ -155,8 +160,10 @@ class RMSNorm(_TrailingNorm):
         eps = self.backend.eps(x.dtype) if self.eps is None else self.eps
         return F.rms_norm(self.backend, x, self._params()[0], axes, eps)
 
-    def _functional_backward(self, grad: Any, ctx: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
-        grad_in, grad_w = F.rms_norm_backward(self.backend, grad, ctx, self._params()[0], axes)
+    def _functional_backward(
+        self, grad: Any, ctx: Any, axes: tuple[int, ...], weight: Any
+    ) -> tuple[Any, Any, Any]:
+        grad_in, grad_w = F.rms_norm_backward(self.backend, grad, ctx, weight, axes)
         return grad_in, grad_w, None  # no bias
 
     def extra_repr(self) -> str:

@@ -54,31 +54,42 @@ class Parameter:
 # in the output (as in PyTorch), and 1e30 overflows float32 squares by design of the dtype.
 
 
+_RUNNING = "running"
+
+
 def _guard_backward(fn: Any) -> Any:
     """Wrap a module's ``backward``: one backward per forward (as PyTorch), no NumPy warnings."""
 
     @functools.wraps(fn)
     def backward(self: Module, *args: Any, **kwargs: Any) -> Any:
         d = self.__dict__  # (plain dict access: this wraps every layer's backward, every step)
-        if d.get("_in_backward"):  # a subclass's backward calling super().backward
+        # False after a forward saved, True once backpropagated, _RUNNING during the backward
+        # (None/absent: nothing saved yet, or a container, which saves nothing)
+        spent = d.get("_saved_spent")
+        if spent is _RUNNING:  # a subclass's backward calling super().backward
             return fn(self, *args, **kwargs)
-        if d.get("_saved") is not None and d.get("_saved_spent"):
+        if spent is True and d.get("_saved") is not None:
             raise StateError(
                 f"{type(self).__name__}.backward() was already called for the last forward pass; as in "
                 "PyTorch, a forward is backpropagated once (the saved values are spent). Run the forward "
                 "again; parameter gradients accumulate in .grad across backward calls."
             )
-        d["_in_backward"] = True
+        d["_saved_spent"] = _RUNNING
         try:
-            grad_input = call_quietly(fn, self, *args, **kwargs)
-        finally:
-            d["_in_backward"] = False
-        if d.get("_saved") is not None:
-            d["_saved_spent"] = True  # until the next forward saves anew
+            grad_input = call_quietly(functools.partial(fn, **kwargs) if kwargs else fn, self, *args)
+        except BaseException:
+            d["_saved_spent"] = spent  # a failed backward spends nothing: fix the gradient, call again
+            raise
+        d["_saved_spent"] = spent is not None  # spent until the next forward saves anew
         return grad_input
 
     backward._guarded = True  # type: ignore[attr-defined]
     return backward
+
+
+def _data(param: Parameter | None) -> Any:
+    """A Parameter's array, or None."""
+    return None if param is None else param.data
 
 
 def _join(prefix: str, name: str) -> str:
@@ -205,9 +216,6 @@ class Module:
                 self._accumulate(param, self.xp.zeros(param.shape, dtype=param.data.dtype))
         return self.xp.zeros(shape, dtype=self.dtype)
 
-    def _saved_empty(self) -> bool:
-        return isinstance(self._saved, dict) and bool(self._saved.get("empty"))
-
     @staticmethod
     def _accumulate(param: Parameter, grad: Any) -> None:
         param.grad = grad if param.grad is None else param.grad + grad
@@ -228,8 +236,10 @@ class Module:
         weight, bias = self._affine_parameters()
         return (None if weight is None else weight.data, None if bias is None else bias.data)
 
-    def _accumulate_affine(self, grad_w: Any, grad_b: Any) -> None:
-        weight, bias = self._affine_parameters()
+    def _accumulate_affine(self, grad_w: Any, grad_b: Any, params: tuple[Any, Any] | None = None) -> None:
+        """Add the weight and bias gradients; ``params``: the (weight, bias) Parameters, when the
+        backward has them already (from :meth:`_affine_parameters`)."""
+        weight, bias = self._affine_parameters() if params is None else params
         if weight is not None:  # (as _accumulate, written out: every norm layer's backward, every step)
             weight.grad = grad_w if weight.grad is None else weight.grad + grad_w
         if bias is not None:
