@@ -235,19 +235,24 @@ def _bn_stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return count, mean, m2
 
     count, mean, m2 = functools.reduce(chan_merge, _parallel(part, n, x3.size))
-    return mean, _var_in_float64_where_it_overflowed(x3, m2 / count)
+    return _in_float64_where_float32_overflowed(x3, mean, m2 / count)
 
 
-def _var_in_float64_where_it_overflowed(x3: np.ndarray, var: np.ndarray) -> np.ndarray:
-    """Channels of (N, C, S) ``x3`` whose float32 squares overflowed (|x - mean| > 1.8e19, e.g.
-    data at 1e30) get their variance again in float64, where it is finite: 1 / std is then
-    representable (1e-30) and x_hat is not 0. Costs nothing where nothing overflowed."""
-    bad = np.flatnonzero(np.isinf(var))
+def _in_float64_where_float32_overflowed(
+    x3: np.ndarray, mean: np.ndarray, var: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Channels of (N, C, S) ``x3`` whose float32 passes overflowed get their mean and variance again
+    in float64, where they are finite: squares past 3.4e38 (|x - mean| > 1.8e19, e.g. data at 1e30:
+    1 / std is then representable, 1e-30, and x_hat is not 0), and deviations past it (data spread
+    across -3e38..3e38: mean -inf or NaN). A channel holding inf or NaN gets what float64 gives
+    (mean +-inf or NaN, variance NaN), as PyTorch. Costs nothing where nothing overflowed."""
+    bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(var)))
     if bad.size:
         xb = x3[:, bad, :].astype(np.float64)
-        var = var.copy()
+        mean, var = mean.copy(), var.copy()
+        mean[bad] = xb.mean(axis=(0, 2))
         var[bad] = xb.var(axis=(0, 2))
-    return var
+    return mean, var
 
 
 def _small_2d(x: np.ndarray) -> bool:
@@ -296,10 +301,7 @@ def _bn_train_small(
     bmean = m0 + sd / nb
     bm2 = np.maximum(np.einsum("ij,ij->j", d, d).astype(np.float64) - sd * sd / nb, 0.0)
     count, mean, m2 = chan_merge((0.0, np.zeros(c), np.zeros(c)), (nb, bmean, bm2))
-    var = _var_in_float64_where_it_overflowed(x2.reshape(n, c, 1), m2 / count)
-    if np.isnan(mean).any():
-        plain = x2.sum(axis=0, dtype=np.float64) / n
-        mean = np.where(np.isnan(mean), plain, mean)
+    mean, var = _in_float64_where_float32_overflowed(x2.reshape(n, c, 1), mean, m2 / count)
     inv_std, head, tail, a, b, fold = _bn_constants(mean, var, weight, bias, eps, dt)
     y = _out_view(out, x2)
     if fold:
@@ -327,9 +329,6 @@ def batch_norm_train(
     n, c, s = x3.shape
     dt = x3.dtype
     mean, var = _bn_stats(x3)
-    if np.isnan(mean).any():  # an inf in a channel: its mean is +-inf (as PyTorch), not NaN
-        plain = x3.sum(axis=(0, 2), dtype=np.float64) / (n * s)
-        mean = np.where(np.isnan(mean), plain, mean)
     inv_std, head, tail, a, b, fold = _bn_constants(mean, var, weight, bias, eps, dt)
     xv, yv = _chan_view(x3), _chan_view(_out_view(out, x3))
     a32, b32, head_b = _chan_const(a, dt, s), _chan_const(b, dt, s), _chan_const(head, dt, s)

@@ -69,19 +69,22 @@ def test_data_at_1e30_normalizes_as_in_float64(backend, rng, name, request):
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_batch_statistics_near_float32_max_are_never_nan(backend, kernel_table):
-    x = np.full((4, 3), 3e38, np.float32)
+    x = np.full((4, 4), 3e38, np.float32)
     x[:, 1] = np.array([3e38, -3e38, 3e38, -3e38], np.float32)
-    bn = nn.BatchNorm1d(3)
+    x[:, 3] = np.array([-3e38, 3e38, 3e38, 3e38], np.float32)  # deviations from the mean past 3.4e38
+    bn = nn.BatchNorm1d(4)
     bn(x)
     rm = dualnorm.to_numpy(bn.running_mean).astype(np.float64)
     rv = dualnorm.to_numpy(bn.running_var).astype(np.float64)
     assert not np.isnan(rm).any() and not np.isnan(rv).any()
     assert rm[1] == 0.0 and rv[1] == np.inf  # the float64 variance 1.2e77 is past float32
+    assert rv[3] == np.inf  # float64: 6.75e76
     if backend == "numpy":  # float64 accumulation: the float64 answer (PyTorch's float32 sum: inf)
         np.testing.assert_allclose(rm[[0, 2]], 0.1 * 3e38, rtol=1e-6)
         np.testing.assert_allclose(rv[[0, 2]], 0.9, rtol=1e-6)  # variance 0: 0.9 * 1 + 0.1 * 0
+        np.testing.assert_allclose(rm[3], 0.1 * 1.5e38, rtol=1e-6)  # not -inf
     else:  # float32 sums overflow, as PyTorch's: +inf, not NaN
-        assert (rm[[0, 2]] == np.inf).all()
+        assert (rm[[0, 2, 3]] == np.inf).all()
 
 
 # --- layers around the norms, as PyTorch takes them ---------------------------------------------
