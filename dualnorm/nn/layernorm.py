@@ -149,7 +149,8 @@ class RMSNorm(_TrailingNorm):
         dtype: str | None = None,
     ) -> None:
         super().__init__(dtype=dtype)
-        self.normalized_shape = as_shape(normalized_shape, "RMSNorm")
+        # () builds, as in PyTorch; calling it raises (as PyTorch's forward does).
+        self.normalized_shape = as_shape(normalized_shape, "RMSNorm", allow_empty=True)
         self.eps = None if eps is None else check_non_negative("eps", eps, "RMSNorm")
         self.elementwise_affine = bool(elementwise_affine)
         object.__setattr__(self, "weight", None)

@@ -115,10 +115,12 @@ def test_sigmoid_takes_bool_input_as_zero_and_one(backend):
     np.testing.assert_allclose(y, torch.sigmoid(torch.tensor([True, False])).numpy(), rtol=1e-6)
 
 
-def test_layer_norm_of_an_empty_shape_builds_and_refuses_its_call(backend):
-    ln = nn.LayerNorm(())  # PyTorch builds it, and its forward raises a RuntimeError
+@pytest.mark.parametrize("name", ["LayerNorm", "RMSNorm"])
+def test_layer_norm_of_an_empty_shape_builds_and_refuses_its_call(backend, name):
+    ln = getattr(nn, name)(())  # PyTorch builds it, and its forward raises a RuntimeError
     assert ln.normalized_shape == ()
-    with pytest.raises(RuntimeError, match=r"normalized_shape=\(\).*LayerNorm\(\(3,\)\)"):
+    assert dualnorm.to_numpy(ln.weight.data).shape == ()  # as PyTorch's state_dict: a 0-d weight
+    with pytest.raises(RuntimeError, match=rf"normalized_shape=\(\).*{name}\(\(3,\)\)"):
         ln(np.ones((2, 3), np.float32))
 
 
