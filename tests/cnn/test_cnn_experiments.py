@@ -20,11 +20,6 @@ from dualnorm.tracking import read_run
 from tests.cnn.cifar_files import fake_batches, write_binary, write_python
 
 
-@pytest.fixture(autouse=True)
-def _run_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # dualnorm run writes ./dualnorm-runs
-
-
 def _run(name, backend, **kw):
     return list(get_experiment(name).run(RunConfig(backend=backend, **kw)))
 

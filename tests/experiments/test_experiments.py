@@ -156,7 +156,7 @@ def test_stop_event_is_honoured(backend):
 
 
 def test_same_seed_same_results(backend):
-    kw = {"steps": 20, "variants": ("s06-batchnorm",), "seed": 7}
+    kw = {"steps": 10, "variants": ("s06-batchnorm",), "seed": 7}  # one epoch: its accuracy too
     a, b = _run("init-sweep", backend, **kw), _run("init-sweep", backend, **kw)
     assert _curve(a) == _curve(b) and a[-1].accuracy == b[-1].accuracy
     c = _run("init-sweep", backend, **{**kw, "seed": 8})
@@ -222,12 +222,13 @@ def test_sigmoid_depth_training_view(backend):
 
 def test_init_sweep_short(backend):
     variants = ("s04-batchnorm", "s04-plain", "s12-batchnorm", "s12-plain")
-    runs = _by_variant(_run("init-sweep", backend, steps=40, variants=variants))
+    # two epochs: BN is at ~0.64 by then (0.77 after four), plain at chance (0.099) throughout
+    runs = _by_variant(_run("init-sweep", backend, steps=20, variants=variants))
     assert list(runs) == list(variants)
     for variant, recs in runs.items():
         accs = [r.accuracy for r in recs if r.accuracy is not None]
-        assert len(accs) == 4  # one per epoch of 10 iterations
-        assert [r.epoch for r in recs if r.accuracy is not None] == [1, 2, 3, 4]
+        assert len(accs) == 2  # one per epoch of 10 iterations
+        assert [r.epoch for r in recs if r.accuracy is not None] == [1, 2]
         extra = recs[-1].extra
         assert extra["scale_index"] == int(variant[1:3])
         assert extra["scale"] == pytest.approx(10 ** (-4 * extra["scale_index"] / 15))

@@ -87,7 +87,9 @@ async def test_open_each_experiment(name):
 
 @sync
 async def test_pause_step_and_table_changes():
-    app = make_app(experiment="sigmoid-depth", steps=400, delay=0.002)
+    # a run that cannot end by itself (q stops it): 400 steps ended before the space was handled
+    # when the UI stalled for ~1.6 s on a loaded machine, and then "n" stepped nothing
+    app = make_app(experiment="sigmoid-depth", steps=10**6, delay=0.002)
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen
         await wait_for(pilot, lambda: screen.state.total_steps > 5, what="some steps")

@@ -16,7 +16,7 @@ from tui.widgets import LayerTable
 
 REAL = load_experiments()
 NAMES = [n for n in ("dying-relu", "sigmoid-depth", "init-sweep", "norm-zoo") if n in REAL]
-BACKENDS = ["numpy"] + (["mlx"] if importlib.util.find_spec("mlx") else [])
+HAS_MLX = importlib.util.find_spec("mlx") is not None
 
 
 @pytest.mark.skipif(not NAMES, reason="the library's experiments are not registered")
@@ -35,14 +35,19 @@ async def test_real_experiment_runs_in_the_app(name):
         assert screen.runner.error is None, screen.runner.error
         assert screen.state.records
         assert screen.state.backend == "numpy"
+        assert {r.backend for r in screen.state.records} == {"numpy"}
         assert screen.query_one(LayerTable).row_count > 0
+        if name == "dying-relu":  # its probe reaches the app (MLX's: test_dying_relu_on_mlx)
+            assert any(v.probe for v in screen.state.variants.values())
         await pilot.press("q")
 
 
 @pytest.mark.skipif("dying-relu" not in REAL, reason="dying-relu is not registered")
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.skipif(not HAS_MLX, reason="MLX is not installed")
 @sync
-async def test_dying_relu_on_each_backend(backend):
+async def test_dying_relu_on_mlx():
+    """NumPy's run of the same: test_real_experiment_runs_in_the_app[dying-relu]."""
+    backend = "mlx"
     app = DualnormApp(experiment="dying-relu", backend=backend, steps=5)
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen
