@@ -13,7 +13,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
-from textual.widgets import Button, Footer, Input, Label, Markdown, OptionList, Static
+from textual.widgets import Button, Input, Label, Markdown, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tui.export import default_export_dir, export_run
@@ -29,7 +29,7 @@ from tui.messages import (
 )
 from tui.runner import make_runner
 from tui.state import DEFAULT_SMOOTHING, Changes, RecordBuffer, RunState, ellipsize, fmt
-from tui.widgets import HistogramPanel, LayerTable, LossPlot, ProbeTable, StatusLine, SweepGrid
+from tui.widgets import HistogramPanel, KeyFooter, LayerTable, LossPlot, ProbeTable, StatusLine, SweepGrid
 
 HELP_TEXT = """\
 # What you are looking at
@@ -102,7 +102,7 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-panel"):
             yield Markdown(HELP_TEXT)
-        yield Footer()
+        yield KeyFooter()
 
     def action_dismiss_help(self) -> None:
         self.dismiss(None)
@@ -126,7 +126,7 @@ class ErrorScreen(ModalScreen[None]):
         with VerticalScroll(id="error-panel"):
             yield Static(Text(self.title_text, style="bold red"), id="error-title")
             yield Static(Text(self.details), id="error-details")
-        yield Footer()
+        yield KeyFooter()
 
     def action_close(self) -> None:
         self.dismiss(None)
@@ -206,7 +206,7 @@ class StartScreen(Screen[None]):
             ),
             id="start-hint",
         )
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         options = self.query_one("#experiments", OptionList)
@@ -429,7 +429,7 @@ class RunScreen(Screen[None]):
             yield SweepGrid(id="sweep")
             with VerticalScroll(id="traceback-panel"):
                 yield Static(id="traceback")
-        yield Footer()
+        yield KeyFooter()
 
     def panel_widgets(self) -> dict[str, Widget]:
         return {child.id: child for child in self.query_one("#panels").children if child.id}
