@@ -140,12 +140,14 @@ def _torch(exps: list[int], repeats: int, threads: int) -> dict[str, float]:
     return out
 
 
-def _child(which: str, threads: int, exps: list[int], repeats: int, numba_loaded: bool) -> dict[str, float]:
+def _child(
+    which: str, threads: int, exps: list[int], repeats: int, numba_loaded: bool, layers: list[str]
+) -> dict[str, float]:
     env = dict(os.environ, DUALNORM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     env.update(MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), DUALNORM_KERNELS="numba")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "benchmarks.ratios", "--worker", which, "--threads", str(threads)]
-    cmd += ["--repeats", str(repeats), "--exps", *map(str, exps)] + (
+    cmd += ["--repeats", str(repeats), "--exps", *map(str, exps), "--layers", *layers] + (
         ["--numba-loaded"] if numba_loaded else []
     )
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=True)
@@ -160,12 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument(
+        "--layers", nargs="+", choices=LAYERS, default=list(LAYERS), help="a subset (default all)"
+    )
+    parser.add_argument(
         "--numba-loaded",
         action="store_true",
         help="dualnorm's process loads numba first (as after a large layer): small layers use it too",
     )
     parser.add_argument("--worker", choices=["dualnorm", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global LAYERS
+    LAYERS = tuple(args.layers)
     if args.worker == "dualnorm":
         print(json.dumps(_dualnorm(args.exps, args.repeats, args.numba_loaded)))
         return 0
@@ -178,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):
         for which, threads in plan:
             key = f"{which}-{threads}"
-            got = _child(which, threads, args.exps, args.repeats, args.numba_loaded)
+            got = _child(which, threads, args.exps, args.repeats, args.numba_loaded, args.layers)
             runs[key] = {k: min(v, runs.get(key, {}).get(k, v)) for k, v in got.items()}
     dn, tc, one = runs[f"dualnorm-{args.threads}"], runs[f"torch-{args.threads}"], runs["dualnorm-1"]
     print(
