@@ -155,6 +155,7 @@ def _child(
 
 
 def main(argv: list[str] | None = None) -> int:
+    global LAYERS
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ratios", description=__doc__.split("\n\n")[0])
     parser.add_argument("--exps", type=int, nargs="+", default=[16, 18, 20, 22])
     parser.add_argument("--threads", type=int, default=2)
@@ -171,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--worker", choices=["dualnorm", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    global LAYERS
     LAYERS = tuple(args.layers)
     if args.worker == "dualnorm":
         print(json.dumps(_dualnorm(args.exps, args.repeats, args.numba_loaded)))
