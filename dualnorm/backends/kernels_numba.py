@@ -350,19 +350,17 @@ def _threads(units: int, size: int, launches: int = 1) -> int:
         nt = _numba_max_threads
     if nt > units:
         nt = units
-    if _threads_set.n != nt:  # numba's setting is per thread; setting it costs µs
-        _numba.set_num_threads(nt)
-        _threads_set.n = nt
-    return nt
+    return _threads_again(nt)
 
 
 def _threads_again(nt: int) -> int:
-    """For a backward, the thread count its forward chose (same units, same size), without choosing
-    anew; set in numba again when another launch on this thread changed it."""
+    """``nt`` threads (one once forked), set as numba's count when a threaded launch needs it. A
+    backward passes the count its forward chose (same units, same size) instead of choosing anew;
+    it is set again when another launch on this thread changed it."""
     if nt > 1:
         if _forked:
             return 1
-        if _threads_set.n != nt:
+        if _threads_set.n != nt:  # numba's setting is per thread; setting it costs µs
             _numba.set_num_threads(nt)
             _threads_set.n = nt
     return nt
@@ -977,7 +975,7 @@ def _bn_train(
         float(momentum),
         n / (n - 1) if n > 1 else 1.0,  # the unbiased variance's factor
     )
-    return _shaped(y, x.shape), hd, (_TAG, xv, nd, st, hd, x.shape)
+    return _shaped(y, x.shape), hd, (_TAG, xv, nd, st, hd, x.shape, nt)
 
 
 _BN_FORWARD = {nd: _by_threads("bn_forward" + nd) for nd in "23"}  # [nd][nt > 1]
@@ -991,9 +989,9 @@ def batch_norm_train_backward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if ctx[0] is not _TAG:
         return _npk.batch_norm_train_backward(B, grad_y, ctx, weight)
-    _, xv, nd, st, hd, shape = ctx
+    _, xv, nd, st, hd, shape, nt = ctx
     g = _grad_like(grad_y, xv)
-    nt = _threads(_units(xv), xv.size, 2)
+    nt = _threads_again(nt)
     dx = _array_like(xv)
     c = st.shape[1]
     gwb = np.empty((2, c), xv.dtype)
@@ -1251,7 +1249,7 @@ def batch_norm_eval(
     bb = (0.0 if bias is None else np.asarray(bias, dtype=np.float64).reshape(c)) - tail * a
     y = _out_view(out, xv)
     _run(_BNE_FORWARD[nd][nt > 1], xv, head, a.astype(dt), bb.astype(dt), nt, y)
-    return _shaped(y, x.shape), (_TAG, xv, nd, inv, tail, head, x.shape)
+    return _shaped(y, x.shape), (_TAG, xv, nd, inv, tail, head, x.shape, nt)
 
 
 def batch_norm_eval_backward(
@@ -1261,11 +1259,11 @@ def batch_norm_eval_backward(
         from dualnorm.nn.functional import batch_norm_eval_backward as reference
 
         return reference.reference(B, grad_y, ctx, weight)
-    _, xv, nd, inv, tail, head, shape = ctx
+    _, xv, nd, inv, tail, head, shape, nt = ctx
     dt = xv.dtype
     c = inv.shape[0]
     g = _grad_like(grad_y, xv)
-    nt = _threads(_units(xv), xv.size)
+    nt = _threads_again(nt)
     ga = inv * (1.0 if weight is None else np.asarray(weight, dtype=np.float64).reshape(c))
     dx = _array_like(xv)
     sg = np.zeros((nt, c))
